@@ -1,0 +1,63 @@
+"""Finding and loading addons by name or path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from addons.manifest import MANIFEST_NAME, AddonError, AddonManifest, read_manifest
+from addons.voice import Voice
+from blocks import ExecutionContext
+
+__all__ = ["BUNDLED_DIR", "DEFAULT_ADDON", "addon_dirs", "find_addon", "list_addons", "load"]
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+DEFAULT_ADDON = "chorus-fast"
+PATH_ENV = "CHORUS_ADDON_PATH"
+
+
+def addon_dirs() -> list[Path]:
+    """Where addons are looked up by name: ``$CHORUS_ADDON_PATH`` entries, then the bundled ones."""
+    extra = [Path(p) for p in os.environ.get(PATH_ENV, "").split(os.pathsep) if p]
+    return [*extra, BUNDLED_DIR]
+
+
+def find_addon(name_or_path: str | os.PathLike[str]) -> Path:
+    """The addon directory for a name (searched in :func:`addon_dirs`) or a path."""
+    path = Path(name_or_path)
+    if (path / MANIFEST_NAME).is_file():
+        return path
+    if os.sep not in str(name_or_path):
+        for root in addon_dirs():
+            if (root / str(name_or_path) / MANIFEST_NAME).is_file():
+                return root / str(name_or_path)
+    known = ", ".join(m.name for _, m in list_addons()) or "none installed"
+    raise AddonError(f'addon "{name_or_path}" not found (known: {known})')
+
+
+def list_addons() -> list[tuple[Path, AddonManifest]]:
+    """Every valid addon in :func:`addon_dirs`, first occurrence of a name wins."""
+    found: dict[str, tuple[Path, AddonManifest]] = {}
+    for root in addon_dirs():
+        if not root.is_dir():
+            continue
+        for child in sorted(root.iterdir()):
+            if (child / MANIFEST_NAME).is_file():
+                try:
+                    manifest = read_manifest(child)
+                except AddonError:
+                    continue
+                found.setdefault(manifest.name, (child, manifest))
+    return list(found.values())
+
+
+def load(name_or_path: str | os.PathLike[str] | None = None, context: str = "dynamic", device: str | torch.device = "cpu") -> Voice:
+    """Load an addon as a :class:`Voice`; ``context`` is ``"dynamic"`` or ``"static"``."""
+    try:
+        ctx = ExecutionContext(context)
+    except ValueError:
+        raise AddonError(f'unknown context "{context}" (known: dynamic, static)') from None
+    directory = find_addon(name_or_path if name_or_path is not None else DEFAULT_ADDON)
+    return Voice(read_manifest(directory), directory, ctx, device)

@@ -1,0 +1,182 @@
+"""The addon manifest (``addon.json``): a versioned, strict pydantic schema.
+
+It is validated once, at load, in two steps: the schema itself, then the stack, vocoder and
+effects against the declared networks (:func:`check_manifest`), still before any weights load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
+
+from blocks import (
+    ChunkwiseBlock,
+    MelSettings,
+    NetworkSpec,
+    PlanEnv,
+    StackError,
+    StreamKind,
+    Vocoder,
+    parse_block,
+    parse_stack,
+    plan_stack,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AddonError",
+    "AddonManifest",
+    "DeploymentHints",
+    "FrontendConfig",
+    "StageDeployment",
+    "SynthesisDefaults",
+    "VoicePreset",
+    "check_manifest",
+    "read_manifest",
+]
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "addon.json"
+BlockSpecJson = dict[str, JsonValue]
+
+
+class AddonError(ValueError):
+    """An addon that cannot be loaded; the message names the file and the field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FrontendConfig(Strict):
+    """Text to phoneme ids. Id 0 is padding; ``phonemes[i]`` has id ``i + 1``."""
+
+    type: Literal["espeak"] = Field("espeak", description="G2P engine: espeak-ng phoneme events.")
+    voice: str = Field("en-us", min_length=1, description="espeak-ng voice used for G2P.")
+    phonemes: tuple[str, ...] = Field(min_length=1, description="Phoneme inventory, in id order (ids start at 1).")
+    max_sentence_phonemes: int = Field(
+        400, ge=8, description="Sentences longer than this are split at word boundaries before synthesis."
+    )
+
+    @field_validator("phonemes")
+    @classmethod
+    def _unique(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        dupes = sorted({p for p in v if v.count(p) > 1})
+        if dupes:
+            raise ValueError(f"duplicate phonemes: {', '.join(dupes)}")
+        return v
+
+
+class SynthesisDefaults(Strict):
+    """Per-request options and their defaults; a request may override each."""
+
+    speed: float = Field(1.0, ge=0.25, le=4.0, description="Speaking rate multiplier (2.0 = twice as fast).")
+
+
+class VoicePreset(Strict):
+    description: str = Field("", description="What this voice sounds like.")
+    speed: float | None = Field(None, ge=0.25, le=4.0, description="Speed for this voice, unless the request sets one.")
+    gain_db: float = Field(0.0, ge=-60, le=24, description="Output gain of this voice in dB.")
+
+
+class StageDeployment(Strict):
+    """Hints for serving one stage (encoders, decoder or vocoder); Serve config files may override."""
+
+    num_replicas: int | Literal["auto"] | None = Field(None, description="Fixed replica count, or 'auto'.")
+    autoscaling_config: dict[str, float | int] | None = Field(None, description="Ray Serve autoscaling_config.")
+    max_ongoing_requests: int | None = Field(None, ge=1, description="Concurrent requests per replica.")
+    max_queued_requests: int | None = Field(None, ge=-1, description="Queue bound before 503; -1 = unbounded.")
+    ray_actor_options: dict[str, JsonValue] | None = Field(
+        None, description="num_cpus, num_gpus, resources (e.g. {'neuron_cores': 1}), accelerator_type, ..."
+    )
+    context: Literal["dynamic", "static"] | None = Field(None, description="Execution context on this stage's nodes.")
+
+
+class DeploymentHints(Strict):
+    encoders: StageDeployment = Field(default_factory=StageDeployment, description="The SequenceBlock side.")
+    decoder: StageDeployment = Field(default_factory=StageDeployment, description="The StreamableBlock side.")
+    vocoder: StageDeployment = Field(default_factory=StageDeployment, description="The addon's own vocoder.")
+
+
+class AddonManifest(Strict):
+    schema_version: Literal[1] = Field(description="Manifest schema version.")
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")] = Field(description="Model id, as clients name it.")
+    description: str = Field("", description="One line for listings.")
+    version: str = Field("0.1.0", description="Version of this addon's weights.")
+    language: Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] = Field(description="BCP 47 tag.")
+    mel: MelSettings = Field(description="Mel settings shared by the acoustic model and vocoder.")
+    frontend: FrontendConfig = Field(description="Text normalization, G2P and the phoneme-to-id map.")
+    networks: dict[str, NetworkSpec] = Field(description="Exported networks by name.")
+    stack: list[BlockSpecJson] = Field(min_length=1, description="Blocks from phoneme ids to a mel stream.")
+    vocoder: BlockSpecJson = Field(default_factory=lambda: {"type": "GriffinLim"}, description="Mel to audio.")
+    effects: list[BlockSpecJson] = Field(default_factory=list, description="Audio-to-audio blocks after the vocoder.")
+    defaults: SynthesisDefaults = Field(default_factory=SynthesisDefaults, description="Request option defaults.")
+    voices: dict[str, VoicePreset] = Field(default_factory=lambda: {"default": VoicePreset()}, description="Voices.")
+    deployment: DeploymentHints = Field(default_factory=DeploymentHints, description="Serving hints per stage.")
+
+    @model_validator(mode="after")
+    def _check(self) -> AddonManifest:
+        if "default" not in self.voices:
+            raise ValueError('voices must include one called "default"')
+        if not self.networks:
+            raise ValueError("networks must list at least one network")
+        files = [n.file for n in self.networks.values()]
+        if len(set(files)) != len(files):
+            raise ValueError("two networks share a file")
+        return self
+
+    @property
+    def uses_own_vocoder(self) -> bool:
+        return self.vocoder.get("type") != "GriffinLim"
+
+
+def read_manifest(directory: Path) -> AddonManifest:
+    """Read and fully check ``directory/addon.json``; raise :class:`AddonError` naming the field."""
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        raise AddonError(f"{directory}: not an addon (no {MANIFEST_NAME})")
+    try:
+        raw: Any = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AddonError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(raw, dict) and raw.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise AddonError(f"{path}: schema_version {raw.get('schema_version')!r} is not supported (this Chorus reads {SCHEMA_VERSION})")
+    try:
+        manifest = AddonManifest.model_validate(raw)
+    except ValidationError as exc:
+        raise AddonError(f"{path}: {format_validation_error(exc)}") from None
+    try:
+        check_manifest(manifest)
+    except StackError as exc:
+        raise AddonError(f"{path}: {exc}") from None
+    missing = [f"networks.{n}.file ({s.file})" for n, s in manifest.networks.items() if not (directory / s.file).is_file()]
+    if missing:
+        raise AddonError(f"{path}: missing network file: {', '.join(missing)}")
+    return manifest
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def check_manifest(manifest: AddonManifest) -> None:
+    """Check the stack, vocoder and effects against the networks; raise :class:`StackError`."""
+    env = PlanEnv(frozenset({"phoneme_ids"}), None, manifest.networks)
+    node = parse_stack(manifest.stack)
+    env = plan_stack(node, env, StreamKind.MEL)
+    vocoder = parse_block(manifest.vocoder, Vocoder, "vocoder")
+    env = vocoder.plan(env)
+    if env.kind is not StreamKind.AUDIO:
+        raise StackError("vocoder", "must turn mel into audio")
+    for i, spec in enumerate(manifest.effects):
+        env = parse_block(spec, ChunkwiseBlock, f"effects[{i}]").plan(env)
+        if env.kind is not StreamKind.AUDIO:
+            raise StackError(f"effects[{i}]", "effects must keep an audio stream")

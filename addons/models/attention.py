@@ -1,0 +1,92 @@
+"""Tacotron-style model: a convolutional encoder and one autoregressive decoder step.
+
+The step uses location-sensitive attention over a window of the encoder output and returns its
+recurrent state explicitly, so Chorus's AttentionDecoder block drives the loop (and the window)
+and the network stays a fixed-signature export.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from addons.models.layers import MaskedConvStack
+
+__all__ = ["AttentionEncoder", "DecoderStep"]
+
+
+class AttentionEncoder(nn.Module):
+    """``phoneme_ids`` ``[B, T]``, ``mask`` -> ``memory`` ``[B, T, dim]``."""
+
+    def __init__(self, n_symbols: int, dim: int = 128, kernel_size: int = 5, dilations: list[int] | None = None, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(n_symbols, dim, padding_idx=0)
+        self.convs = MaskedConvStack(dim, kernel_size, dilations or [1, 2, 4, 1], dropout)
+        self.receptive_field = self.convs.receptive_field
+
+    def forward(self, phoneme_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.convs(self.embed(phoneme_ids), mask)
+
+
+class DecoderStep(nn.Module):
+    """One decoder step (``r`` frames) with location-sensitive attention.
+
+    Inputs: ``prev_frame`` ``[B, n_mels]``, ``memory`` ``[B, T, dim]``, ``mask`` ``[B, T]``,
+    ``attention_prev`` and ``attention_cum`` ``[B, T]``, then states ``h_att``, ``c_att``,
+    ``h_dec``, ``c_dec`` ``[B, rnn]`` and ``context`` ``[B, dim]``. Outputs: ``frames``
+    ``[B, r, n_mels]``, ``stop_logit`` ``[B, r]``, ``attention`` ``[B, T]`` and the new states.
+    """
+
+    state_names = ("h_att", "c_att", "h_dec", "c_dec", "context")
+
+    def __init__(
+        self,
+        n_mels: int = 80,
+        dim: int = 128,
+        reduction: int = 3,
+        prenet: int = 128,
+        rnn: int = 256,
+        attention: int = 128,
+        location_filters: int = 16,
+        location_kernel: int = 15,
+        prenet_dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.n_mels, self.dim, self.reduction, self.rnn = n_mels, dim, reduction, rnn
+        self.prenet = nn.Sequential(nn.Linear(n_mels, prenet), nn.ReLU(), nn.Dropout(prenet_dropout), nn.Linear(prenet, prenet), nn.ReLU(), nn.Dropout(prenet_dropout))
+        self.att_rnn = nn.LSTMCell(prenet + dim, rnn)
+        self.query = nn.Linear(rnn, attention, bias=False)
+        self.keys = nn.Linear(dim, attention, bias=False)
+        self.location_conv = nn.Conv1d(2, location_filters, location_kernel, padding=location_kernel // 2, bias=False)
+        self.location = nn.Linear(location_filters, attention, bias=False)
+        self.energy = nn.Linear(attention, 1, bias=False)
+        self.dec_rnn = nn.LSTMCell(rnn + dim, rnn)
+        self.frames = nn.Linear(rnn + dim, n_mels * reduction)
+        self.stop = nn.Linear(rnn + dim, reduction)
+
+    def state_shapes(self) -> dict[str, int]:
+        return {"h_att": self.rnn, "c_att": self.rnn, "h_dec": self.rnn, "c_dec": self.rnn, "context": self.dim}
+
+    def forward(
+        self,
+        prev_frame: torch.Tensor,
+        memory: torch.Tensor,
+        mask: torch.Tensor,
+        attention_prev: torch.Tensor,
+        attention_cum: torch.Tensor,
+        h_att: torch.Tensor,
+        c_att: torch.Tensor,
+        h_dec: torch.Tensor,
+        c_dec: torch.Tensor,
+        context: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        h_att, c_att = self.att_rnn(torch.cat([self.prenet(prev_frame), context], dim=-1), (h_att, c_att))
+        location = self.location_conv(torch.stack([attention_prev, attention_cum], dim=1)).transpose(1, 2)
+        energies = self.energy(torch.tanh(self.query(h_att).unsqueeze(1) + self.keys(memory) + self.location(location))).squeeze(-1)
+        energies = energies.masked_fill(mask < 0.5, -1e9)
+        weights = torch.softmax(energies, dim=-1) * mask
+        context = torch.bmm(weights.unsqueeze(1), memory).squeeze(1)
+        h_dec, c_dec = self.dec_rnn(torch.cat([h_att, context], dim=-1), (h_dec, c_dec))
+        out = torch.cat([h_dec, context], dim=-1)
+        frames = self.frames(out).view(-1, self.reduction, self.n_mels)
+        return frames, self.stop(out), weights, h_att, c_att, h_dec, c_dec, context

@@ -1,0 +1,196 @@
+"""A loaded addon: text in, typed mel and audio chunks out, streaming."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from addons.frontend import Frontend, Sentence, TextError
+from addons.manifest import AddonManifest, format_validation_error
+from blocks import (
+    BuildEnv,
+    ChunkwiseBlock,
+    ExecutionContext,
+    Features,
+    NetworkRunner,
+    Request,
+    StreamablePipeline,
+    StreamableStack,
+    Vocoder,
+    parse_block,
+    parse_stack,
+)
+
+__all__ = ["AudioChunk", "MelChunk", "SynthesisOptions", "Voice"]
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    """A piece of the output: ``samples`` 1-D float32 in [-1, 1] at ``sample_rate`` Hz."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+
+@dataclass(frozen=True)
+class MelChunk:
+    """``frames`` ``[F, n_mels]`` float32 log-mel; ``sentence`` is the index of its sentence."""
+
+    frames: np.ndarray
+    sentence: int
+
+
+class SynthesisOptions(BaseModel):
+    """Per-request options; unset fields fall back to the voice preset, then the addon defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    voice: str = Field("default", description="One of the addon's voices.")
+    speed: float | None = Field(None, ge=0.25, le=4.0, description="Speaking rate multiplier.")
+
+
+class Voice:
+    """A loaded addon. Thread-safe for concurrent ``stream`` calls (each has its own state)."""
+
+    def __init__(self, manifest: AddonManifest, directory: Path, context: ExecutionContext | str = "dynamic", device: str | torch.device = "cpu") -> None:
+        self.manifest = manifest
+        self.directory = directory
+        self.context = ExecutionContext(context)
+        self.device = torch.device(device)
+        self.frontend = Frontend(manifest.frontend)
+        self._programs: dict[tuple[str, str], NetworkRunner] = {}
+        self._lock = threading.Lock()
+        env = BuildEnv(self._load_network, manifest.networks, manifest.mel, self.context, self.device)
+        self.stack = env.build(parse_stack(manifest.stack))
+        assert isinstance(self.stack, StreamableStack)
+        vocoder = env.build(parse_block(manifest.vocoder, Vocoder, "vocoder"))
+        assert isinstance(vocoder, Vocoder)
+        self.vocoder = vocoder
+        self.effects = [env.build(parse_block(e, ChunkwiseBlock, f"effects[{i}]")) for i, e in enumerate(manifest.effects)]
+
+    # -- identity -----------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def sample_rate(self) -> int:
+        return self.manifest.mel.sample_rate
+
+    @property
+    def hop_length(self) -> int:
+        return self.manifest.mel.hop_length
+
+    @property
+    def voices(self) -> list[str]:
+        return sorted(self.manifest.voices)
+
+    # -- whole pipeline -----------------------------------------------------------------------
+    def options(self, **options: Any) -> tuple[SynthesisOptions, dict[str, Any]]:
+        """Validate request options; return them and the resolved values blocks see."""
+        try:
+            opts = SynthesisOptions(**options)
+        except ValidationError as exc:
+            raise TextError(format_validation_error(exc)) from None
+        if opts.voice not in self.manifest.voices:
+            raise TextError(f'unknown voice "{opts.voice}" (known: {", ".join(self.voices)})')
+        preset = self.manifest.voices[opts.voice]
+        speed = opts.speed if opts.speed is not None else preset.speed if preset.speed is not None else self.manifest.defaults.speed
+        return opts, {"speed": speed, "voice": opts.voice, "gain_db": preset.gain_db}
+
+    def stream_mel(self, text: str, request: Request | None = None, **options: Any) -> Iterator[MelChunk]:
+        """Mel chunks for ``text``, sentence after sentence; work is done as chunks are pulled."""
+        _, resolved = self.options(**options)
+        request = request or Request(options=resolved)
+        for index, sentence in enumerate(self.frontend.sentences(text)):
+            for chunk in self.decode(self.encode(sentence.ids, request), request):
+                yield MelChunk(chunk, index)
+
+    def stream(self, text: str, request: Request | None = None, **options: Any) -> Iterator[AudioChunk]:
+        """Audio chunks for ``text``; the first arrives after the first sentence's first chunk."""
+        _, resolved = self.options(**options)
+        request = request or Request(options=resolved)
+        state = self.audio_start()
+        for mel in self.stream_mel(text, request):
+            samples = self.audio_process(state, mel.frames, request)
+            if samples.size:
+                yield AudioChunk(samples, self.sample_rate)
+        samples = self.audio_finish(state, request)
+        if samples.size:
+            yield AudioChunk(samples, self.sample_rate)
+
+    def synthesize(self, text: str, **options: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Whole-utterance convenience: ``(audio [S], mel [F, n_mels])`` with ``S == F * hop``."""
+        _, resolved = self.options(**options)
+        request = Request(options=resolved)
+        state = self.audio_start()
+        mels, audio = [], []
+        for mel in self.stream_mel(text, request):
+            mels.append(mel.frames)
+            audio.append(self.audio_process(state, mel.frames, request))
+        audio.append(self.audio_finish(state, request))
+        return np.concatenate(audio), np.concatenate(mels)
+
+    # -- stages (what a server splits across deployments; plain arrays in and out) --------------
+    def sentences(self, text: str) -> Iterator[Sentence]:
+        return self.frontend.sentences(text)
+
+    def encode(self, ids: np.ndarray, request: Request | None = None) -> dict[str, np.ndarray]:
+        """The SequenceBlock side of the stack's first pipeline: ``ids`` [T] -> features."""
+        request = request or Request(options=self.options()[1])
+        features: Features = {"phoneme_ids": torch.as_tensor(np.asarray(ids, dtype=np.int64))[None]}
+        first = self.stack.stack[0]
+        if isinstance(first, StreamablePipeline):
+            features = first.encode(features, request)
+        return {k: v[0].numpy() for k, v in features.items()}
+
+    def decode(self, features: dict[str, np.ndarray], request: Request | None = None) -> Iterator[np.ndarray]:
+        """The StreamableBlock side: features from :meth:`encode` -> mel chunks ``[F, n_mels]``."""
+        request = request or Request(options=self.options()[1])
+        feats: Features = {k: torch.as_tensor(v)[None] for k, v in features.items()}
+        first, rest = self.stack.stack[0], self.stack.stack[1:]
+        stream = (first.streamable_block if isinstance(first, StreamablePipeline) else first).stream(None, feats, request)
+        for block in rest:
+            stream = block.stream(stream, feats, request)
+        for chunk in stream:
+            yield chunk[0].numpy()
+
+    def audio_start(self) -> Any:
+        """State for turning one mel stream into audio (vocoder, effects, voice gain)."""
+        return self.vocoder.start()
+
+    def audio_process(self, state: Any, mel: np.ndarray, request: Request | None = None) -> np.ndarray:
+        """Mel ``[F, n_mels]`` -> the audio that is now final (1-D float32; may lag the mel)."""
+        return self._post(self.vocoder.process(state, torch.as_tensor(mel)[None]), request)
+
+    def audio_finish(self, state: Any, request: Request | None = None) -> np.ndarray:
+        """The audio still held back at the end of the mel stream."""
+        return self._post(self.vocoder.finish(state), request)
+
+    def _post(self, audio: torch.Tensor, request: Request | None) -> np.ndarray:
+        request = request or Request(options=self.options()[1])
+        for effect in self.effects:
+            assert isinstance(effect, ChunkwiseBlock)
+            audio = effect.apply(audio, request)
+        gain_db = float(request.options.get("gain_db", 0.0))
+        if gain_db:
+            audio = torch.clamp(audio * 10.0 ** (gain_db / 20.0), -1.0, 1.0)
+        return audio[0].numpy().astype(np.float32, copy=False)
+
+    # -- networks -----------------------------------------------------------------------------
+    def _load_network(self, name: str, device: torch.device) -> NetworkRunner:
+        key = (name, str(device))
+        with self._lock:
+            if key not in self._programs:
+                spec = self.manifest.networks[name]
+                program = torch.export.load(str(self.directory / spec.file))
+                module = program.module().to(device)
+                self._programs[key] = NetworkRunner(name, spec, module, self.context, device)
+            return self._programs[key]

@@ -1,0 +1,153 @@
+"""The legacy architecture: attention over the encoder output, previous frame fed back."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from pydantic import Field
+
+from blocks.base import Block, BlockConfig, BlockNode, BuildEnv, Features, PlanEnv, Request, StreamableBlock, StreamKind
+from blocks.network import ExecutionContext
+
+__all__ = ["AttentionDecoder"]
+
+STEP_INPUTS = ("prev_frame", "memory", "mask", "attention_prev", "attention_cum")
+STEP_OUTPUTS = ("frames", "stop_logit", "attention")
+
+
+class AttentionDecoderConfig(BlockConfig):
+    network: str = Field("decoder_step", description="The step network (see AttentionDecoder).")
+    memory: str = Field("memory", description="Feature holding the encoder output [1, T, D].")
+    window: int = Field(64, ge=2, description="Tokens of memory attended at each step (monotonic window).")
+    stop_threshold: float = Field(0.5, gt=0, lt=1, description="Stop once sigmoid(stop_logit) exceeds this.")
+    max_frames_per_token: float = Field(12.0, gt=0, description="Length guard: at most this many frames per token.")
+    max_frames: int = Field(4000, ge=1, description="Length guard: absolute cap on frames per sentence.")
+    chunk_frames: int = Field(16, ge=1, description="Frames per yielded chunk (rounded up to whole steps).")
+
+
+class AttentionDecoder(StreamableBlock):
+    """Autoregressive decoding with attention, a stop token and a maximum-length guard.
+
+    The step network is called once per step with ``prev_frame`` ``[1, n_mels]`` (the last frame
+    of the previous step, zeros at first), a window of ``memory`` ``[1, W, D]`` with its
+    ``mask``, the window's ``attention_prev`` and ``attention_cum`` ``[1, W]``, and any
+    recurrent states (every further input, e.g. LSTM states, zeros at first). It returns
+    ``frames`` ``[1, r, n_mels]`` (r = reduction factor), ``stop_logit`` ``[1, r]``,
+    ``attention`` ``[1, W]`` and the new states under the same names.
+
+    The block owns the alignment over the whole text: the window of ``window`` tokens follows
+    the attention's focus, so text of any length fits a network compiled for ``window`` tokens
+    (static context: padded and masked to ``static_length``). Decoding ends at the first frame
+    whose stop probability passes ``stop_threshold``, or at the length guard; the reason is
+    reported under ``request.report["AttentionDecoder"]``.
+    """
+
+    type_name = "AttentionDecoder"
+    Config = AttentionDecoderConfig
+
+    @classmethod
+    def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
+        assert isinstance(config, AttentionDecoderConfig)
+        if env.kind is not None:
+            raise env.error(f'{cls.type_name} starts a stream; it cannot follow a block that produces "{env.kind.value}"')
+        env.require_keys([config.memory], cls.type_name)
+        spec = env.require_network(config.network)
+        names = [t.name for t in spec.inputs]
+        outs = [t.name for t in spec.outputs]
+        if tuple(names[: len(STEP_INPUTS)]) != STEP_INPUTS:
+            raise env.error(f'network "{config.network}" must take {", ".join(STEP_INPUTS)} first, takes {names}')
+        if tuple(outs[: len(STEP_OUTPUTS)]) != STEP_OUTPUTS:
+            raise env.error(f'network "{config.network}" must return {", ".join(STEP_OUTPUTS)} first, returns {outs}')
+        states_in, states_out = names[len(STEP_INPUTS) :], outs[len(STEP_OUTPUTS) :]
+        if states_in != states_out:
+            raise env.error(f'network "{config.network}": recurrent states in {states_in} and out {states_out} differ')
+        for t in spec.inputs[len(STEP_INPUTS) :]:
+            if t.time_scale is not None or not all(isinstance(d, int) for d in t.shape[1:]):
+                raise env.error(f'network "{config.network}": state "{t.name}" must have a fixed shape, has {t.shape}')
+        if spec.static_length is not None and spec.static_length < config.window:
+            raise env.error(f'window {config.window} exceeds network "{config.network}" static_length {spec.static_length}')
+        return PlanEnv(env.keys, StreamKind.MEL, env.networks, env.path)
+
+    def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
+        super().__init__(config, env, children)
+        assert isinstance(config, AttentionDecoderConfig)
+        self.runner = env.networks(config.network)
+        spec = self.runner.spec
+        self.n_mels = int(spec.inputs[0].shape[-1])
+        self.state_specs = spec.inputs[len(STEP_INPUTS) :]
+        self.static = env.context is ExecutionContext.STATIC
+        if self.static and spec.static_length is None:
+            raise ValueError(f'network "{config.network}" has no static_length for the static context')
+
+    def stream(
+        self, source: Iterator[torch.Tensor] | None, features: Features, request: Request
+    ) -> Iterator[torch.Tensor]:
+        cfg = self.config
+        assert isinstance(cfg, AttentionDecoderConfig)
+        memory = features[cfg.memory]
+        tokens = int(memory.shape[1])
+        width = min(cfg.window, tokens)
+        size = self.runner.spec.static_length if self.static else width
+        assert size is not None
+        guard = min(cfg.max_frames, math.ceil(cfg.max_frames_per_token * tokens))
+        prev_att, cum_att = torch.zeros(1, tokens), torch.zeros(1, tokens)
+        states = {t.name: torch.zeros(1, *[int(d) for d in t.shape[1:]]) for t in self.state_specs}
+        prev_frame = torch.zeros(1, self.n_mels)
+        focus, produced, reason, pending = 0, 0, "length_guard", []
+        while produced < guard:
+            start = max(0, min(focus - width // 4, tokens - width))
+            out = self.runner.call(self._step_inputs(memory, start, width, size, prev_frame, prev_att, cum_att, states))
+            att = out["attention"][:, :width]
+            prev_att = torch.zeros(1, tokens)
+            prev_att[:, start : start + width] = att
+            cum_att = cum_att + prev_att
+            focus = start + int(torch.argmax(att))
+            states = {name: out[name] for name in states}
+            frames = out["frames"]
+            stops = torch.sigmoid(out["stop_logit"][0]) > cfg.stop_threshold
+            if bool(stops.any()):
+                frames = frames[:, : int(torch.nonzero(stops)[0]) + 1]
+                reason = "stop_token"
+            frames = frames[:, : guard - produced]
+            produced += int(frames.shape[1])
+            prev_frame = frames[:, -1]
+            pending.append(frames)
+            if reason == "stop_token" or sum(int(f.shape[1]) for f in pending) >= cfg.chunk_frames:
+                yield torch.cat(pending, dim=1)
+                pending = []
+            if reason == "stop_token":
+                break
+        if pending:
+            yield torch.cat(pending, dim=1)
+        request.log(self.type_name, {"stop": reason, "frames": produced, "tokens": tokens, "final_focus": focus})
+
+    @staticmethod
+    def _step_inputs(
+        memory: torch.Tensor,
+        start: int,
+        width: int,
+        size: int,
+        prev_frame: torch.Tensor,
+        prev_att: torch.Tensor,
+        cum_att: torch.Tensor,
+        states: dict[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        def window(x: torch.Tensor) -> torch.Tensor:
+            part = x[:, start : start + width]
+            if size == width:
+                return part
+            pad = torch.zeros((1, size - width, *part.shape[2:]), dtype=part.dtype)
+            return torch.cat([part, pad], dim=1)
+
+        mask = torch.zeros(1, size)
+        mask[:, :width] = 1.0
+        return {
+            "prev_frame": prev_frame,
+            "memory": window(memory),
+            "mask": mask,
+            "attention_prev": window(prev_att),
+            "attention_cum": window(cum_att),
+            **states,
+        }

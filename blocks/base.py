@@ -1,0 +1,195 @@
+"""The abstractions every Chorus block implements.
+
+Data model
+----------
+- **Features**: a mapping from names to tensors with a leading batch axis of 1 (``phoneme_ids``
+  ``[1, T]``, ``encoding`` ``[1, T, D]``, ``durations`` ``[1, T]`` in frames, ...). SequenceBlocks
+  read some keys and add others.
+- **Streams**: iterators of chunks of one *kind* (:class:`StreamKind`): ``frames`` (upsampled
+  encodings ``[1, F, D]``), ``mel`` (``[1, F, n_mels]`` log-mel frames) or ``audio``
+  (``[1, S]`` float32 samples). Chunk sizes vary; a block may buffer, but every frame that
+  enters a block leaves it exactly once, in order, and a stream's total length is the same
+  whatever the chunking.
+
+Blocks are built from pydantic configs (:attr:`Block.Config`) and checked by :meth:`Block.plan`
+before any network is loaded, so a broken stack fails fast with the path of the bad block.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from blocks.audio import MelSettings
+from blocks.network import ExecutionContext, NetworkRunner, NetworkSpec
+
+__all__ = [
+    "Block",
+    "BlockConfig",
+    "BlockNode",
+    "BuildEnv",
+    "Features",
+    "PlanEnv",
+    "Request",
+    "SequenceBlock",
+    "StackError",
+    "StreamKind",
+    "StreamableBlock",
+]
+
+Features = dict[str, torch.Tensor]
+
+
+class StreamKind(str, enum.Enum):
+    """What a stream's chunks hold (see the module docstring for shapes)."""
+
+    FRAMES = "frames"
+    MEL = "mel"
+    AUDIO = "audio"
+
+
+class StackError(ValueError):
+    """A stack that cannot be built; ``path`` names the block, e.g. ``stack[0].streamable_block``."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.detail = message
+
+
+class BlockConfig(BaseModel):
+    """Base of every block's config: unknown keys are errors, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class Request:
+    """Per-synthesis options and a place for blocks to report what they observed.
+
+    ``options`` are request-level knobs (``speed``, ...) already validated by the voice;
+    ``report`` collects diagnostics (stop reasons, per-chunk timings) keyed by block name.
+    """
+
+    options: Mapping[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def log(self, key: str, value: Any) -> None:
+        self.report.setdefault(key, []).append(value)
+
+
+@dataclass(frozen=True)
+class PlanEnv:
+    """What is known while a stack is checked: feature keys available and the upstream stream."""
+
+    keys: frozenset[str]
+    kind: StreamKind | None
+    networks: Mapping[str, Any]  # network name -> addon NetworkSpec (duck-typed: blocks stays Ray-free)
+    path: str = ""
+
+    def at(self, path: str) -> PlanEnv:
+        return PlanEnv(self.keys, self.kind, self.networks, path)
+
+    def error(self, message: str) -> StackError:
+        return StackError(self.path, message)
+
+    def require_keys(self, needed: tuple[str, ...] | list[str], what: str) -> None:
+        missing = [k for k in needed if k not in self.keys]
+        if missing:
+            raise self.error(
+                f"{what} needs {', '.join(repr(k) for k in missing)}, which nothing upstream produces "
+                f"(available: {', '.join(sorted(self.keys)) or 'none'})"
+            )
+
+    def require_network(self, name: str) -> Any:
+        if name not in self.networks:
+            known = ", ".join(sorted(self.networks)) or "none"
+            raise self.error(f'unknown network "{name}" (the addon has: {known})')
+        return self.networks[name]
+
+
+class Block:
+    """Common base: a named, typed config and a static check of its place in a stack."""
+
+    type_name: ClassVar[str]
+    Config: ClassVar[type[BlockConfig]] = BlockConfig
+
+    #: Fields of the JSON spec that hold nested blocks: name -> (role of the child, many?).
+    child_fields: ClassVar[dict[str, tuple[type[Block], bool]]] = {}
+
+    def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
+        self.config = config
+        self.children = tuple(children)
+
+    @classmethod
+    def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
+        """Check this block can run given ``env``; return the env downstream of it.
+
+        Runs before weights load. Raise ``env.error(...)`` naming what is wrong.
+        """
+        return env
+
+
+@dataclass(frozen=True)
+class BlockNode:
+    """A parsed, not yet built, block: its class, validated config and nested blocks."""
+
+    cls: type[Block]
+    config: BlockConfig
+    path: str
+    children: tuple[BlockNode, ...] = ()
+
+    def plan(self, env: PlanEnv) -> PlanEnv:
+        return self.cls.plan(self.config, env.at(self.path), self.children)
+
+
+@dataclass
+class BuildEnv:
+    """What building a block may use: the addon's networks (loaded lazily), mel settings, device."""
+
+    loader: Callable[[str, torch.device], NetworkRunner]
+    specs: Mapping[str, NetworkSpec]
+    mel: MelSettings
+    context: ExecutionContext = ExecutionContext.DYNAMIC
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def networks(self, name: str, device: torch.device | None = None) -> NetworkRunner:
+        return self.loader(name, device or self.device)
+
+    def encoder_names(self) -> list[str]:
+        return [name for name, spec in self.specs.items() if spec.role == "encoder"]
+
+    def build(self, node: BlockNode) -> Block:
+        children = [self.build(child) for child in node.children]
+        return node.cls(node.config, self, children)
+
+
+class SequenceBlock(Block):
+    """Maps features to features in one call (whole sequences, no streaming).
+
+    ``__call__`` receives every feature produced upstream and returns only the keys it adds.
+    Batch axis is 1; the sequence axis ``T`` is axis 1 of every per-token tensor.
+    """
+
+    def __call__(self, features: Features, request: Request) -> Features:
+        raise NotImplementedError
+
+
+class StreamableBlock(Block):
+    """Produces chunks on demand.
+
+    ``stream(source, features, request)`` returns an iterator. ``source`` is the upstream
+    block's stream (``None`` for a block that starts a stream from ``features``). Pulling one
+    chunk does only the work needed for it: the first chunk of a long utterance costs about as
+    much as the first chunk of a short one.
+    """
+
+    def stream(
+        self, source: Iterator[torch.Tensor] | None, features: Features, request: Request
+    ) -> Iterator[torch.Tensor]:
+        raise NotImplementedError

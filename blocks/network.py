@@ -1,0 +1,313 @@
+"""Exported networks and how they are run in the two execution contexts.
+
+A network is an ``ExportedProgram`` (``.pt2``) whose signature the addon declares. Every tensor
+with a sequence axis has it at axis 1, named ``"T"`` in the declared shape (``"T*256"`` for an
+output that has 256 samples per input frame); axis 0 is the batch ``"B"``. An input named
+``mask`` (``[B, T]``, 1.0 on real positions) is never a feature: the runner supplies it.
+
+Contexts
+--------
+- ``dynamic``: tensors of any length go in as they are (GPUs, CPUs).
+- ``static``: each network has a fixed ``static_length`` (as compiled for AWS Inferentia).
+  The runner splits longer inputs into overlapping windows of exactly that length, pads the
+  last one, and keeps only each window's centre. A network with ``receptive_field = R`` frames
+  on each side gives, for window centres of ``static_length - 2R`` frames, the same output as
+  the whole sequence would: padding is masked, and masked networks treat it as the sequence
+  edge. Static and dynamic outputs therefore agree to float rounding.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "ExecutionContext",
+    "NetworkRunner",
+    "NetworkSpec",
+    "TensorSpec",
+    "WindowState",
+    "WindowedStream",
+]
+
+_TIME = re.compile(r"^T(?:\*(\d+))?$")
+_DTYPES = {"float32": torch.float32, "int64": torch.int64}
+
+
+class ExecutionContext(str, enum.Enum):
+    DYNAMIC = "dynamic"
+    STATIC = "static"
+
+
+class TensorSpec(BaseModel):
+    """One input or output of a network."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="Feature name (or 'mask' for the runner's mask).")
+    dtype: str = Field("float32", description="float32 or int64.")
+    shape: tuple[int | str, ...] = Field(
+        description='Dimensions: integers, "B" (batch, axis 0), "T" or "T*k" (sequence, axis 1).'
+    )
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v not in _DTYPES:
+            raise ValueError(f'unsupported dtype "{v}" (known: {", ".join(_DTYPES)})')
+        return v
+
+    @field_validator("shape")
+    @classmethod
+    def _shape(cls, v: tuple[int | str, ...]) -> tuple[int | str, ...]:
+        for i, d in enumerate(v):
+            if isinstance(d, str) and not (d == "B" and i == 0) and not (_TIME.match(d) and i == 1):
+                raise ValueError(f'dimension {i} is "{d}": only "B" at axis 0 and "T"/"T*k" at axis 1 are symbolic')
+            if isinstance(d, int) and d <= 0:
+                raise ValueError(f"dimension {i} must be positive, got {d}")
+        return v
+
+    @property
+    def time_scale(self) -> int | None:
+        """Samples (or steps) per input frame along axis 1, or None without a sequence axis."""
+        if len(self.shape) < 2 or not isinstance(self.shape[1], str):
+            return None
+        m = _TIME.match(self.shape[1])
+        assert m is not None
+        return int(m.group(1) or 1)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+
+class NetworkSpec(BaseModel):
+    """An exported network of an addon: its file, signature and how it may be chunked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: str = Field(description="Path of the .pt2 file, relative to the addon directory.")
+    role: str = Field(description="encoder, decoder, decoder_step or vocoder.")
+    inputs: tuple[TensorSpec, ...] = Field(min_length=1, description="Inputs, in call order.")
+    outputs: tuple[TensorSpec, ...] = Field(min_length=1, description="Outputs, in return order.")
+    receptive_field: int | None = Field(
+        None, ge=0, description="Frames of context each output needs on each side; null if unbounded."
+    )
+    static_length: int | None = Field(
+        None, gt=0, description="Sequence length the network is compiled for in the static context."
+    )
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, v: str) -> str:
+        roles = ("encoder", "decoder", "decoder_step", "vocoder")
+        if v not in roles:
+            raise ValueError(f'unknown role "{v}" (known: {", ".join(roles)})')
+        return v
+
+    @field_validator("file")
+    @classmethod
+    def _file(cls, v: str) -> str:
+        if not v.endswith(".pt2") or "/" in v or "\\" in v or v.startswith("."):
+            raise ValueError(f'"{v}" must be a plain file name ending in .pt2 inside the addon directory')
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> NetworkSpec:
+        names = [t.name for t in self.inputs]
+        if len(set(names)) != len(names):
+            raise ValueError("input names must be unique")
+        if self.static_length is not None and self.receptive_field is not None:
+            if self.static_length <= 2 * self.receptive_field:
+                raise ValueError(
+                    f"static_length {self.static_length} leaves no room for a window centre with "
+                    f"receptive_field {self.receptive_field} on each side (needs > {2 * self.receptive_field})"
+                )
+        return self
+
+    @property
+    def feature_inputs(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs if t.name != "mask")
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    @property
+    def takes_mask(self) -> bool:
+        return any(t.name == "mask" for t in self.inputs)
+
+
+@dataclass
+class NetworkRunner:
+    """Calls one exported network in the configured context, on the configured device."""
+
+    name: str
+    spec: NetworkSpec
+    module: Callable[..., object]
+    context: ExecutionContext = ExecutionContext.DYNAMIC
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    # -- plain calls -------------------------------------------------------------------------
+    def call(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One forward pass on exactly these tensors (``mask`` included if the network takes it)."""
+        args = []
+        for t in self.spec.inputs:
+            if t.name not in inputs:
+                raise KeyError(f"network {self.name!r} needs input {t.name!r}")
+            args.append(inputs[t.name].to(self.device, t.torch_dtype))
+        with torch.inference_mode():
+            out = self.module(*args)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        if len(outs) != len(self.spec.outputs):
+            raise RuntimeError(
+                f"network {self.name!r} returned {len(outs)} outputs, its signature declares {len(self.spec.outputs)}"
+            )
+        return {t.name: o.detach().to("cpu") for t, o in zip(self.spec.outputs, outs, strict=True)}
+
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Whole-sequence call: as is in the dynamic context; windowed and padded in the static one."""
+        if self.context is ExecutionContext.DYNAMIC or self.spec.static_length is None:
+            return self.call(self._with_mask(inputs, self._length(inputs)))
+        stream = self.windowed()
+        parts = stream.push(inputs) + stream.finish()
+        return _concat_outputs(parts, self.spec)
+
+    def windowed(self, chunk: int = 64, state: WindowState | None = None) -> WindowedStream:
+        """A push-style runner for sequences that arrive in pieces (see :class:`WindowedStream`).
+
+        ``chunk`` is the output granularity in the dynamic context; the static context uses
+        windows of exactly ``static_length`` frames instead.
+        """
+        if self.spec.receptive_field is None:
+            raise ValueError(f"network {self.name!r} declares no receptive_field, so it cannot be chunked")
+        if self.context is ExecutionContext.STATIC:
+            if self.spec.static_length is None:
+                raise ValueError(f"network {self.name!r} has no static_length for the static context")
+            return WindowedStream(self, self.spec.static_length - 2 * self.spec.receptive_field, True, state)
+        return WindowedStream(self, chunk, False, state)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _time_inputs(self) -> list[TensorSpec]:
+        return [t for t in self.spec.inputs if t.time_scale is not None and t.name != "mask"]
+
+    def _length(self, inputs: Mapping[str, torch.Tensor]) -> int:
+        time_inputs = self._time_inputs()
+        if not time_inputs:
+            raise ValueError(f"network {self.name!r} has no sequence input")
+        return int(inputs[time_inputs[0].name].shape[1])
+
+    def _with_mask(self, inputs: Mapping[str, torch.Tensor], length: int, valid: int | None = None) -> dict[str, torch.Tensor]:
+        full = dict(inputs)
+        if self.spec.takes_mask and "mask" not in full:
+            batch = next(iter(inputs.values())).shape[0]
+            mask = torch.zeros(batch, length)
+            mask[:, : length if valid is None else valid] = 1.0
+            full["mask"] = mask
+        return full
+
+
+def _concat_outputs(parts: list[dict[str, torch.Tensor]], spec: NetworkSpec) -> dict[str, torch.Tensor]:
+    if not parts:
+        raise ValueError("empty input sequence")
+    return {t.name: torch.cat([p[t.name] for p in parts], dim=1) for t in spec.outputs if t.time_scale is not None}
+
+
+@dataclass
+class WindowState:
+    """Where a :class:`WindowedStream` stands; plain tensors and ints, so it can be pickled."""
+
+    buffer: dict[str, torch.Tensor] = field(default_factory=dict)
+    static: dict[str, torch.Tensor] = field(default_factory=dict)
+    offset: int = 0  # absolute index of buffer frame 0
+    emitted: int = 0  # absolute index of the next output frame
+    total: int = 0  # frames received so far
+
+
+class WindowedStream:
+    """Runs a network with a finite receptive field over a sequence that arrives in pieces.
+
+    ``push(inputs)`` appends frames (every sequence input sliced alike, axis 1) and returns the
+    outputs that are now final; ``finish()`` returns the rest. Each emitted output frame was
+    computed with ``receptive_field`` real (or edge-masked) frames on both sides, so the
+    concatenated outputs equal one whole-sequence call. Outputs come in pieces of ``centre``
+    frames (the last may be shorter). With ``fixed=True`` every call gets exactly
+    ``centre + 2 * receptive_field`` frames, padded and masked at the end.
+    """
+
+    def __init__(self, runner: NetworkRunner, centre: int, fixed: bool, state: WindowState | None = None) -> None:
+        if centre < 1:
+            raise ValueError("window centre must be at least one frame")
+        self.runner = runner
+        self.centre = centre
+        self.fixed = fixed
+        self.context = runner.spec.receptive_field or 0
+        self.state = state if state is not None else WindowState()
+        self._seq = {t.name for t in runner._time_inputs()}
+
+    def push(self, inputs: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        st = self.state
+        missing = self._seq - set(inputs)
+        if missing:
+            raise KeyError(f"network {self.runner.name!r} needs sequence inputs {sorted(missing)}")
+        for name, value in inputs.items():
+            if name in self._seq:
+                prev = st.buffer.get(name)
+                st.buffer[name] = value if prev is None else torch.cat([prev, value], dim=1)
+            else:
+                st.static[name] = value
+        st.total += int(inputs[next(iter(self._seq))].shape[1])
+        return self._drain(final=False)
+
+    def finish(self) -> list[dict[str, torch.Tensor]]:
+        return self._drain(final=True)
+
+    def _drain(self, final: bool) -> list[dict[str, torch.Tensor]]:
+        st = self.state
+        outs = []
+        while st.emitted < st.total:
+            end = min(st.emitted + self.centre, st.total)
+            if not final and (end + self.context > st.total or end - st.emitted < self.centre):
+                break  # wait for a whole chunk and its right context
+            outs.append(self._run_window(st.emitted, end))
+            st.emitted = end
+            self._trim()
+        return outs
+
+    def _run_window(self, start: int, end: int) -> dict[str, torch.Tensor]:
+        st = self.state
+        lo = max(0, start - self.context)
+        hi = min(st.total, end + self.context)
+        window = {k: v[:, lo - st.offset : hi - st.offset] for k, v in st.buffer.items()}
+        length = hi - lo
+        if self.fixed:
+            length = self.centre + 2 * self.context
+            window = {k: _pad_axis1(v, length) for k, v in window.items()}
+        window.update(st.static)
+        out = self.runner.call(self.runner._with_mask(window, length, valid=hi - lo))
+        result = {}
+        for t in self.runner.spec.outputs:
+            scale = t.time_scale
+            if scale is not None:
+                result[t.name] = out[t.name][:, (start - lo) * scale : (end - lo) * scale]
+        return result
+
+    def _trim(self) -> None:
+        st = self.state
+        keep_from = max(0, st.emitted - self.context)
+        drop = keep_from - st.offset
+        if drop > 0:
+            st.buffer = {k: v[:, drop:] for k, v in st.buffer.items()}
+            st.offset = keep_from
+
+
+def _pad_axis1(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[1] >= size:
+        return x
+    pad = torch.zeros((x.shape[0], size - x.shape[1], *x.shape[2:]), dtype=x.dtype)
+    return torch.cat([x, pad], dim=1)

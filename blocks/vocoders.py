@@ -1,0 +1,232 @@
+"""Vocoders: ``mel`` stream in, ``audio`` stream out, exactly ``hop_length`` samples per frame.
+
+Every vocoder can also be driven push-style, one chunk at a time, with a state object that
+holds only tensors and ints (so a server can carry it between calls): ``state = start()``,
+``audio = process(state, mel_chunk)``, ``audio = finish(state)``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from blocks.audio import MelSettings, mel_filterbank, stft_window
+from blocks.base import Block, BlockConfig, BlockNode, BuildEnv, Features, PlanEnv, Request, StreamableBlock, StreamKind
+from blocks.network import WindowState
+
+__all__ = ["GriffinLim", "NeuralVocoder", "Vocoder"]
+
+
+class Vocoder(StreamableBlock):
+    """Base of vocoders. ``mel`` chunks ``[1, F, n_mels]`` in, ``audio`` chunks ``[1, S]`` out.
+
+    Over a whole stream ``sum(S) == hop_length * sum(F)``; output may lag input by a few frames
+    (the vocoder's look-ahead) and is flushed when the mel stream ends.
+    """
+
+    def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
+        super().__init__(config, env, children)
+        self.mel = env.mel
+
+    @property
+    def sample_rate(self) -> int:
+        return self.mel.sample_rate
+
+    @classmethod
+    def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
+        if env.kind is not StreamKind.MEL:
+            got = env.kind.value if env.kind else "nothing"
+            raise env.error(f'{cls.type_name} consumes a "mel" stream, upstream gives {got}')
+        return PlanEnv(env.keys, StreamKind.AUDIO, env.networks, env.path)
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def process(self, state: Any, mel: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def finish(self, state: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def stream(
+        self, source: Iterator[torch.Tensor] | None, features: Features, request: Request
+    ) -> Iterator[torch.Tensor]:
+        assert source is not None
+        state = self.start()
+        for mel in source:
+            audio = self.process(state, mel)
+            if audio.shape[1]:
+                yield audio
+        tail = self.finish(state)
+        if tail.shape[1]:
+            yield tail
+
+
+class GriffinLimConfig(BlockConfig):
+    n_iter: int = Field(32, ge=1, description="Griffin-Lim iterations per window.")
+    momentum: float = Field(0.99, ge=0, lt=1, description="Fast Griffin-Lim momentum.")
+    power: float = Field(1.0, gt=0, description="Exponent applied to magnitudes before phase recovery.")
+    chunk_frames: int = Field(32, ge=1, description="Frames committed per window.")
+    context_frames: int = Field(8, ge=1, description="Frames of overlap on each side of a window.")
+    seed: int = Field(0, description="Seed of the initial phase, so output is deterministic.")
+
+
+@dataclass
+class GriffinLimState:
+    left: torch.Tensor | None = None  # mel frames already emitted, kept as left context [L, n_mels]
+    ahead: torch.Tensor | None = None  # mel frames not yet emitted [A, n_mels]
+    angles: torch.Tensor | None = None  # phase of the last window's tail frames, complex [n_freq, L+R]
+    tail: torch.Tensor | None = None  # samples past the last emitted one, for the crossfade
+    windows: int = 0
+
+
+class GriffinLim(Vocoder):
+    """The universal default vocoder: needs no weights, works for any addon's mel settings.
+
+    Streams in windows of ``chunk_frames`` committed frames with ``context_frames`` of overlap
+    on each side. Each window's phase estimate starts from the previous window's estimate on
+    the frames they share, and the first ``hop_length`` samples of each window are crossfaded
+    with the previous window's continuation, so chunk seams carry no clicks.
+    """
+
+    type_name = "GriffinLim"
+    Config = GriffinLimConfig
+
+    def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
+        super().__init__(config, env, children)
+        self.inverse_fb = _inverse_filterbank(self.mel)
+
+    def start(self) -> GriffinLimState:
+        return GriffinLimState()
+
+    def process(self, state: GriffinLimState, mel: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        assert isinstance(cfg, GriffinLimConfig)
+        frames = mel[0].to(torch.float32)
+        state.ahead = frames if state.ahead is None else torch.cat([state.ahead, frames])
+        out = []
+        while state.ahead.shape[0] >= cfg.chunk_frames + cfg.context_frames:
+            out.append(self._window(state, cfg.chunk_frames))
+        return _cat_audio(out)
+
+    def finish(self, state: GriffinLimState) -> torch.Tensor:
+        cfg = self.config
+        assert isinstance(cfg, GriffinLimConfig)
+        out = []
+        while state.ahead is not None and state.ahead.shape[0]:
+            out.append(self._window(state, min(cfg.chunk_frames, state.ahead.shape[0])))
+        return _cat_audio(out)
+
+    def _window(self, state: GriffinLimState, block: int) -> torch.Tensor:
+        cfg, hop = self.config, self.mel.hop_length
+        assert isinstance(cfg, GriffinLimConfig) and state.ahead is not None
+        left = state.left if state.left is not None else state.ahead[:0]
+        right = min(cfg.context_frames, state.ahead.shape[0] - block)
+        mel = torch.cat([left, state.ahead[: block + right]])
+        n_left, n_frames = left.shape[0], mel.shape[0]
+        magnitude = torch.clamp(self.inverse_fb @ torch.exp(mel.T), min=1e-8) ** cfg.power
+        gen = torch.Generator().manual_seed(cfg.seed + state.windows)
+        angles = torch.polar(torch.ones_like(magnitude), 2 * torch.pi * torch.rand(magnitude.shape, generator=gen))
+        if state.angles is not None:
+            shared = min(state.angles.shape[1], n_frames)
+            angles[:, :shared] = state.angles[:, :shared]
+        audio, angles = self._griffin_lim(magnitude, angles, n_frames * hop)
+        emitted = audio[n_left * hop : (n_left + block) * hop].clone()
+        if state.tail is not None:
+            fade = torch.linspace(0.0, 1.0, state.tail.numel() + 2)[1:-1]
+            n = min(state.tail.numel(), emitted.numel())
+            emitted[:n] = state.tail[:n] * (1 - fade[:n]) + emitted[:n] * fade[:n]
+        committed = n_left + block
+        state.tail = audio[committed * hop : committed * hop + hop].clone() if right else None
+        keep = min(cfg.context_frames, committed)
+        state.left = mel[committed - keep : committed]
+        state.angles = angles[:, committed - keep :]
+        state.ahead = state.ahead[block:]
+        state.windows += 1
+        return emitted
+
+    def _griffin_lim(self, magnitude: torch.Tensor, angles: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg, mel = self.config, self.mel
+        assert isinstance(cfg, GriffinLimConfig)
+        window = stft_window(mel.win_length)
+        kw = dict(n_fft=mel.n_fft, hop_length=mel.hop_length, win_length=mel.win_length, window=window, center=True)
+        previous = torch.zeros_like(angles)
+        alpha = cfg.momentum / (1 + cfg.momentum)
+        for _ in range(cfg.n_iter):
+            audio = torch.istft(magnitude * angles, length=length, **kw)  # type: ignore[arg-type]
+            rebuilt = torch.stft(audio, return_complex=True, **kw)[:, : magnitude.shape[1]]  # type: ignore[arg-type]
+            angles = rebuilt - alpha * previous
+            angles = angles / (angles.abs() + 1e-16)
+            previous = rebuilt
+        audio = torch.istft(magnitude * angles, length=length, **kw)  # type: ignore[arg-type]
+        return torch.clamp(audio, -1.0, 1.0), angles
+
+
+@functools.lru_cache(maxsize=8)
+def _inverse_filterbank(mel: MelSettings) -> torch.Tensor:
+    return torch.linalg.pinv(mel_filterbank(mel))
+
+
+def _cat_audio(parts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(parts)[None] if parts else torch.zeros(1, 0)
+
+
+class NeuralVocoderConfig(BlockConfig):
+    network: str = Field("vocoder", description="Exported vocoder: mel [1, T, n_mels] -> audio [1, T*hop].")
+    chunk_frames: int = Field(32, ge=1, description="Mel frames per call in the dynamic context.")
+
+
+@dataclass
+class NeuralVocoderState:
+    window: WindowState = field(default_factory=WindowState)
+
+
+class NeuralVocoder(Vocoder):
+    """Runs an addon's exported vocoder chunk by chunk with its receptive-field context.
+
+    The network must declare a finite ``receptive_field`` (in frames) and an output of shape
+    ``[1, "T*hop_length"]``; chunked audio then equals whole-utterance audio to float rounding.
+    """
+
+    type_name = "NeuralVocoder"
+    Config = NeuralVocoderConfig
+
+    @classmethod
+    def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
+        assert isinstance(config, NeuralVocoderConfig)
+        out = super().plan(config, env)
+        spec = env.require_network(config.network)
+        if spec.receptive_field is None:
+            raise env.error(f'network "{config.network}" declares no receptive_field, so it cannot run in chunks')
+        return out
+
+    def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
+        super().__init__(config, env, children)
+        assert isinstance(config, NeuralVocoderConfig)
+        self.runner = env.networks(config.network)
+        spec = self.runner.spec
+        self.mel_input = next(t.name for t in spec.inputs if t.time_scale is not None and t.name != "mask")
+        audio = next(t for t in spec.outputs if t.time_scale is not None)
+        if audio.time_scale != self.mel.hop_length:
+            raise ValueError(
+                f'network "{config.network}" makes {audio.time_scale} samples per frame, the addon\'s hop_length is {self.mel.hop_length}'
+            )
+        self.audio_output = audio.name
+
+    def start(self) -> NeuralVocoderState:
+        return NeuralVocoderState()
+
+    def process(self, state: NeuralVocoderState, mel: torch.Tensor) -> torch.Tensor:
+        assert isinstance(self.config, NeuralVocoderConfig)
+        stream = self.runner.windowed(self.config.chunk_frames, state.window)
+        return _cat_audio([o[self.audio_output][0] for o in stream.push({self.mel_input: mel})])
+
+    def finish(self, state: NeuralVocoderState) -> torch.Tensor:
+        assert isinstance(self.config, NeuralVocoderConfig)
+        stream = self.runner.windowed(self.config.chunk_frames, state.window)
+        return _cat_audio([o[self.audio_output][0] for o in stream.finish()])
