@@ -1,0 +1,34 @@
+# The commands the README shows. Each installs what it needs first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# CPU wheel: any other version (or an unpinned torch) pulls gigabytes of CUDA packages here.
+TORCH := torch==2.13.0
+
+.PHONY: install test lint serve bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)" -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check blocks addons serve_app tests
+	$(VENV)/bin/ruff format --check blocks addons serve_app tests
+	$(VENV)/bin/mypy
+
+bench: install
+	$(VENV)/bin/chorus bench synth
+
+serve: install
+	$(VENV)/bin/chorus serve --host 127.0.0.1 --port 8000
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

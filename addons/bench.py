@@ -1,0 +1,81 @@
+"""In-process synthesis benchmark: time to first audio, real-time factor, peak memory."""
+
+from __future__ import annotations
+
+import gc
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+from addons.voice import Voice
+
+__all__ = ["BenchResult", "bench_voice", "SENTENCES"]
+
+SENTENCES = [
+    "The morning train to the coast was late again.",
+    "She packed three sandwiches, a flask of tea and an old paperback.",
+    "Nobody on the platform seemed surprised.",
+    "When it finally arrived, the carriages were almost empty.",
+    "Outside, the fields turned from green to gold as the sun climbed.",
+    "A conductor with a silver beard checked every ticket twice.",
+    "He hummed a tune that none of the passengers could name.",
+    "At the fourth stop, a family of five squeezed into the next row.",
+    "The youngest child asked why the sea was salty.",
+    "Her father said it was because the fish were crying.",
+    "Everyone laughed, even the conductor.",
+    "By noon the air smelled of salt and seaweed.",
+    "The train slowed as it curved along the cliffs.",
+    "Gulls wheeled above the harbour, shouting at the boats.",
+    "She closed her book and watched the waves for a while.",
+    "There were 42 fishing boats moored in neat rows.",
+    "On the quay, a man sold oysters from a wooden cart.",
+    "She bought a dozen and ate them standing in the wind.",
+    "It was, she decided, the best day of the whole summer.",
+    "Then she caught the last train home.",
+]
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    addon: str
+    context: str
+    text: str  # "1 sentence" or "20 sentences"
+    first_chunk_s: float  # seconds from the call to the first audio chunk
+    total_s: float  # seconds to synthesize everything
+    audio_s: float  # seconds of audio produced
+    rtf: float  # total_s / audio_s: below 1 is faster than real time
+    peak_rss_mb: float  # the process's peak resident memory so far
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def _run(voice: Voice, text: str, label: str) -> BenchResult:
+    gc.collect()
+    start = time.perf_counter()
+    first = None
+    samples = 0
+    for chunk in voice.stream(text):
+        if first is None:
+            first = time.perf_counter() - start
+        samples += chunk.samples.size
+    total = time.perf_counter() - start
+    audio_s = samples / voice.sample_rate
+    return BenchResult(voice.name, voice.context.value, label, first or total, total, audio_s, total / max(audio_s, 1e-9), _peak_rss_mb())
+
+
+def bench_voice(voice: Voice, repeats: int = 3) -> list[BenchResult]:
+    """Best of ``repeats`` runs for one sentence and for twenty, after a warm-up run."""
+    texts = {"1 sentence": SENTENCES[0], "20 sentences": " ".join(SENTENCES)}
+    _run(voice, SENTENCES[1], "warm-up")
+    results = []
+    for label, text in texts.items():
+        runs = [_run(voice, text, label) for _ in range(repeats)]
+        results.append(min(runs, key=lambda r: r.total_s))
+    return results

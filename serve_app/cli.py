@@ -1,0 +1,213 @@
+"""The ``chorus`` command line: synthesize, benchmark, inspect addons, serve.
+
+Bad input exits with code 2 and one line naming the problem; nothing here does tensor math.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chorus", description="Serve many text-to-speech models side by side.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    synth = sub.add_parser("synth", help="synthesize text to a WAV file")
+    synth.add_argument("--addon", default=None, help="addon name or directory (default: the bundled default voice)")
+    text = synth.add_mutually_exclusive_group(required=True)
+    text.add_argument("--text", help="text to speak")
+    text.add_argument("--text-file", type=Path, help="UTF-8 file with the text to speak")
+    synth.add_argument("--out", type=Path, required=True, help="output WAV path")
+    synth.add_argument("--context", choices=["dynamic", "static"], default="dynamic", help="execution context")
+    synth.add_argument("--voice", default="default", help="one of the addon's voices")
+    synth.add_argument("--speed", type=float, default=None, help="speaking rate multiplier (0.25-4)")
+    synth.add_argument("--mel-out", type=Path, help="also save the mel frames [F, n_mels] as .npy")
+    synth.add_argument("--mel-plot", type=Path, help="also save a PNG plot of the mel")
+    synth.set_defaults(func=_synth)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    bsynth = bench_sub.add_parser("synth", help="in-process time to first audio, real-time factor, peak memory")
+    bsynth.add_argument("--addon", default=None, help="addon name or directory")
+    bsynth.add_argument("--context", choices=["dynamic", "static"], default="dynamic")
+    bsynth.add_argument("--repeats", type=int, default=3, help="runs per text; the best is reported")
+    bsynth.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bsynth.set_defaults(func=_bench_synth)
+
+    addon = sub.add_parser("addon", help="inspect addons")
+    addon_sub = addon.add_subparsers(dest="addon_command", required=True)
+    validate = addon_sub.add_parser("validate", help="check an addon directory: manifest, stack, networks")
+    validate.add_argument("directory", type=Path)
+    validate.set_defaults(func=_addon_validate)
+    listing = addon_sub.add_parser("list", help="list installed addons")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_addon_list)
+    return parser
+
+
+def _read_text(args: argparse.Namespace) -> str:
+    if args.text is not None:
+        return str(args.text)
+    try:
+        return Path(args.text_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read --text-file {args.text_file}: {exc}") from None
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise CliError(f"{flag} {path} is a directory")
+    if not parent.is_dir():
+        raise CliError(f"{flag} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CliError(f"{flag} {path} is not writable")
+
+
+def _load(addon: str | None, context: str = "dynamic"):  # type: ignore[no-untyped-def]
+    import addons
+
+    try:
+        return addons.load(addon, context=context)
+    except addons.AddonError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _synth(args: argparse.Namespace) -> int:
+    import soundfile as sf
+
+    import addons
+
+    text = _read_text(args)
+    for flag, path in (("--out", args.out), ("--mel-out", args.mel_out), ("--mel-plot", args.mel_plot)):
+        if path is not None:
+            _check_writable(path, flag)
+    voice = _load(args.addon, args.context)
+    options = {"voice": args.voice, **({"speed": args.speed} if args.speed is not None else {})}
+    fd, partial = tempfile.mkstemp(prefix=".chorus-", suffix=".wav", dir=args.out.parent if str(args.out.parent) else ".")
+    os.close(fd)
+    mels: list[np.ndarray] = []
+    frames = samples = 0
+    try:
+        state = voice.audio_start()
+        with sf.SoundFile(partial, "w", samplerate=voice.sample_rate, channels=1, subtype="PCM_16", format="WAV") as wav:
+            for mel in voice.stream_mel(text, **options):
+                frames += mel.frames.shape[0]
+                if args.mel_out or args.mel_plot:
+                    mels.append(mel.frames)
+                audio = voice.audio_process(state, mel.frames)
+                samples += audio.size
+                wav.write(audio)
+            audio = voice.audio_finish(state)
+            samples += audio.size
+            wav.write(audio)
+        os.replace(partial, args.out)
+    except addons.TextError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    mel = np.concatenate(mels) if mels else None
+    if args.mel_out is not None and mel is not None:
+        np.save(args.mel_out, mel)
+    if args.mel_plot is not None and mel is not None:
+        _plot_mel(mel, voice, args.mel_plot)
+    seconds = samples / voice.sample_rate
+    print(f"{args.out}: {seconds:.2f} s, {frames} mel frames x {voice.hop_length} samples at {voice.sample_rate} Hz ({voice.name})")
+    return 0
+
+
+def _plot_mel(mel: np.ndarray, voice, path: Path) -> None:  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, mel.shape[0] / 80), 3))
+    ax.imshow(mel.T, origin="lower", aspect="auto", interpolation="nearest")
+    ax.set(xlabel=f"frame ({voice.hop_length / voice.sample_rate * 1000:.1f} ms)", ylabel="mel band", title=voice.name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _bench_synth(args: argparse.Namespace) -> int:
+    from addons.bench import bench_voice
+
+    if args.repeats < 1:
+        raise CliError("--repeats must be at least 1")
+    results = bench_voice(_load(args.addon, args.context), repeats=args.repeats)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+        return 0
+    print(f"{'addon':<16} {'context':<8} {'text':<13} {'first chunk':>12} {'total':>9} {'audio':>8} {'RTF':>7} {'peak RSS':>9}")
+    for r in results:
+        print(
+            f"{r.addon:<16} {r.context:<8} {r.text:<13} {r.first_chunk_s * 1000:>9.1f} ms {r.total_s:>7.3f} s "
+            f"{r.audio_s:>6.2f} s {r.rtf:>7.4f} {r.peak_rss_mb:>6.0f} MB"
+        )
+    return 0
+
+
+def _addon_validate(args: argparse.Namespace) -> int:
+    import addons
+
+    try:
+        manifest = addons.read_manifest(args.directory)
+        voice = addons.Voice(manifest, args.directory)
+        audio, mel = voice.synthesize("Hello.")
+    except (addons.AddonError, addons.TextError) as exc:
+        raise CliError(str(exc)) from None
+    except Exception as exc:  # a network that loads but does not run: still the addon's fault
+        raise CliError(f"{args.directory}: networks failed a test synthesis: {type(exc).__name__}: {exc}") from None
+    print(
+        f"{args.directory}: ok — {manifest.name} {manifest.version} ({manifest.language}), "
+        f"{len(manifest.networks)} networks, test synthesis {mel.shape[0]} frames / {audio.size} samples"
+    )
+    return 0
+
+
+def _addon_list(args: argparse.Namespace) -> int:
+    import addons
+
+    found = addons.list_addons()
+    if args.json:
+        print(json.dumps([{"name": m.name, "description": m.description, "language": m.language, "path": str(p)} for p, m in found], indent=2))
+        return 0
+    for path, m in found:
+        print(f"{m.name:<20} {m.language:<8} {m.description}  [{path}]")
+    if not found:
+        print("no addons found (searched: " + ", ".join(str(d) for d in addons.addon_dirs()) + ")")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except CliError as exc:
+        print(f"chorus: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

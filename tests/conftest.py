@@ -1,0 +1,49 @@
+"""Shared fixtures: the tiny seeded addons are built once per test session."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.make_fixtures import build_all
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    force = os.environ.get("CHORUS_TEST_FORCE_CUDA") == "1"
+    if torch.cuda.is_available() or force:
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (set CHORUS_TEST_FORCE_CUDA=1 to fail instead of skipping)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def fixture_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("addons")
+    build_all(out)
+    return out
+
+
+@pytest.fixture
+def edit_addon(fixture_dir: Path, tmp_path: Path) -> Callable[..., Path]:
+    """Copy a fixture addon and apply ``edit(manifest_dict)`` to its addon.json."""
+
+    def make(name: str, edit: Callable[[dict[str, Any]], Any]) -> Path:
+        target = tmp_path / f"{name}-edited"
+        shutil.copytree(fixture_dir / name, target)
+        manifest = json.loads((target / "addon.json").read_text())
+        result = edit(manifest)
+        if result is not None:
+            manifest = result
+        (target / "addon.json").write_text(json.dumps(manifest))
+        return target
+
+    return make

@@ -1,0 +1,154 @@
+"""End-to-end behaviour of loaded fixture addons: contexts, swaps, nesting, effects, streaming."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import addons
+from blocks import Request
+
+SHORT = "Hi."
+LONG = (
+    "The quick brown fox jumps over the lazy dog, and then it runs all the way home to sleep in the warm sun "
+    "while the birds sing songs about 42 apples."
+)
+ALL = ["tiny-fast", "tiny-neural", "tiny-taco"]
+
+
+def mel_of(voice: addons.Voice, text: str) -> np.ndarray:
+    return np.concatenate([c.frames for c in voice.stream_mel(text)])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_wav_length_is_frames_times_hop(fixture_dir: Path, name: str) -> None:
+    voice = addons.load(fixture_dir / name)
+    audio, mel = voice.synthesize("Hello world. How are you today?")
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert audio.size == mel.shape[0] * voice.hop_length
+    assert np.isfinite(audio).all() and np.abs(audio).max() <= 1.0
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("text", [SHORT, "Exactly eight tokens.", LONG, f"{LONG} {LONG}"])
+def test_static_context_equals_dynamic(fixture_dir: Path, name: str, text: str) -> None:
+    dynamic = mel_of(addons.load(fixture_dir / name, context="dynamic"), text)
+    static = mel_of(addons.load(fixture_dir / name, context="static"), text)
+    assert static.shape == dynamic.shape
+    np.testing.assert_allclose(static, dynamic, atol=1e-4)
+
+
+def test_static_windows_cover_short_equal_and_long_inputs(fixture_dir: Path) -> None:
+    voice = addons.load(fixture_dir / "tiny-fast")
+    spec = voice.manifest.networks["text_encoder"]
+    centre = spec.static_length - 2 * spec.receptive_field
+    lengths = {len(s.ids) for text in (SHORT, LONG) for s in voice.sentences(text)}
+    assert min(lengths) < centre < max(lengths)
+
+
+@pytest.mark.parametrize("name", ["tiny-fast", "tiny-taco"])
+def test_customized_encoders_swap_changes_nothing(fixture_dir: Path, edit_addon: Callable[..., Path], name: str) -> None:
+    def rename(m: dict[str, Any]) -> None:
+        assert m["stack"][0]["sequence_block"]["type"] == "Encoders"
+        m["stack"][0]["sequence_block"]["type"] = "CustomizedEncoders"
+
+    swapped = addons.load(edit_addon(name, rename))
+    assert type(swapped.stack.stack[0].sequence_block).__name__ == "CustomizedEncoders"
+    a = addons.load(fixture_dir / name).synthesize(LONG)
+    b = swapped.synthesize(LONG)
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_nested_pipeline_in_a_streamable_slot(fixture_dir: Path, edit_addon: Callable[..., Path]) -> None:
+    def nest(m: dict[str, Any]) -> None:
+        # Pipeline(Encoders -> Stack[Pipeline(Container[] -> Upsampler), Decoder]): same result as flat.
+        m["stack"] = [
+            {
+                "type": "StreamablePipeline",
+                "sequence_block": {"type": "SequenceBlockContainer", "blocks": [{"type": "Encoders"}]},
+                "streamable_block": {
+                    "type": "StreamableStack",
+                    "stack": [
+                        {
+                            "type": "StreamablePipeline",
+                            "sequence_block": {"type": "Encoders", "networks": ["duration_predictor"]},
+                            "streamable_block": {"type": "Upsampler", "chunk_frames": 7},
+                        },
+                        {"type": "ChunkStats", "label": "frames"},
+                        {"type": "Decoder", "chunk_frames": 5},
+                    ],
+                },
+            }
+        ]
+
+    flat = mel_of(addons.load(fixture_dir / "tiny-fast"), LONG)
+    nested_voice = addons.load(edit_addon("tiny-fast", nest))
+    request = Request(options={"speed": 1.0})
+    chunks = [c.frames for c in nested_voice.stream_mel(LONG, request=request)]
+    np.testing.assert_allclose(np.concatenate(chunks), flat, atol=1e-5)
+    sizes = [c.shape[0] for c in chunks]
+    assert max(sizes) == 5 and sizes.count(5) >= len(sizes) - 3  # a short last chunk per sentence
+    assert sum(s["size"] for s in request.report["frames"]) == flat.shape[0]
+
+
+def test_dsp_effect_added_by_config(fixture_dir: Path, edit_addon: Callable[..., Path]) -> None:
+    plain = addons.load(fixture_dir / "tiny-neural").synthesize(LONG)[0]
+    quieter = addons.load(edit_addon("tiny-neural", lambda m: m.update(effects=[{"type": "Gain", "db": -6.0}])))
+    np.testing.assert_allclose(quieter.synthesize(LONG)[0], plain * 10 ** (-6 / 20), atol=1e-6)
+
+
+def test_diagnostic_block_reports_chunks(fixture_dir: Path, edit_addon: Callable[..., Path]) -> None:
+    voice = addons.load(edit_addon("tiny-fast", lambda m: m.update(effects=[{"type": "ChunkStats", "label": "audio"}])))
+    request = Request(options={"speed": 1.0, "gain_db": 0.0})
+    samples = sum(c.samples.size for c in voice.stream(LONG, request=request))
+    stats = request.report["audio"]
+    assert sum(s["size"] for s in stats) == samples and all(s["rms"] >= 0 for s in stats)
+
+
+def test_speed_and_voices(fixture_dir: Path) -> None:
+    voice = addons.load(fixture_dir / "tiny-fast")
+    normal = voice.synthesize(LONG)[1].shape[0]
+    assert voice.synthesize(LONG, speed=2.0)[1].shape[0] < normal * 0.6
+    assert voice.synthesize(LONG, voice="fast")[1].shape[0] < normal
+    with pytest.raises(addons.TextError, match="unknown voice"):
+        voice.synthesize(LONG, voice="nobody")
+    with pytest.raises(addons.TextError, match="speed"):
+        voice.synthesize(LONG, speed=9)
+
+
+def test_attention_decoder_reports_stop_reason(fixture_dir: Path) -> None:
+    voice = addons.load(fixture_dir / "tiny-taco")
+    request = Request(options={"speed": 1.0})
+    frames = sum(c.frames.shape[0] for c in voice.stream_mel(LONG, request=request))
+    reports = request.report["AttentionDecoder"]  # one per sentence
+    assert all(r["stop"] == "length_guard" for r in reports)  # random weights never stop: the guard ends them
+    assert sum(r["frames"] for r in reports) == frames
+    assert all(r["frames"] <= 4.0 * r["tokens"] for r in reports)
+
+
+def test_first_chunk_needs_only_the_first_sentence(fixture_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    voice = addons.load(fixture_dir / "tiny-fast")
+    calls: list[str] = []
+    original = voice.frontend.phonemize
+    monkeypatch.setattr(voice.frontend, "phonemize", lambda t: calls.append(t) or original(t))
+    stream = voice.stream(" ".join([f"Sentence number {i} is here." for i in range(2000)]))
+    next(stream)
+    assert len(calls) <= 2
+    stream.close()
+
+
+def test_exported_networks_have_no_pickled_code(fixture_dir: Path) -> None:
+    import zipfile
+
+    for name in ALL:
+        for pt2 in (fixture_dir / name).glob("*.pt2"):
+            with zipfile.ZipFile(pt2) as z:
+                assert not any(n.endswith(".pkl") and "code" in n for n in z.namelist())
+        manifest = json.loads((fixture_dir / name / "addon.json").read_text())
+        assert manifest["schema_version"] == 1
