@@ -76,8 +76,13 @@ def _check_writable(path: Path, flag: str) -> None:
         raise CliError(f"{flag} {path} is a directory")
     if not parent.is_dir():
         raise CliError(f"{flag} {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    if path.exists() and not os.access(path, os.W_OK):
         raise CliError(f"{flag} {path} is not writable")
+    try:  # os.access says yes to root everywhere; only a real file creation tells
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".chorus-probe-"):
+            pass
+    except OSError as exc:
+        raise CliError(f"{flag} {path} is not writable ({exc.strerror})") from None
 
 
 def _load(addon: str | None, context: str = "dynamic"):  # type: ignore[no-untyped-def]
@@ -124,10 +129,13 @@ def _synth(args: argparse.Namespace) -> int:
         if os.path.exists(partial):
             os.unlink(partial)
     mel = np.concatenate(mels) if mels else None
-    if args.mel_out is not None and mel is not None:
-        np.save(args.mel_out, mel)
-    if args.mel_plot is not None and mel is not None:
-        _plot_mel(mel, voice, args.mel_plot)
+    try:
+        if args.mel_out is not None and mel is not None:
+            np.save(args.mel_out, mel)
+        if args.mel_plot is not None and mel is not None:
+            _plot_mel(mel, voice, args.mel_plot)
+    except OSError as exc:
+        raise CliError(f"cannot write mel output: {exc}") from None
     seconds = samples / voice.sample_rate
     print(f"{args.out}: {seconds:.2f} s, {frames} mel frames x {voice.hop_length} samples at {voice.sample_rate} Hz ({voice.name})")
     return 0

@@ -1,0 +1,95 @@
+"""The chorus command line: valid WAVs, and one clear line with exit code 2 for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from serve_app.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "serve_app.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+def test_synth_writes_wav_matching_mel_frames(fixture_dir: Path, tmp_path: Path) -> None:
+    out, mel_out, plot = tmp_path / "out.wav", tmp_path / "mel.npy", tmp_path / "mel.png"
+    code = main(["synth", "--addon", str(fixture_dir / "tiny-fast"), "--text", "Hello there. How are you?", "--out", str(out), "--mel-out", str(mel_out), "--mel-plot", str(plot)])
+    assert code == 0
+    audio, rate = sf.read(out)
+    mel = np.load(mel_out)
+    assert rate == 22050 and audio.ndim == 1
+    assert audio.shape[0] == mel.shape[0] * 256
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".chorus-*"))  # no partial file left behind
+
+
+def test_synth_static_context_and_text_file(fixture_dir: Path, tmp_path: Path) -> None:
+    text = tmp_path / "in.txt"
+    text.write_text("A sentence from a file.", encoding="utf-8")
+    out = tmp_path / "s.wav"
+    assert main(["synth", "--addon", str(fixture_dir / "tiny-taco"), "--text-file", str(text), "--out", str(out), "--context", "static"]) == 0
+    assert sf.info(out).frames > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--text", ""], "text is empty"),
+        (["--text", "   --- ...   "], "no speakable characters"),
+        (["--text", "hi", "--addon", "no-such-addon"], 'addon "no-such-addon" not found'),
+        (["--text", "hi", "--out", "/nonexistent-dir/x.wav"], "directory /nonexistent-dir does not exist"),
+        (["--text", "hi", "--out", "/proc/x.wav"], "is not writable"),
+        (["--text-file", "/nonexistent.txt"], "cannot read --text-file"),
+        (["--text", "hi", "--speed", "9"], "speed"),
+        (["--text", "hi", "--voice", "nobody"], 'unknown voice "nobody"'),
+        (["--text", "hi", "--context", "gpu"], "invalid choice"),
+    ],
+)
+def test_synth_bad_input_exits_2_with_one_line(fixture_dir: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    full = ["synth", "--addon", str(fixture_dir / "tiny-fast"), "--out", str(tmp_path / "o.wav"), *args]
+    result = run_cli(*full)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 or lines[0].startswith("usage:")
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_addon_validate_and_list(fixture_dir: Path, tmp_path: Path) -> None:
+    ok = run_cli("addon", "validate", str(fixture_dir / "tiny-neural"))
+    assert ok.returncode == 0 and "ok" in ok.stdout
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "addon.json").write_text("{}")
+    bad = run_cli("addon", "validate", str(broken))
+    assert bad.returncode == 2 and "Field required" in bad.stderr and "Traceback" not in bad.stderr
+    listing = run_cli("addon", "list", "--json", env={"CHORUS_ADDON_PATH": str(fixture_dir)})
+    names = {a["name"] for a in json.loads(listing.stdout)}
+    assert {"tiny-fast", "tiny-taco", "tiny-neural"} <= names
+
+
+def test_bench_synth_reports_figures(fixture_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "synth", "--addon", str(fixture_dir / "tiny-fast"), "--json", "--repeats", "1"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["text"] for r in results] == ["1 sentence", "20 sentences"]
+    short, long = results
+    assert long["audio_s"] > 5 * short["audio_s"]
+    assert all(r["first_chunk_s"] <= r["total_s"] and r["rtf"] > 0 and r["peak_rss_mb"] > 0 for r in results)
