@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 from addons.voice import Voice
 
-__all__ = ["BenchResult", "bench_voice", "SENTENCES"]
+__all__ = ["SENTENCES", "BenchResult", "bench_voice"]
 
 SENTENCES = [
     "The morning train to the coast was late again.",
@@ -67,7 +67,16 @@ def _run(voice: Voice, text: str, label: str) -> BenchResult:
         samples += chunk.samples.size
     total = time.perf_counter() - start
     audio_s = samples / voice.sample_rate
-    return BenchResult(voice.name, voice.context.value, label, first or total, total, audio_s, total / max(audio_s, 1e-9), _peak_rss_mb())
+    return BenchResult(
+        voice.name,
+        voice.context.value,
+        label,
+        first or total,
+        total,
+        audio_s,
+        total / max(audio_s, 1e-9),
+        _peak_rss_mb(),
+    )
 
 
 def bench_voice(voice: Voice, repeats: int = 3) -> list[BenchResult]:

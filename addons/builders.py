@@ -51,16 +51,28 @@ def duration_addon(
     dim = encoder.embed.embedding_dim
     networks = {
         "text_encoder": NetworkExport(
-            encoder, "encoder", [_t("phoneme_ids", "B", "T", dtype="int64"), _t("mask", "B", "T")], [_t("encoding", "B", "T", dim)],
-            encoder.receptive_field, _static(encoder.receptive_field, static_tokens),
+            encoder,
+            "encoder",
+            [_t("phoneme_ids", "B", "T", dtype="int64"), _t("mask", "B", "T")],
+            [_t("encoding", "B", "T", dim)],
+            encoder.receptive_field,
+            _static(encoder.receptive_field, static_tokens),
         ),
         "duration_predictor": NetworkExport(
-            durations, "encoder", [_t("encoding", "B", "T", dim), _t("mask", "B", "T")], [_t("durations", "B", "T")],
-            durations.receptive_field, _static(durations.receptive_field, static_tokens),
+            durations,
+            "encoder",
+            [_t("encoding", "B", "T", dim), _t("mask", "B", "T")],
+            [_t("durations", "B", "T")],
+            durations.receptive_field,
+            _static(durations.receptive_field, static_tokens),
         ),
         "decoder": NetworkExport(
-            decoder, "decoder", [_t("frames", "B", "T", dim), _t("mask", "B", "T")], [_t("mel", "B", "T", mel.n_mels)],
-            decoder.receptive_field, _static(decoder.receptive_field, static_frames),
+            decoder,
+            "decoder",
+            [_t("frames", "B", "T", dim), _t("mask", "B", "T")],
+            [_t("mel", "B", "T", mel.n_mels)],
+            decoder.receptive_field,
+            _static(decoder.receptive_field, static_frames),
         ),
     }
     if vocoder is not None:
@@ -71,8 +83,12 @@ def duration_addon(
 
 def frame_vocoder_network(vocoder: FrameVocoder, mel: MelSettings, static_frames: int = 128) -> NetworkExport:
     return NetworkExport(
-        vocoder, "vocoder", [_t("mel", "B", "T", mel.n_mels), _t("mask", "B", "T")], [_t("audio", "B", f"T*{mel.hop_length}")],
-        vocoder.receptive_field, _static(vocoder.receptive_field, static_frames),
+        vocoder,
+        "vocoder",
+        [_t("mel", "B", "T", mel.n_mels), _t("mask", "B", "T")],
+        [_t("audio", "B", f"T*{mel.hop_length}")],
+        vocoder.receptive_field,
+        _static(vocoder.receptive_field, static_frames),
     )
 
 
@@ -93,17 +109,30 @@ def attention_addon(
     states = [_t(name, "B", size) for name, size in step.state_shapes().items()]
     networks = {
         "encoder": NetworkExport(
-            encoder, "encoder", [_t("phoneme_ids", "B", "T", dtype="int64"), _t("mask", "B", "T")], [_t("memory", "B", "T", dim)],
-            encoder.receptive_field, _static(encoder.receptive_field, static_tokens),
+            encoder,
+            "encoder",
+            [_t("phoneme_ids", "B", "T", dtype="int64"), _t("mask", "B", "T")],
+            [_t("memory", "B", "T", dim)],
+            encoder.receptive_field,
+            _static(encoder.receptive_field, static_tokens),
         ),
         "decoder_step": NetworkExport(
             step,
             "decoder_step",
             [
-                _t("prev_frame", "B", mel.n_mels), _t("memory", "B", "T", dim), _t("mask", "B", "T"),
-                _t("attention_prev", "B", "T"), _t("attention_cum", "B", "T"), *states,
+                _t("prev_frame", "B", mel.n_mels),
+                _t("memory", "B", "T", dim),
+                _t("mask", "B", "T"),
+                _t("attention_prev", "B", "T"),
+                _t("attention_cum", "B", "T"),
+                *states,
             ],
-            [_t("frames", "B", step.reduction, mel.n_mels), _t("stop_logit", "B", step.reduction), _t("attention", "B", "T"), *states],
+            [
+                _t("frames", "B", step.reduction, mel.n_mels),
+                _t("stop_logit", "B", step.reduction),
+                _t("attention", "B", "T"),
+                *states,
+            ],
             None,
             window,
         ),

@@ -43,7 +43,9 @@ class NetworkExport:
         )
 
 
-def export_addon(directory: str | Path, networks: dict[str, NetworkExport], tolerance: float = 1e-4, **manifest: Any) -> Path:
+def export_addon(
+    directory: str | Path, networks: dict[str, NetworkExport], tolerance: float = 1e-4, **manifest: Any
+) -> Path:
     """Write an addon to ``directory``.
 
     ``manifest`` holds the other :class:`~addons.manifest.AddonManifest` fields (``name``,
@@ -82,7 +84,8 @@ def _export_network(net: NetworkExport, spec: NetworkSpec, path: Path, tolerance
     module = net.module.eval()
     batch_dim, time_dim = Dim("B", min=1, max=256), Dim("T", min=1, max=65536)
     dynamic = tuple(
-        {i: batch_dim if d == "B" else time_dim for i, d in enumerate(t.shape) if isinstance(d, str)} or None for t in spec.inputs
+        {i: batch_dim if d == "B" else time_dim for i, d in enumerate(t.shape) if isinstance(d, str)} or None
+        for t in spec.inputs
     )
     with torch.no_grad():
         program = torch.export.export(module, _examples(spec, 2, 17), dynamic_shapes=dynamic)

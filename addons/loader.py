@@ -53,7 +53,9 @@ def list_addons() -> list[tuple[Path, AddonManifest]]:
     return list(found.values())
 
 
-def load(name_or_path: str | os.PathLike[str] | None = None, context: str = "dynamic", device: str | torch.device = "cpu") -> Voice:
+def load(
+    name_or_path: str | os.PathLike[str] | None = None, context: str = "dynamic", device: str | torch.device = "cpu"
+) -> Voice:
     """Load an addon as a :class:`Voice`; ``context`` is ``"dynamic"`` or ``"static"``."""
     try:
         ctx = ExecutionContext(context)

@@ -101,9 +101,15 @@ class DeploymentHints(Strict):
     vocoder: StageDeployment = Field(default_factory=StageDeployment, description="The addon's own vocoder.")
 
 
+def _default_vocoder() -> BlockSpecJson:
+    return {"type": "GriffinLim"}
+
+
 class AddonManifest(Strict):
     schema_version: Literal[1] = Field(description="Manifest schema version.")
-    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")] = Field(description="Model id, as clients name it.")
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")] = Field(
+        description="Model id, as clients name it."
+    )
     description: str = Field("", description="One line for listings.")
     version: str = Field("0.1.0", description="Version of this addon's weights.")
     language: Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] = Field(description="BCP 47 tag.")
@@ -111,7 +117,7 @@ class AddonManifest(Strict):
     frontend: FrontendConfig = Field(description="Text normalization, G2P and the phoneme-to-id map.")
     networks: dict[str, NetworkSpec] = Field(description="Exported networks by name.")
     stack: list[BlockSpecJson] = Field(min_length=1, description="Blocks from phoneme ids to a mel stream.")
-    vocoder: BlockSpecJson = Field(default_factory=lambda: {"type": "GriffinLim"}, description="Mel to audio.")
+    vocoder: BlockSpecJson = Field(default_factory=_default_vocoder, description="Mel to audio.")
     effects: list[BlockSpecJson] = Field(default_factory=list, description="Audio-to-audio blocks after the vocoder.")
     defaults: SynthesisDefaults = Field(default_factory=SynthesisDefaults, description="Request option defaults.")
     voices: dict[str, VoicePreset] = Field(default_factory=lambda: {"default": VoicePreset()}, description="Voices.")
@@ -143,7 +149,9 @@ def read_manifest(directory: Path) -> AddonManifest:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AddonError(f"{path}: not valid JSON ({exc})") from None
     if isinstance(raw, dict) and raw.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
-        raise AddonError(f"{path}: schema_version {raw.get('schema_version')!r} is not supported (this Chorus reads {SCHEMA_VERSION})")
+        raise AddonError(
+            f"{path}: schema_version {raw.get('schema_version')!r} is not supported (this Chorus reads {SCHEMA_VERSION})"
+        )
     try:
         manifest = AddonManifest.model_validate(raw)
     except ValidationError as exc:
@@ -152,7 +160,9 @@ def read_manifest(directory: Path) -> AddonManifest:
         check_manifest(manifest)
     except StackError as exc:
         raise AddonError(f"{path}: {exc}") from None
-    missing = [f"networks.{n}.file ({s.file})" for n, s in manifest.networks.items() if not (directory / s.file).is_file()]
+    missing = [
+        f"networks.{n}.file ({s.file})" for n, s in manifest.networks.items() if not (directory / s.file).is_file()
+    ]
     if missing:
         raise AddonError(f"{path}: missing network file: {', '.join(missing)}")
     return manifest

@@ -59,7 +59,13 @@ class SynthesisOptions(BaseModel):
 class Voice:
     """A loaded addon. Thread-safe for concurrent ``stream`` calls (each has its own state)."""
 
-    def __init__(self, manifest: AddonManifest, directory: Path, context: ExecutionContext | str = "dynamic", device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        manifest: AddonManifest,
+        directory: Path,
+        context: ExecutionContext | str = "dynamic",
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.manifest = manifest
         self.directory = directory
         self.context = ExecutionContext(context)
@@ -68,12 +74,15 @@ class Voice:
         self._programs: dict[tuple[str, str], NetworkRunner] = {}
         self._lock = threading.Lock()
         env = BuildEnv(self._load_network, manifest.networks, manifest.mel, self.context, self.device)
-        self.stack = env.build(parse_stack(manifest.stack))
-        assert isinstance(self.stack, StreamableStack)
+        stack = env.build(parse_stack(manifest.stack))
+        assert isinstance(stack, StreamableStack)
+        self.stack: StreamableStack = stack
         vocoder = env.build(parse_block(manifest.vocoder, Vocoder, "vocoder"))
         assert isinstance(vocoder, Vocoder)
         self.vocoder = vocoder
-        self.effects = [env.build(parse_block(e, ChunkwiseBlock, f"effects[{i}]")) for i, e in enumerate(manifest.effects)]
+        self.effects = [
+            env.build(parse_block(e, ChunkwiseBlock, f"effects[{i}]")) for i, e in enumerate(manifest.effects)
+        ]
 
     # -- identity -----------------------------------------------------------------------------
     @property
@@ -102,7 +111,13 @@ class Voice:
         if opts.voice not in self.manifest.voices:
             raise TextError(f'unknown voice "{opts.voice}" (known: {", ".join(self.voices)})')
         preset = self.manifest.voices[opts.voice]
-        speed = opts.speed if opts.speed is not None else preset.speed if preset.speed is not None else self.manifest.defaults.speed
+        speed = (
+            opts.speed
+            if opts.speed is not None
+            else preset.speed
+            if preset.speed is not None
+            else self.manifest.defaults.speed
+        )
         return opts, {"speed": speed, "voice": opts.voice, "gain_db": preset.gain_db}
 
     def stream_mel(self, text: str, request: Request | None = None, **options: Any) -> Iterator[MelChunk]:
@@ -156,7 +171,9 @@ class Voice:
         request = request or Request(options=self.options()[1])
         feats: Features = {k: torch.as_tensor(v)[None] for k, v in features.items()}
         first, rest = self.stack.stack[0], self.stack.stack[1:]
-        stream = (first.streamable_block if isinstance(first, StreamablePipeline) else first).stream(None, feats, request)
+        stream = (first.streamable_block if isinstance(first, StreamablePipeline) else first).stream(
+            None, feats, request
+        )
         for block in rest:
             stream = block.stream(stream, feats, request)
         for chunk in stream:

@@ -51,7 +51,9 @@ class AttentionDecoder(StreamableBlock):
     def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
         assert isinstance(config, AttentionDecoderConfig)
         if env.kind is not None:
-            raise env.error(f'{cls.type_name} starts a stream; it cannot follow a block that produces "{env.kind.value}"')
+            raise env.error(
+                f'{cls.type_name} starts a stream; it cannot follow a block that produces "{env.kind.value}"'
+            )
         env.require_keys([config.memory], cls.type_name)
         spec = env.require_network(config.network)
         names = [t.name for t in spec.inputs]
@@ -67,7 +69,9 @@ class AttentionDecoder(StreamableBlock):
             if t.time_scale is not None or not all(isinstance(d, int) for d in t.shape[1:]):
                 raise env.error(f'network "{config.network}": state "{t.name}" must have a fixed shape, has {t.shape}')
         if spec.static_length is not None and spec.static_length < config.window:
-            raise env.error(f'window {config.window} exceeds network "{config.network}" static_length {spec.static_length}')
+            raise env.error(
+                f'window {config.window} exceeds network "{config.network}" static_length {spec.static_length}'
+            )
         return PlanEnv(env.keys, StreamKind.MEL, env.networks, env.path)
 
     def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:

@@ -15,7 +15,7 @@ import math
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["MelSettings", "mel_filterbank", "log_mel", "stft_window"]
+__all__ = ["MelSettings", "log_mel", "mel_filterbank", "stft_window"]
 
 LOG_FLOOR = 1e-5
 
@@ -68,8 +68,9 @@ def _mel_to_hz(m: torch.Tensor) -> torch.Tensor:
 def mel_filterbank(settings: MelSettings) -> torch.Tensor:
     """Slaney-normalized triangular filters, ``[n_mels, n_freq]``."""
     freqs = torch.linspace(0, settings.sample_rate / 2, settings.n_freq, dtype=torch.float64)
-    m_min, m_max = _hz_to_mel(torch.tensor(settings.f_min, dtype=torch.float64)), _hz_to_mel(
-        torch.tensor(settings.f_max, dtype=torch.float64)
+    m_min, m_max = (
+        _hz_to_mel(torch.tensor(settings.f_min, dtype=torch.float64)),
+        _hz_to_mel(torch.tensor(settings.f_max, dtype=torch.float64)),
     )
     edges = _mel_to_hz(torch.linspace(float(m_min), float(m_max), settings.n_mels + 2, dtype=torch.float64))
     lower, center, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]

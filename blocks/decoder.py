@@ -35,10 +35,14 @@ class Decoder(StreamableBlock):
         assert isinstance(config, DecoderConfig)
         if env.kind is not StreamKind.FRAMES:
             got = env.kind.value if env.kind else "nothing"
-            raise env.error(f'{cls.type_name} consumes a "frames" stream (e.g. from an Upsampler), upstream gives {got}')
+            raise env.error(
+                f'{cls.type_name} consumes a "frames" stream (e.g. from an Upsampler), upstream gives {got}'
+            )
         spec = env.require_network(config.network)
         if spec.receptive_field is None:
-            raise env.error(f'network "{config.network}" declares no receptive_field, so it cannot be decoded in chunks')
+            raise env.error(
+                f'network "{config.network}" declares no receptive_field, so it cannot be decoded in chunks'
+            )
         seq_inputs = [t.name for t in spec.inputs if t.time_scale is not None and t.name != "mask"]
         if len(seq_inputs) != 1:
             raise env.error(f'network "{config.network}" must take exactly one sequence input, has {seq_inputs}')

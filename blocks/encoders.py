@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar
 
 import torch
 from pydantic import Field
@@ -37,7 +38,7 @@ class Encoders(SequenceBlock):
     """
 
     type_name = "Encoders"
-    Config = EncodersConfig
+    Config: ClassVar[type[BlockConfig]] = EncodersConfig
 
     @classmethod
     def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:

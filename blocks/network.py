@@ -122,12 +122,12 @@ class NetworkSpec(BaseModel):
         names = [t.name for t in self.inputs]
         if len(set(names)) != len(names):
             raise ValueError("input names must be unique")
-        if self.static_length is not None and self.receptive_field is not None:
-            if self.static_length <= 2 * self.receptive_field:
-                raise ValueError(
-                    f"static_length {self.static_length} leaves no room for a window centre with "
-                    f"receptive_field {self.receptive_field} on each side (needs > {2 * self.receptive_field})"
-                )
+        rf, length = self.receptive_field, self.static_length
+        if rf is not None and length is not None and length <= 2 * rf:
+            raise ValueError(
+                f"static_length {length} leaves no room for a window centre with "
+                f"receptive_field {rf} on each side (needs > {2 * rf})"
+            )
         return self
 
     @property
@@ -202,7 +202,9 @@ class NetworkRunner:
             raise ValueError(f"network {self.name!r} has no sequence input")
         return int(inputs[time_inputs[0].name].shape[1])
 
-    def _with_mask(self, inputs: Mapping[str, torch.Tensor], length: int, valid: int | None = None) -> dict[str, torch.Tensor]:
+    def _with_mask(
+        self, inputs: Mapping[str, torch.Tensor], length: int, valid: int | None = None
+    ) -> dict[str, torch.Tensor]:
         full = dict(inputs)
         if self.spec.takes_mask and "mask" not in full:
             batch = next(iter(inputs.values())).shape[0]

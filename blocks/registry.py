@@ -53,7 +53,7 @@ class BlockRegistry:
             raise StackError(
                 path,
                 f'block type "{name}" is a {_role_name(cls)}, but this slot needs a {role.__name__} '
-                f'(known: {", ".join(self.names(role))})',
+                f"(known: {', '.join(self.names(role))})",
             )
         return cls
 
@@ -97,7 +97,7 @@ def register_block(cls: B) -> B:
 def parse_block(spec: Any, role: type[Block], path: str, registry: BlockRegistry = REGISTRY) -> BlockNode:
     """Validate one block spec (``{"type": ..., **params}``) and its nested blocks."""
     if not isinstance(spec, Mapping):
-        raise StackError(path, f"a block spec must be an object with a \"type\", got {type(spec).__name__}")
+        raise StackError(path, f'a block spec must be an object with a "type", got {type(spec).__name__}')
     if "type" not in spec or not isinstance(spec["type"], str):
         raise StackError(path, f'missing "type" (known: {", ".join(registry.names(role))})')
     cls = registry.resolve(spec["type"], role, path)

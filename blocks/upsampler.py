@@ -45,7 +45,9 @@ class Upsampler(StreamableBlock):
     def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
         assert isinstance(config, UpsamplerConfig)
         if env.kind is not None:
-            raise env.error(f'{cls.type_name} starts a stream; it cannot follow a block that produces "{env.kind.value}"')
+            raise env.error(
+                f'{cls.type_name} starts a stream; it cannot follow a block that produces "{env.kind.value}"'
+            )
         env.require_keys([config.encoding, config.durations], cls.type_name)
         return PlanEnv(env.keys, StreamKind.FRAMES, env.networks, env.path)
 
@@ -55,7 +57,9 @@ class Upsampler(StreamableBlock):
         cfg = self.config
         assert isinstance(cfg, UpsamplerConfig)
         encoding = features[cfg.encoding]
-        frames = regulate_durations(features[cfg.durations], float(request.options.get("speed", 1.0)), cfg.max_frames_per_token)
+        frames = regulate_durations(
+            features[cfg.durations], float(request.options.get("speed", 1.0)), cfg.max_frames_per_token
+        )
         request.log(self.type_name, {"tokens": int(frames.numel()), "frames": int(frames.sum())})
         token_of_frame = torch.repeat_interleave(torch.arange(frames.numel()), frames)
         for start in range(0, token_of_frame.numel(), cfg.chunk_frames):

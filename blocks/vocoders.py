@@ -150,7 +150,9 @@ class GriffinLim(Vocoder):
         state.windows += 1
         return emitted
 
-    def _griffin_lim(self, magnitude: torch.Tensor, angles: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _griffin_lim(
+        self, magnitude: torch.Tensor, angles: torch.Tensor, length: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         cfg, mel = self.config, self.mel
         assert isinstance(cfg, GriffinLimConfig)
         window = stft_window(mel.win_length)

@@ -105,13 +105,17 @@ def _synth(args: argparse.Namespace) -> int:
             _check_writable(path, flag)
     voice = _load(args.addon, args.context)
     options = {"voice": args.voice, **({"speed": args.speed} if args.speed is not None else {})}
-    fd, partial = tempfile.mkstemp(prefix=".chorus-", suffix=".wav", dir=args.out.parent if str(args.out.parent) else ".")
+    fd, partial = tempfile.mkstemp(
+        prefix=".chorus-", suffix=".wav", dir=args.out.parent if str(args.out.parent) else "."
+    )
     os.close(fd)
     mels: list[np.ndarray] = []
     frames = samples = 0
     try:
         state = voice.audio_start()
-        with sf.SoundFile(partial, "w", samplerate=voice.sample_rate, channels=1, subtype="PCM_16", format="WAV") as wav:
+        with sf.SoundFile(
+            partial, "w", samplerate=voice.sample_rate, channels=1, subtype="PCM_16", format="WAV"
+        ) as wav:
             for mel in voice.stream_mel(text, **options):
                 frames += mel.frames.shape[0]
                 if args.mel_out or args.mel_plot:
@@ -137,7 +141,9 @@ def _synth(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot write mel output: {exc}") from None
     seconds = samples / voice.sample_rate
-    print(f"{args.out}: {seconds:.2f} s, {frames} mel frames x {voice.hop_length} samples at {voice.sample_rate} Hz ({voice.name})")
+    print(
+        f"{args.out}: {seconds:.2f} s, {frames} mel frames x {voice.hop_length} samples at {voice.sample_rate} Hz ({voice.name})"
+    )
     return 0
 
 
@@ -164,7 +170,9 @@ def _bench_synth(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
         return 0
-    print(f"{'addon':<16} {'context':<8} {'text':<13} {'first chunk':>12} {'total':>9} {'audio':>8} {'RTF':>7} {'peak RSS':>9}")
+    print(
+        f"{'addon':<16} {'context':<8} {'text':<13} {'first chunk':>12} {'total':>9} {'audio':>8} {'RTF':>7} {'peak RSS':>9}"
+    )
     for r in results:
         print(
             f"{r.addon:<16} {r.context:<8} {r.text:<13} {r.first_chunk_s * 1000:>9.1f} ms {r.total_s:>7.3f} s "
@@ -196,7 +204,15 @@ def _addon_list(args: argparse.Namespace) -> int:
 
     found = addons.list_addons()
     if args.json:
-        print(json.dumps([{"name": m.name, "description": m.description, "language": m.language, "path": str(p)} for p, m in found], indent=2))
+        print(
+            json.dumps(
+                [
+                    {"name": m.name, "description": m.description, "language": m.language, "path": str(p)}
+                    for p, m in found
+                ],
+                indent=2,
+            )
+        )
         return 0
     for path, m in found:
         print(f"{m.name:<20} {m.language:<8} {m.description}  [{path}]")

@@ -53,7 +53,14 @@ def build_fast(out: Path, vocoder: bool = False) -> Path:
     voc = FrameVocoder(MEL.n_mels, MEL.hop_length, dim=16, kernel_size=3, dilations=[1, 2]) if vocoder else None
     name = "tiny-neural" if vocoder else "tiny-fast"
     return duration_addon(
-        out / name, enc, dur, dec, mel=MEL, static_tokens=8, static_frames=16, vocoder=voc,
+        out / name,
+        enc,
+        dur,
+        dec,
+        mel=MEL,
+        static_tokens=8,
+        static_frames=16,
+        vocoder=voc,
         **_common(name, "Fixture: duration-based, random weights"),
     )
 
@@ -62,11 +69,19 @@ def build_taco(out: Path) -> Path:
     torch.manual_seed(2)
     n = len(inventory()) + 1
     enc = AttentionEncoder(n, dim=16, kernel_size=3, dilations=[1, 2], dropout=0.0)
-    step = DecoderStep(MEL.n_mels, dim=16, reduction=2, prenet=16, rnn=24, attention=16, location_filters=4, location_kernel=5)
+    step = DecoderStep(
+        MEL.n_mels, dim=16, reduction=2, prenet=16, rnn=24, attention=16, location_filters=4, location_kernel=5
+    )
     with torch.no_grad():
         step.stop.bias.fill_(-6.0)  # random weights never "decide" to stop; the length guard ends them
     return attention_addon(
-        out / "tiny-taco", enc, step.eval(), mel=MEL, window=12, static_tokens=8, max_frames_per_token=4.0,
+        out / "tiny-taco",
+        enc,
+        step.eval(),
+        mel=MEL,
+        window=12,
+        static_tokens=8,
+        max_frames_per_token=4.0,
         **_common("tiny-taco", "Fixture: attention-based, random weights"),
     )
 

@@ -73,26 +73,54 @@ BROKEN: dict[str, tuple[str, Callable[[dict[str, Any]], Any], str]] = {
         r'stack: must produce a "mel" stream',
     ),
     "missing name": ("tiny-fast", _delete("name"), r"name: Field required"),
-    "bad sample rate": ("tiny-fast", _set(["mel", "sample_rate"], -5), r"mel\.sample_rate: Input should be greater than 0"),
+    "bad sample rate": (
+        "tiny-fast",
+        _set(["mel", "sample_rate"], -5),
+        r"mel\.sample_rate: Input should be greater than 0",
+    ),
     "f_max above Nyquist": ("tiny-fast", _set(["mel", "f_max"], 20000.0), r"mel: f_max must not exceed the Nyquist"),
     "future schema version": ("tiny-fast", _set(["schema_version"], 99), r"schema_version 99 is not supported"),
-    "network file missing": ("tiny-fast", _set(["networks", "decoder", "file"], "gone.pt2"), r"missing network file: networks\.decoder\.file \(gone\.pt2\)"),
-    "network file outside the addon": ("tiny-fast", _set(["networks", "decoder", "file"], "../x.pt2"), r"networks\.decoder\.file: .*plain file name"),
-    "pickle instead of pt2": ("tiny-fast", _set(["networks", "decoder", "file"], "decoder.pkl"), r"networks\.decoder\.file: .*ending in \.pt2"),
+    "network file missing": (
+        "tiny-fast",
+        _set(["networks", "decoder", "file"], "gone.pt2"),
+        r"missing network file: networks\.decoder\.file \(gone\.pt2\)",
+    ),
+    "network file outside the addon": (
+        "tiny-fast",
+        _set(["networks", "decoder", "file"], "../x.pt2"),
+        r"networks\.decoder\.file: .*plain file name",
+    ),
+    "pickle instead of pt2": (
+        "tiny-fast",
+        _set(["networks", "decoder", "file"], "decoder.pkl"),
+        r"networks\.decoder\.file: .*ending in \.pt2",
+    ),
     "static length too small": (
         "tiny-fast",
         _set(["networks", "decoder", "static_length"], 4),
         r"networks\.decoder: .*static_length 4 leaves no room",
     ),
     "no default voice": ("tiny-fast", _set(["voices"], {"calm": {}}), r'voices must include one called "default"'),
-    "duplicate phoneme": ("tiny-fast", lambda m: m["frontend"]["phonemes"].append(m["frontend"]["phonemes"][0]), r"frontend\.phonemes: duplicate phonemes"),
-    "effect that is not audio-to-audio": ("tiny-fast", _set(["effects"], [{"type": "GriffinLim"}]), r"effects\[0\]: .*GriffinLim.* needs a ChunkwiseBlock"),
+    "duplicate phoneme": (
+        "tiny-fast",
+        lambda m: m["frontend"]["phonemes"].append(m["frontend"]["phonemes"][0]),
+        r"frontend\.phonemes: duplicate phonemes",
+    ),
+    "effect that is not audio-to-audio": (
+        "tiny-fast",
+        _set(["effects"], [{"type": "GriffinLim"}]),
+        r"effects\[0\]: .*GriffinLim.* needs a ChunkwiseBlock",
+    ),
     "attention window over static length": (
         "tiny-taco",
         _set(["stack", 0, "streamable_block", "window"], 1000),
         r"stack\[0\]\.streamable_block: window 1000 exceeds network \"decoder_step\" static_length",
     ),
-    "vocoder that is not a vocoder": ("tiny-fast", _set(["vocoder"], {"type": "Gain", "db": 1}), r"vocoder: .*Gain.* needs a Vocoder"),
+    "vocoder that is not a vocoder": (
+        "tiny-fast",
+        _set(["vocoder"], {"type": "Gain", "db": 1}),
+        r"vocoder: .*Gain.* needs a Vocoder",
+    ),
     "not JSON": ("tiny-fast", lambda m: "not json", r"not valid JSON|Input should be a valid dictionary"),
 }
 

@@ -62,14 +62,22 @@ def _case_sequence(kind: str) -> Callable[[Path], Case]:
         voice = addons.load(fx / "tiny-fast")
         spec: dict[str, object] = {"type": kind}
         if kind == "SequenceBlockContainer":
-            spec = {"type": kind, "blocks": [{"type": "Encoders", "networks": ["text_encoder"]}, {"type": "Encoders", "networks": ["duration_predictor"]}]}
+            spec = {
+                "type": kind,
+                "blocks": [
+                    {"type": "Encoders", "networks": ["text_encoder"]},
+                    {"type": "Encoders", "networks": ["duration_predictor"]},
+                ],
+            }
         (sentence,) = list(voice.sentences(TEXT))
         return Case(_build(voice, spec, SequenceBlock), {"phoneme_ids": torch.as_tensor(sentence.ids)[None]})
 
     return make
 
 
-def _case_stream(name: str, spec: dict[str, object], source: str | None, scale: int | None = 1, exact: bool = True) -> Callable[[Path], Case]:
+def _case_stream(
+    name: str, spec: dict[str, object], source: str | None, scale: int | None = 1, exact: bool = True
+) -> Callable[[Path], Case]:
     def make(fx: Path) -> Case:
         voice = addons.load(fx / name)
         feats = _features(voice)
@@ -96,13 +104,21 @@ CASES: dict[str, Callable[[Path], Case]] = {
     "Upsampler": _case_stream("tiny-fast", {"type": "Upsampler", "chunk_frames": 5}, None),
     "AttentionDecoder": _case_stream("tiny-taco", {"type": "AttentionDecoder", "window": 8, "chunk_frames": 3}, None),
     "Decoder": _case_stream("tiny-fast", {"type": "Decoder", "chunk_frames": 6}, "frames"),
-    "StreamableStack": _case_stream("tiny-fast", {"type": "StreamableStack", "stack": [{"type": "Decoder"}, {"type": "ChunkStats"}]}, "frames"),
+    "StreamableStack": _case_stream(
+        "tiny-fast", {"type": "StreamableStack", "stack": [{"type": "Decoder"}, {"type": "ChunkStats"}]}, "frames"
+    ),
     "StreamablePipeline": _case_stream(
         "tiny-fast",
-        {"type": "StreamablePipeline", "sequence_block": {"type": "Encoders", "networks": ["duration_predictor"]}, "streamable_block": {"type": "Upsampler"}},
+        {
+            "type": "StreamablePipeline",
+            "sequence_block": {"type": "Encoders", "networks": ["duration_predictor"]},
+            "streamable_block": {"type": "Upsampler"},
+        },
         None,
     ),
-    "GriffinLim": _case_stream("tiny-fast", {"type": "GriffinLim", "chunk_frames": 8, "context_frames": 4, "n_iter": 4}, "mel", 256),
+    "GriffinLim": _case_stream(
+        "tiny-fast", {"type": "GriffinLim", "chunk_frames": 8, "context_frames": 4, "n_iter": 4}, "mel", 256
+    ),
     "NeuralVocoder": _case_stream("tiny-neural", {"type": "NeuralVocoder", "chunk_frames": 4}, "mel", 256),
     "Gain": _audio_case({"type": "Gain", "db": -3.0}),
     "ChunkStats": _audio_case({"type": "ChunkStats"}),
@@ -165,7 +181,9 @@ def test_chunked_source_equals_whole(case: Case, chunk: int) -> None:
 def test_decoder_chunks_equal_whole_sequence_network(fixture_dir: Path) -> None:
     voice = addons.load(fixture_dir / "tiny-fast")
     frames = _frames(voice)
-    whole = voice._load_network("decoder", voice.device).call({"frames": frames, "mask": torch.ones(1, frames.shape[1])})["mel"]
+    whole = voice._load_network("decoder", voice.device).call(
+        {"frames": frames, "mask": torch.ones(1, frames.shape[1])}
+    )["mel"]
     for chunk in (1, 3, 64):
         dec = _build(voice, {"type": "Decoder", "chunk_frames": chunk}, StreamableBlock)
         assert isinstance(dec, StreamableBlock)

@@ -30,7 +30,21 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 def test_synth_writes_wav_matching_mel_frames(fixture_dir: Path, tmp_path: Path) -> None:
     out, mel_out, plot = tmp_path / "out.wav", tmp_path / "mel.npy", tmp_path / "mel.png"
-    code = main(["synth", "--addon", str(fixture_dir / "tiny-fast"), "--text", "Hello there. How are you?", "--out", str(out), "--mel-out", str(mel_out), "--mel-plot", str(plot)])
+    code = main(
+        [
+            "synth",
+            "--addon",
+            str(fixture_dir / "tiny-fast"),
+            "--text",
+            "Hello there. How are you?",
+            "--out",
+            str(out),
+            "--mel-out",
+            str(mel_out),
+            "--mel-plot",
+            str(plot),
+        ]
+    )
     assert code == 0
     audio, rate = sf.read(out)
     mel = np.load(mel_out)
@@ -44,7 +58,22 @@ def test_synth_static_context_and_text_file(fixture_dir: Path, tmp_path: Path) -
     text = tmp_path / "in.txt"
     text.write_text("A sentence from a file.", encoding="utf-8")
     out = tmp_path / "s.wav"
-    assert main(["synth", "--addon", str(fixture_dir / "tiny-taco"), "--text-file", str(text), "--out", str(out), "--context", "static"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--addon",
+                str(fixture_dir / "tiny-taco"),
+                "--text-file",
+                str(text),
+                "--out",
+                str(out),
+                "--context",
+                "static",
+            ]
+        )
+        == 0
+    )
     assert sf.info(out).frames > 0
 
 
@@ -62,7 +91,9 @@ def test_synth_static_context_and_text_file(fixture_dir: Path, tmp_path: Path) -
         (["--text", "hi", "--context", "gpu"], "invalid choice"),
     ],
 )
-def test_synth_bad_input_exits_2_with_one_line(fixture_dir: Path, tmp_path: Path, args: list[str], message: str) -> None:
+def test_synth_bad_input_exits_2_with_one_line(
+    fixture_dir: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
     full = ["synth", "--addon", str(fixture_dir / "tiny-fast"), "--out", str(tmp_path / "o.wav"), *args]
     result = run_cli(*full)
     assert result.returncode == 2, result.stderr

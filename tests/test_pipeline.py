@@ -52,7 +52,9 @@ def test_static_windows_cover_short_equal_and_long_inputs(fixture_dir: Path) -> 
 
 
 @pytest.mark.parametrize("name", ["tiny-fast", "tiny-taco"])
-def test_customized_encoders_swap_changes_nothing(fixture_dir: Path, edit_addon: Callable[..., Path], name: str) -> None:
+def test_customized_encoders_swap_changes_nothing(
+    fixture_dir: Path, edit_addon: Callable[..., Path], name: str
+) -> None:
     def rename(m: dict[str, Any]) -> None:
         assert m["stack"][0]["sequence_block"]["type"] == "Encoders"
         m["stack"][0]["sequence_block"]["type"] = "CustomizedEncoders"

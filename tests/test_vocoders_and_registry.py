@@ -76,7 +76,9 @@ def test_long_text_streams_without_growing_memory(fixture_dir: Path) -> None:
         print(before, after, samples)
         """
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300, check=True
+    )
     before, after, samples = map(int, out.stdout.split())
     assert samples > 600 * 22050  # over ten minutes of audio went through
     assert after - before < 40 * 1024, f"peak RSS grew by {(after - before) / 1024:.0f} MB"

@@ -18,7 +18,14 @@ __all__ = ["AttentionEncoder", "DecoderStep"]
 class AttentionEncoder(nn.Module):
     """``phoneme_ids`` ``[B, T]``, ``mask`` -> ``memory`` ``[B, T, dim]``."""
 
-    def __init__(self, n_symbols: int, dim: int = 128, kernel_size: int = 5, dilations: list[int] | None = None, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        n_symbols: int,
+        dim: int = 128,
+        kernel_size: int = 5,
+        dilations: list[int] | None = None,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(n_symbols, dim, padding_idx=0)
         self.convs = MaskedConvStack(dim, kernel_size, dilations or [1, 2, 4, 1], dropout)
@@ -53,7 +60,14 @@ class DecoderStep(nn.Module):
     ) -> None:
         super().__init__()
         self.n_mels, self.dim, self.reduction, self.rnn = n_mels, dim, reduction, rnn
-        self.prenet = nn.Sequential(nn.Linear(n_mels, prenet), nn.ReLU(), nn.Dropout(prenet_dropout), nn.Linear(prenet, prenet), nn.ReLU(), nn.Dropout(prenet_dropout))
+        self.prenet = nn.Sequential(
+            nn.Linear(n_mels, prenet),
+            nn.ReLU(),
+            nn.Dropout(prenet_dropout),
+            nn.Linear(prenet, prenet),
+            nn.ReLU(),
+            nn.Dropout(prenet_dropout),
+        )
         self.att_rnn = nn.LSTMCell(prenet + dim, rnn)
         self.query = nn.Linear(rnn, attention, bias=False)
         self.keys = nn.Linear(dim, attention, bias=False)
@@ -82,7 +96,9 @@ class DecoderStep(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         h_att, c_att = self.att_rnn(torch.cat([self.prenet(prev_frame), context], dim=-1), (h_att, c_att))
         location = self.location_conv(torch.stack([attention_prev, attention_cum], dim=1)).transpose(1, 2)
-        energies = self.energy(torch.tanh(self.query(h_att).unsqueeze(1) + self.keys(memory) + self.location(location))).squeeze(-1)
+        energies = self.energy(
+            torch.tanh(self.query(h_att).unsqueeze(1) + self.keys(memory) + self.location(location))
+        ).squeeze(-1)
         energies = energies.masked_fill(mask < 0.5, -1e9)
         weights = torch.softmax(energies, dim=-1) * mask
         context = torch.bmm(weights.unsqueeze(1), memory).squeeze(1)

@@ -17,7 +17,14 @@ __all__ = ["DurationPredictor", "MelDecoder", "TextEncoder"]
 class TextEncoder(nn.Module):
     """``phoneme_ids`` ``[B, T]`` int64, ``mask`` ``[B, T]`` -> ``encoding`` ``[B, T, dim]``."""
 
-    def __init__(self, n_symbols: int, dim: int = 192, kernel_size: int = 5, dilations: list[int] | None = None, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        n_symbols: int,
+        dim: int = 192,
+        kernel_size: int = 5,
+        dilations: list[int] | None = None,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(n_symbols, dim, padding_idx=0)
         self.convs = MaskedConvStack(dim, kernel_size, dilations or [1, 2, 4, 1, 2, 4], dropout)
@@ -30,7 +37,9 @@ class TextEncoder(nn.Module):
 class DurationPredictor(nn.Module):
     """``encoding`` ``[B, T, dim]``, ``mask`` -> ``durations`` ``[B, T]`` in frames (>= 0)."""
 
-    def __init__(self, dim: int = 192, kernel_size: int = 3, dilations: list[int] | None = None, dropout: float = 0.1) -> None:
+    def __init__(
+        self, dim: int = 192, kernel_size: int = 3, dilations: list[int] | None = None, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.convs = MaskedConvStack(dim, kernel_size, dilations or [1, 2, 1], dropout)
         self.proj = nn.Linear(dim, 1)
@@ -47,7 +56,14 @@ class DurationPredictor(nn.Module):
 class MelDecoder(nn.Module):
     """``frames`` ``[B, F, dim]`` (upsampled encodings), ``mask`` -> ``mel`` ``[B, F, n_mels]``."""
 
-    def __init__(self, dim: int = 192, n_mels: int = 80, kernel_size: int = 5, dilations: list[int] | None = None, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int = 192,
+        n_mels: int = 80,
+        kernel_size: int = 5,
+        dilations: list[int] | None = None,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.convs = MaskedConvStack(dim, kernel_size, dilations or [1, 2, 4, 8, 1, 2, 4, 8], dropout)
         self.proj = nn.Linear(dim, n_mels)

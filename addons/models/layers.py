@@ -20,7 +20,8 @@ class MaskedConvStack(nn.Module):
         if kernel_size % 2 == 0:
             raise ValueError("kernel_size must be odd so the receptive field is symmetric")
         self.convs = nn.ModuleList(
-            nn.Conv1d(channels, channels, kernel_size, padding=d * (kernel_size - 1) // 2, dilation=d) for d in dilations
+            nn.Conv1d(channels, channels, kernel_size, padding=d * (kernel_size - 1) // 2, dilation=d)
+            for d in dilations
         )
         self.norms = nn.ModuleList(nn.LayerNorm(channels) for _ in dilations)
         self.dropout = nn.Dropout(dropout)

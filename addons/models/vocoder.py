@@ -13,7 +13,9 @@ __all__ = ["FrameVocoder"]
 class FrameVocoder(nn.Module):
     """``mel`` ``[B, T, n_mels]``, ``mask`` -> ``audio`` ``[B, T * hop]`` in [-1, 1]."""
 
-    def __init__(self, n_mels: int = 80, hop: int = 256, dim: int = 128, kernel_size: int = 5, dilations: list[int] | None = None) -> None:
+    def __init__(
+        self, n_mels: int = 80, hop: int = 256, dim: int = 128, kernel_size: int = 5, dilations: list[int] | None = None
+    ) -> None:
         super().__init__()
         self.hop = hop
         self.inp = nn.Linear(n_mels, dim)
