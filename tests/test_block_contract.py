@@ -75,14 +75,12 @@ def _case_sequence(kind: str) -> Callable[[Path], Case]:
 
 
 def _case_stream(
-    name: str, spec: dict[str, object], source: str | None, scale: int | None = 1, exact: bool = True
+    name: str, spec: dict[str, object], source: str | None, scale: int | None = 1
 ) -> Callable[[Path], Case]:
     def make(fx: Path) -> Case:
         voice = addons.load(fx / name)
         feats = _features(voice)
         src = {"frames": _frames, "mel": _mel}[source](voice) if source else None
-        if source == "audio":
-            src = torch.linspace(-0.5, 0.5, 3000)[None]
         return Case(_build(voice, spec, StreamableBlock), feats, src, scale if source else None)
 
     return make
