@@ -154,3 +154,14 @@ def test_exported_networks_have_no_pickled_code(fixture_dir: Path) -> None:
                 assert not any(n.endswith(".pkl") and "code" in n for n in z.namelist())
         manifest = json.loads((fixture_dir / name / "addon.json").read_text())
         assert manifest["schema_version"] == 1
+
+
+@pytest.mark.gpu
+def test_customized_encoders_on_cuda_match_cpu(fixture_dir: Path, edit_addon: Callable[..., Path]) -> None:
+    def to_cuda(m: dict[str, Any]) -> None:
+        m["stack"][0]["sequence_block"] = {"type": "CustomizedEncoders", "device": "cuda"}
+
+    cpu = addons.load(fixture_dir / "tiny-fast").synthesize(LONG)[1]
+    gpu_voice = addons.load(edit_addon("tiny-fast", to_cuda))
+    assert all(r.device.type == "cuda" for r in gpu_voice.stack.stack[0].sequence_block.runners)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(gpu_voice.synthesize(LONG)[1], cpu, atol=1e-4)
