@@ -172,8 +172,11 @@ class NetworkRunner:
 
     def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Whole-sequence call: as is in the dynamic context; windowed and padded in the static one."""
+        length = self._length(inputs)
         if self.context is ExecutionContext.DYNAMIC or self.spec.static_length is None:
-            return self.call(self._with_mask(inputs, self._length(inputs)))
+            return self.call(self._with_mask(inputs, length))
+        if self.spec.receptive_field is None:
+            return self._run_padded(inputs, length, self.spec.static_length)
         stream = self.windowed()
         parts = stream.push(inputs) + stream.finish()
         return _concat_outputs(parts, self.spec)
@@ -191,6 +194,18 @@ class NetworkRunner:
                 raise ValueError(f"network {self.name!r} has no static_length for the static context")
             return WindowedStream(self, self.spec.static_length - 2 * self.spec.receptive_field, True, state)
         return WindowedStream(self, chunk, False, state)
+
+    def _run_padded(self, inputs: Mapping[str, torch.Tensor], length: int, size: int) -> dict[str, torch.Tensor]:
+        """Static context for a network whose context is unbounded: one padded call, no splitting."""
+        if length > size:
+            raise ValueError(
+                f"network {self.name!r} sees the whole sequence (no receptive_field), so it cannot be split; "
+                f"{length} frames exceed its static_length {size}"
+            )
+        seq = {t.name for t in self._time_inputs()}
+        padded = {k: _pad_axis1(v, size) if k in seq else v for k, v in inputs.items()}
+        out = self.call(self._with_mask(padded, size, valid=length))
+        return {t.name: out[t.name][:, : length * s] if (s := t.time_scale) else out[t.name] for t in self.spec.outputs}
 
     # -- helpers -----------------------------------------------------------------------------
     def _time_inputs(self) -> list[TensorSpec]:

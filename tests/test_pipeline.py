@@ -165,3 +165,17 @@ def test_customized_encoders_on_cuda_match_cpu(fixture_dir: Path, edit_addon: Ca
     gpu_voice = addons.load(edit_addon("tiny-fast", to_cuda))
     assert all(r.device.type == "cuda" for r in gpu_voice.stack.stack[0].sequence_block.runners)  # type: ignore[attr-defined]
     np.testing.assert_allclose(gpu_voice.synthesize(LONG)[1], cpu, atol=1e-4)
+
+
+def test_static_context_pads_a_network_without_receptive_field(
+    fixture_dir: Path, edit_addon: Callable[..., Path]
+) -> None:
+    def unbounded(m: dict[str, Any]) -> None:
+        m["networks"]["text_encoder"]["receptive_field"] = None
+        m["networks"]["text_encoder"]["static_length"] = 12
+
+    dynamic = mel_of(addons.load(fixture_dir / "tiny-fast"), "Hello there.")
+    static = addons.load(edit_addon("tiny-fast", unbounded), context="static")
+    np.testing.assert_allclose(mel_of(static, "Hello there."), dynamic, atol=1e-4)
+    with pytest.raises(ValueError, match="exceed its static_length 12"):
+        mel_of(static, LONG)
