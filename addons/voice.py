@@ -56,6 +56,70 @@ class SynthesisOptions(BaseModel):
     speed: float | None = Field(None, ge=0.25, le=4.0, description="Speaking rate multiplier.")
 
 
+class NetworkLoader:
+    """Loads an addon's exported networks on first use, once per (network, device)."""
+
+    def __init__(self, manifest: AddonManifest, directory: Path, context: ExecutionContext) -> None:
+        self.manifest, self.directory, self.context = manifest, directory, context
+        self._programs: dict[tuple[str, str], NetworkRunner] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str, device: torch.device) -> NetworkRunner:
+        key = (name, str(device))
+        with self._lock:
+            if key not in self._programs:
+                spec = self.manifest.networks[name]
+                program = torch.export.load(str(self.directory / spec.file))
+                module = program.module().to(device)
+                self._programs[key] = NetworkRunner(name, spec, module, self.context, device)
+            return self._programs[key]
+
+
+class AudioStage:
+    """Mel to final audio for one addon: its vocoder, its effects, then the voice's gain.
+
+    Builds only what the vocoder needs (no acoustic networks), so a vocoder server can load it
+    alone. Push-style: ``state = start()``, ``process(state, mel)``, ``finish(state)``; the state
+    holds only tensors and ints.
+    """
+
+    def __init__(self, manifest: AddonManifest, env: BuildEnv) -> None:
+        vocoder = env.build(parse_block(manifest.vocoder, Vocoder, "vocoder"))
+        assert isinstance(vocoder, Vocoder)
+        self.vocoder = vocoder
+        self.effects: list[ChunkwiseBlock] = []
+        for i, spec in enumerate(manifest.effects):
+            effect = env.build(parse_block(spec, ChunkwiseBlock, f"effects[{i}]"))
+            assert isinstance(effect, ChunkwiseBlock)
+            self.effects.append(effect)
+
+    @classmethod
+    def load(cls, directory: Path, manifest: AddonManifest, device: str | torch.device = "cpu") -> AudioStage:
+        loader = NetworkLoader(manifest, directory, ExecutionContext.DYNAMIC)
+        return cls(
+            manifest, BuildEnv(loader, manifest.networks, manifest.mel, ExecutionContext.DYNAMIC, torch.device(device))
+        )
+
+    def start(self) -> Any:
+        return self.vocoder.start()
+
+    def process(self, state: Any, mel: np.ndarray, request: Request) -> np.ndarray:
+        """Mel ``[F, n_mels]`` -> the audio that is now final (1-D float32; may lag the mel)."""
+        return self._post(self.vocoder.process(state, torch.as_tensor(mel)[None]), request)
+
+    def finish(self, state: Any, request: Request) -> np.ndarray:
+        """The audio still held back at the end of the mel stream."""
+        return self._post(self.vocoder.finish(state), request)
+
+    def _post(self, audio: torch.Tensor, request: Request) -> np.ndarray:
+        for effect in self.effects:
+            audio = effect.apply(audio, request)
+        gain_db = float(request.options.get("gain_db", 0.0))
+        if gain_db:
+            audio = torch.clamp(audio * 10.0 ** (gain_db / 20.0), -1.0, 1.0)
+        return audio[0].numpy().astype(np.float32, copy=False)
+
+
 class Voice:
     """A loaded addon. Thread-safe for concurrent ``stream`` calls (each has its own state)."""
 
@@ -71,18 +135,13 @@ class Voice:
         self.context = ExecutionContext(context)
         self.device = torch.device(device)
         self.frontend = Frontend(manifest.frontend)
-        self._programs: dict[tuple[str, str], NetworkRunner] = {}
-        self._lock = threading.Lock()
+        self._load_network = NetworkLoader(manifest, directory, self.context)
         env = BuildEnv(self._load_network, manifest.networks, manifest.mel, self.context, self.device)
         stack = env.build(parse_stack(manifest.stack))
         assert isinstance(stack, StreamableStack)
         self.stack: StreamableStack = stack
-        vocoder = env.build(parse_block(manifest.vocoder, Vocoder, "vocoder"))
-        assert isinstance(vocoder, Vocoder)
-        self.vocoder = vocoder
-        self.effects = [
-            env.build(parse_block(e, ChunkwiseBlock, f"effects[{i}]")) for i, e in enumerate(manifest.effects)
-        ]
+        self.audio = AudioStage(manifest, env)
+        self.vocoder = self.audio.vocoder
 
     # -- identity -----------------------------------------------------------------------------
     @property
@@ -166,6 +225,25 @@ class Voice:
             features = first.encode(features, request)
         return {k: v[0].numpy() for k, v in features.items()}
 
+    def encode_batch(self, batch: list[np.ndarray], request: Request | None = None) -> list[dict[str, np.ndarray]]:
+        """:meth:`encode` for several sentences in one padded, masked pass (dynamic context).
+
+        Masked networks make each item's features equal to encoding it alone. The static
+        context compiles batch 1, so there items run one by one.
+        """
+        request = request or Request(options=self.options()[1])
+        first = self.stack.stack[0]
+        if len(batch) < 2 or self.context is ExecutionContext.STATIC or not isinstance(first, StreamablePipeline):
+            return [self.encode(ids, request) for ids in batch]
+        lengths = [len(ids) for ids in batch]
+        ids = torch.zeros(len(batch), max(lengths), dtype=torch.int64)
+        mask = torch.zeros(len(batch), max(lengths))
+        for i, item in enumerate(batch):
+            ids[i, : lengths[i]] = torch.as_tensor(np.asarray(item, dtype=np.int64))
+            mask[i, : lengths[i]] = 1.0
+        features = first.encode({"phoneme_ids": ids, "mask": mask}, request)
+        return [{k: v[i, : lengths[i]].numpy() for k, v in features.items() if k != "mask"} for i in range(len(batch))]
+
     def decode(self, features: dict[str, np.ndarray], request: Request | None = None) -> Iterator[np.ndarray]:
         """The StreamableBlock side: features from :meth:`encode` -> mel chunks ``[F, n_mels]``."""
         request = request or Request(options=self.options()[1])
@@ -181,33 +259,12 @@ class Voice:
 
     def audio_start(self) -> Any:
         """State for turning one mel stream into audio (vocoder, effects, voice gain)."""
-        return self.vocoder.start()
+        return self.audio.start()
 
     def audio_process(self, state: Any, mel: np.ndarray, request: Request | None = None) -> np.ndarray:
         """Mel ``[F, n_mels]`` -> the audio that is now final (1-D float32; may lag the mel)."""
-        return self._post(self.vocoder.process(state, torch.as_tensor(mel)[None]), request)
+        return self.audio.process(state, mel, request or Request(options=self.options()[1]))
 
     def audio_finish(self, state: Any, request: Request | None = None) -> np.ndarray:
         """The audio still held back at the end of the mel stream."""
-        return self._post(self.vocoder.finish(state), request)
-
-    def _post(self, audio: torch.Tensor, request: Request | None) -> np.ndarray:
-        request = request or Request(options=self.options()[1])
-        for effect in self.effects:
-            assert isinstance(effect, ChunkwiseBlock)
-            audio = effect.apply(audio, request)
-        gain_db = float(request.options.get("gain_db", 0.0))
-        if gain_db:
-            audio = torch.clamp(audio * 10.0 ** (gain_db / 20.0), -1.0, 1.0)
-        return audio[0].numpy().astype(np.float32, copy=False)
-
-    # -- networks -----------------------------------------------------------------------------
-    def _load_network(self, name: str, device: torch.device) -> NetworkRunner:
-        key = (name, str(device))
-        with self._lock:
-            if key not in self._programs:
-                spec = self.manifest.networks[name]
-                program = torch.export.load(str(self.directory / spec.file))
-                module = program.module().to(device)
-                self._programs[key] = NetworkRunner(name, spec, module, self.context, device)
-            return self._programs[key]
+        return self.audio.finish(state, request or Request(options=self.options()[1]))

@@ -28,6 +28,14 @@ def _encoder_names(config: EncodersConfig, networks: dict[str, object] | object)
     return [name for name, spec in networks.items() if getattr(spec, "role", None) == "encoder"]  # type: ignore[union-attr]
 
 
+def _inputs(runner: NetworkRunner, seen: Features) -> Features:
+    """The network's inputs; a batch's ``mask`` feature (padded items) goes to networks that take one."""
+    inputs = {k: seen[k] for k in runner.spec.feature_inputs}
+    if "mask" in seen and runner.spec.takes_mask:
+        inputs["mask"] = seen["mask"]
+    return inputs
+
+
 class Encoders(SequenceBlock):
     """One component per encoder network, run in order on the features.
 
@@ -74,7 +82,7 @@ class Encoders(SequenceBlock):
         seen = dict(features)
         added: Features = {}
         for runner in self.runners:
-            out = runner.run({k: seen[k] for k in runner.spec.feature_inputs})
+            out = runner.run(_inputs(runner, seen))
             seen.update(out)
             added.update(out)
         return added
@@ -115,7 +123,7 @@ class CustomizedEncoders(Encoders):
             ready = [r for r in pending if all(k in seen for k in r.spec.feature_inputs)]
             if not ready:  # plan() rules this out; guard against a hand-built block
                 raise RuntimeError(f"encoders {[r.name for r in pending]} wait on inputs nothing produces")
-            futures = [self._pool.submit(r.run, {k: seen[k] for k in r.spec.feature_inputs}) for r in ready]
+            futures = [self._pool.submit(r.run, _inputs(r, seen)) for r in ready]
             for fut in futures:
                 out = fut.result()
                 seen.update(out)

@@ -179,3 +179,28 @@ def test_static_context_pads_a_network_without_receptive_field(
     np.testing.assert_allclose(mel_of(static, "Hello there."), dynamic, atol=1e-4)
     with pytest.raises(ValueError, match="exceed its static_length 12"):
         mel_of(static, LONG)
+
+
+def test_batched_encoding_equals_one_by_one(fixture_dir: Path) -> None:
+    voice = addons.load(fixture_dir / "tiny-fast")
+    sentences = [s.ids for s in voice.sentences(f"Hi. {LONG} Good morning to you all.")]
+    batched = voice.encode_batch(sentences)
+    for ids, feats in zip(sentences, batched, strict=True):
+        alone = voice.encode(ids)
+        assert feats.keys() == alone.keys()
+        for key in alone:
+            np.testing.assert_allclose(feats[key], alone[key], rtol=1e-5, atol=1e-5)
+
+
+def test_audio_stage_loads_alone_and_matches_the_voice(fixture_dir: Path) -> None:
+    from addons.voice import AudioStage
+
+    voice = addons.load(fixture_dir / "tiny-neural")
+    audio, mel = voice.synthesize("Hello there.")
+    stage = AudioStage.load(fixture_dir / "tiny-neural", voice.manifest)
+    request = Request(options={"gain_db": 0.0})
+    state = stage.start()
+    alone = np.concatenate(
+        [stage.process(state, mel[:7], request), stage.process(state, mel[7:], request), stage.finish(state, request)]
+    )
+    np.testing.assert_allclose(alone, audio, atol=1e-5)
