@@ -11,7 +11,7 @@ from addons.manifest import MANIFEST_NAME, AddonError, AddonManifest, read_manif
 from addons.voice import Voice
 from blocks import ExecutionContext
 
-__all__ = ["BUNDLED_DIR", "DEFAULT_ADDON", "addon_dirs", "find_addon", "list_addons", "load"]
+__all__ = ["BUNDLED_DIR", "DEFAULT_ADDON", "addon_dirs", "find_addon", "list_addons", "load", "resolve_device"]
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 DEFAULT_ADDON = "chorus-fast"
@@ -56,10 +56,17 @@ def list_addons() -> list[tuple[Path, AddonManifest]]:
 def load(
     name_or_path: str | os.PathLike[str] | None = None, context: str = "dynamic", device: str | torch.device = "cpu"
 ) -> Voice:
-    """Load an addon as a :class:`Voice`; ``context`` is ``"dynamic"`` or ``"static"``."""
+    """Load an addon as a :class:`Voice`; ``context`` is ``"dynamic"`` or ``"static"``, ``device`` may be ``"auto"``."""
     try:
         ctx = ExecutionContext(context)
     except ValueError:
         raise AddonError(f'unknown context "{context}" (known: dynamic, static)') from None
     directory = find_addon(name_or_path if name_or_path is not None else DEFAULT_ADDON)
-    return Voice(read_manifest(directory), directory, ctx, device)
+    return Voice(read_manifest(directory), directory, ctx, resolve_device(device))
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` is CUDA when this process sees a GPU, else CPU; anything else as torch reads it."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

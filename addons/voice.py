@@ -28,7 +28,7 @@ from blocks import (
     parse_stack,
 )
 
-__all__ = ["AudioChunk", "MelChunk", "SynthesisOptions", "Voice"]
+__all__ = ["AudioChunk", "AudioStage", "MelChunk", "SynthesisOptions", "Voice", "resolve_options"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,23 @@ class SynthesisOptions(BaseModel):
 
     voice: str = Field("default", description="One of the addon's voices.")
     speed: float | None = Field(None, ge=0.25, le=4.0, description="Speaking rate multiplier.")
+
+
+def resolve_options(manifest: AddonManifest, **options: Any) -> tuple[SynthesisOptions, dict[str, Any]]:
+    """Validate request options against an addon; return them and the values blocks see
+    (request value, else the voice preset's, else the addon default). Needs no networks.
+    """
+    try:
+        opts = SynthesisOptions(**options)
+    except ValidationError as exc:
+        raise TextError(format_validation_error(exc)) from None
+    if opts.voice not in manifest.voices:
+        raise TextError(f'unknown voice "{opts.voice}" (known: {", ".join(sorted(manifest.voices))})')
+    preset = manifest.voices[opts.voice]
+    speed = (
+        opts.speed if opts.speed is not None else preset.speed if preset.speed is not None else manifest.defaults.speed
+    )
+    return opts, {"speed": speed, "voice": opts.voice, "gain_db": preset.gain_db}
 
 
 class NetworkLoader:
@@ -163,21 +180,7 @@ class Voice:
     # -- whole pipeline -----------------------------------------------------------------------
     def options(self, **options: Any) -> tuple[SynthesisOptions, dict[str, Any]]:
         """Validate request options; return them and the resolved values blocks see."""
-        try:
-            opts = SynthesisOptions(**options)
-        except ValidationError as exc:
-            raise TextError(format_validation_error(exc)) from None
-        if opts.voice not in self.manifest.voices:
-            raise TextError(f'unknown voice "{opts.voice}" (known: {", ".join(self.voices)})')
-        preset = self.manifest.voices[opts.voice]
-        speed = (
-            opts.speed
-            if opts.speed is not None
-            else preset.speed
-            if preset.speed is not None
-            else self.manifest.defaults.speed
-        )
-        return opts, {"speed": speed, "voice": opts.voice, "gain_db": preset.gain_db}
+        return resolve_options(self.manifest, **options)
 
     def stream_mel(self, text: str, request: Request | None = None, **options: Any) -> Iterator[MelChunk]:
         """Mel chunks for ``text``, sentence after sentence; work is done as chunks are pulled."""

@@ -1,9 +1,17 @@
-"""Chorus on Ray Serve: deployments per addon, an OpenAI-compatible HTTP ingress.
+"""Chorus on Ray Serve: addons as deployments behind a streaming HTTP ingress, and the CLI.
 
-This package maps a built voice onto Ray Serve and encodes audio for HTTP; it never
-does tensor math. Public pieces so far live in their modules: ``audio_format``
-(streaming encoders), ``schemas`` (request, error and SSE shapes) and ``options``
-(deployment option layering).
+Nothing here does tensor math. ``build_app`` (the Serve config's ``import_path``) is imported
+lazily so that the CLI's offline commands do not pay for importing Ray.
 """
 
-__all__: list[str] = []
+from typing import Any
+
+__all__ = ["AppArgs", "build_app"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from serve_app import app
+
+        return getattr(app, name)
+    raise AttributeError(name)

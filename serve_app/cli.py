@@ -50,6 +50,21 @@ def _parser() -> argparse.ArgumentParser:
     bsynth.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bsynth.set_defaults(func=_bench_synth)
 
+    serve = sub.add_parser("serve", help="serve every installed addon over HTTP (embedded local Ray Serve)")
+    serve.add_argument("--config", type=Path, help="a Serve config file (its applications' args are used)")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    serve.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may schedule (default: all)")
+    serve.add_argument("--metrics-port", type=int, default=8080, help="Prometheus exporter port (default 8080)")
+    serve.set_defaults(func=_serve)
+
+    bserve = bench_sub.add_parser("serve", help="time to first audio, RTF and throughput over HTTP vs in-process")
+    bserve.add_argument("--addon", default=None, help="addon name or directory")
+    bserve.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16], help="concurrent streams")
+    bserve.add_argument("--requests", type=int, default=2, help="requests per stream slot at each level")
+    bserve.add_argument("--json", action="store_true")
+    bserve.set_defaults(func=_bench_serve)
+
     addon = sub.add_parser("addon", help="inspect addons")
     addon_sub = addon.add_subparsers(dest="addon_command", required=True)
     validate = addon_sub.add_parser("validate", help="check an addon directory: manifest, stack, networks")
@@ -178,6 +193,29 @@ def _bench_synth(args: argparse.Namespace) -> int:
             f"{r.addon:<16} {r.context:<8} {r.text:<13} {r.first_chunk_s * 1000:>9.1f} ms {r.total_s:>7.3f} s "
             f"{r.audio_s:>6.2f} s {r.rtf:>7.4f} {r.peak_rss_mb:>6.0f} MB"
         )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from serve_app.server import read_config, run_server
+
+    try:
+        config = read_config(args.config)
+        return run_server(config, args.host, args.port, args.num_cpus, args.metrics_port)
+    except ValueError as exc:  # addon, args or config errors, found before Ray starts
+        raise CliError(str(exc)) from None
+
+
+def _bench_serve(args: argparse.Namespace) -> int:
+    from serve_app.bench import format_table, run_bench
+
+    if min(args.concurrency) < 1 or args.requests < 1:
+        raise CliError("--concurrency and --requests must be at least 1")
+    try:
+        rows = run_bench(args.addon, args.concurrency, args.requests)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    print(json.dumps([r.as_dict() for r in rows], indent=2) if args.json else format_table(rows))
     return 0
 
 

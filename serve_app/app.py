@@ -1,0 +1,114 @@
+"""The application builder: every addon as its own deployments behind one streaming ingress.
+
+``serve_app:build_app`` is what a Serve config file's ``import_path`` points at; its ``args``
+are validated by :class:`AppArgs`. For each addon it binds an encoders deployment (batched), a
+decoder deployment (streaming mel) and, where the addon brings its own vocoder, a vocoder
+deployment; addons that use the universal Griffin-Lim vocoder share one. Deployment names are
+``<addon>-encoders``, ``<addon>-decoder``, ``<addon>-vocoder``, ``universal-vocoder`` and
+``ingress``; ``AppArgs.deployments`` overrides options per name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from ray.serve import Application
+
+import addons
+from addons.manifest import AddonManifest, StageDeployment
+from serve_app.deployments import DecoderDeployment, EncodersDeployment, VocoderDeployment
+from serve_app.ingress import Ingress, ModelInfo
+from serve_app.options import DeploymentOptions, merge_deployment_options
+
+__all__ = ["AppArgs", "build_app"]
+
+# The decorated classes are Deployments at run time; mypy sees the plain classes.
+_ENCODERS: Any = EncodersDeployment
+_DECODER: Any = DecoderDeployment
+_VOCODER: Any = VocoderDeployment
+_INGRESS: Any = Ingress
+
+UNIVERSAL_VOCODER = "universal-vocoder"
+INGRESS = "ingress"
+
+
+class AppArgs(BaseModel):
+    """Arguments of :func:`build_app` (the ``args`` of a Serve config file's application)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    addons: list[str] = Field(
+        default_factory=list, description="Addon names or directories; empty = every installed addon."
+    )
+    context: Literal["dynamic", "static"] = Field("dynamic", description="Default execution context.")
+    device: str = Field("auto", description='Torch device in replicas: "auto" (CUDA if visible), "cpu", "cuda".')
+    deployments: dict[str, DeploymentOptions] = Field(
+        default_factory=dict, description="Options per deployment name, merged over the addon's hints."
+    )
+
+    @field_validator("addons")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("addons are listed twice")
+        return v
+
+
+def _resolve_addons(names: list[str]) -> list[tuple[Path, AddonManifest]]:
+    if not names:
+        found = addons.list_addons()
+        if not found:
+            raise ValueError(f"no addons installed (searched {', '.join(map(str, addons.addon_dirs()))})")
+        return found
+    resolved = []
+    for name in names:
+        directory = addons.find_addon(name)
+        resolved.append((directory, addons.read_manifest(directory)))
+    taken = [m.name for _, m in resolved]
+    if len(set(taken)) != len(taken):
+        raise ValueError(f"two addons share a model name: {taken}")
+    return resolved
+
+
+def _options(args: AppArgs, name: str, hint: StageDeployment | None) -> dict[str, Any]:
+    hints = hint.model_dump(exclude_none=True, exclude={"context"}) if hint else None
+    return merge_deployment_options(None, hints, args.deployments.get(name))
+
+
+def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
+    """Bind the deployment graph for the requested addons (see the module docstring)."""
+    args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
+    found = _resolve_addons(args.addons)
+    names = {m.name for _, m in found}
+    known = {INGRESS, UNIVERSAL_VOCODER} | {f"{n}-{s}" for n in names for s in ("encoders", "decoder", "vocoder")}
+    unknown = sorted(set(args.deployments) - known)
+    if unknown:
+        raise ValueError(f"deployments has unknown names {unknown} (known: {', '.join(sorted(known))})")
+    shared = {m.name: str(d) for d, m in found if not m.uses_own_vocoder}
+    universal = (
+        _VOCODER.options(name=UNIVERSAL_VOCODER, **_options(args, UNIVERSAL_VOCODER, None)).bind(shared, args.device)
+        if shared
+        else None
+    )
+    models: dict[str, ModelInfo] = {}
+    handles: dict[str, tuple[Any, Any, Any]] = {}
+    for directory, m in found:
+        hints = m.deployment
+        context = hints.encoders.context or args.context
+        enc = _ENCODERS.options(name=f"{m.name}-encoders", **_options(args, f"{m.name}-encoders", hints.encoders))
+        dec = _DECODER.options(name=f"{m.name}-decoder", **_options(args, f"{m.name}-decoder", hints.decoder))
+        if m.uses_own_vocoder:
+            voc = _VOCODER.options(name=f"{m.name}-vocoder", **_options(args, f"{m.name}-vocoder", hints.vocoder))
+            vocoder = voc.bind({m.name: str(directory)}, args.device)
+        else:
+            vocoder = universal
+        handles[m.name] = (
+            enc.bind(str(directory), context, args.device),
+            dec.bind(str(directory), hints.decoder.context or args.context, args.device),
+            vocoder,
+        )
+        models[m.name] = ModelInfo.of(m)
+    ingress = _INGRESS.options(name=INGRESS, **_options(args, INGRESS, None))
+    return ingress.bind(models, handles)

@@ -1,0 +1,334 @@
+"""Streaming audio encoders for the HTTP edge.
+
+One encoder per response: ``make_encoder(fmt, sample_rate)``, then ``header()`` once,
+``encode(samples)`` per chunk, ``finish()`` once. The concatenation of everything they
+return is one complete file of ``media_type``; every call may return ``b""``.
+
+Samples are mono float32 in [-1, 1] (values outside are clipped). Converting them to
+16-bit integers is encoding, so it belongs here; resampling does not, which is why Opus
+refuses sample rates it cannot carry instead of converting them.
+
+Format notes (checked against libsndfile 1.2.2 through soundfile 0.14):
+
+* ``wav``: 44-byte PCM header whose RIFF and data sizes are ``0xFFFFFFFF``, the
+  "unknown length" convention of streaming servers. libsndfile, Python's ``wave`` and
+  ffmpeg read such a file to its end; sizes of 0 instead make libsndfile report 0 frames
+  and ``wave`` refuse the file.
+* ``pcm``: raw signed 16-bit little-endian mono, as OpenAI's ``pcm``.
+* ``mp3``: constant bit rate. With libsndfile's default VBR the stream has no Xing header
+  (that is rewritten on close, which a stream cannot do), and mpg123 then estimates the
+  length from the first frame and truncates the audio. A streamed MP3 starts with one
+  silent frame (libsndfile's placeholder for that header) and carries no gapless info,
+  so decoders return up to about four frames more than were encoded.
+* ``opus``: Ogg Opus; only 8, 12, 16, 24 and 48 kHz. Pages are flushed every
+  ``OPUS_PAGE_LATENCY_MS`` instead of libsndfile's default of one second.
+* ``flac``: frames stream, but STREAMINFO cannot be rewritten on a stream, so it says
+  "length unknown" (total samples 0), which the FLAC format allows and ffmpeg/libFLAC
+  accept. soundfile cannot read such a file (its read path seeks, and libsndfile refuses
+  to seek in a FLAC of unknown length). Pass ``buffered=True`` to get a complete header at
+  the price of all output arriving from ``finish()``.
+* ``aac``: not available; libsndfile has no AAC encoder.
+"""
+
+from __future__ import annotations
+
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from typing import ClassVar
+
+import numpy as np
+import soundfile as sf
+
+__all__ = [
+    "SUPPORTED_FORMATS",
+    "UNSUPPORTED_FORMATS",
+    "AudioEncoder",
+    "UnsupportedFormatError",
+    "iter_encoded",
+    "make_encoder",
+]
+
+OPUS_SAMPLE_RATES = (8000, 12000, 16000, 24000, 48000)
+OPUS_PAGE_LATENCY_MS = 100.0
+# libsndfile maps compression level 0..1 onto its bit-rate range (MPEG-2: 160..8 kb/s,
+# MPEG-1: 320..32 kb/s); 0.6 gave 64 kb/s at 16-24 kHz and 160 kb/s at 44.1-48 kHz.
+MP3_COMPRESSION_LEVEL = 0.6
+# sndfile.h: SFC_SET_OGG_PAGE_LATENCY_MS; soundfile does not wrap this command.
+_SFC_SET_OGG_PAGE_LATENCY_MS = 0x1302
+# "Unknown length": libsndfile, wave and ffmpeg then read the data chunk to end of file.
+_UNKNOWN_SIZE = 0xFFFFFFFF
+
+UNSUPPORTED_FORMATS: dict[str, str] = {
+    "aac": "no AAC encoder is available (libsndfile has none); use mp3 or opus",
+}
+
+
+class UnsupportedFormatError(ValueError):
+    """The format is unknown, or cannot be encoded at this sample rate."""
+
+    def __init__(self, fmt: str, reason: str) -> None:
+        super().__init__(f"response_format {fmt!r}: {reason}")
+        self.fmt = fmt
+        self.reason = reason
+
+
+class AudioEncoder(ABC):
+    """Encodes one mono stream incrementally.
+
+    Contract: call ``header()`` once, then ``encode()`` any number of times, then
+    ``finish()`` once; concatenated, their results form one complete file. Any call may
+    return ``b""`` (codecs emit whole frames or pages only). ``encode`` takes a 1-D
+    array of float samples in [-1, 1] at ``sample_rate`` Hz.
+    """
+
+    media_type: ClassVar[str]
+
+    def __init__(self, sample_rate: int) -> None:
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        self.sample_rate = sample_rate
+
+    @abstractmethod
+    def header(self) -> bytes:
+        """Bytes that precede any audio (may be empty when the codec writes its own)."""
+
+    @abstractmethod
+    def encode(self, samples: np.ndarray) -> bytes:
+        """Encode one chunk; returns what is ready to send (possibly nothing)."""
+
+    @abstractmethod
+    def finish(self) -> bytes:
+        """Flush the codec and end the stream; the encoder is unusable afterwards."""
+
+
+def _as_mono_float32(samples: np.ndarray) -> np.ndarray:
+    """Validate a chunk as 1-D and return it as contiguous float32."""
+    arr = np.asarray(samples, dtype=np.float32)
+    if arr.ndim != 1:
+        raise ValueError(f"expected 1-D mono samples, got shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def _to_pcm16(samples: np.ndarray) -> bytes:
+    """Float [-1, 1] to signed 16-bit little-endian bytes, rounding to nearest."""
+    clipped = np.clip(_as_mono_float32(samples), -1.0, 1.0)
+    pcm: np.ndarray = np.rint(clipped * 32767.0).astype("<i2")
+    return pcm.tobytes()
+
+
+class PcmEncoder(AudioEncoder):
+    """Raw signed 16-bit little-endian mono, no header (OpenAI's ``pcm``)."""
+
+    media_type = "audio/pcm"
+
+    def header(self) -> bytes:
+        return b""
+
+    def encode(self, samples: np.ndarray) -> bytes:
+        return _to_pcm16(samples)
+
+    def finish(self) -> bytes:
+        return b""
+
+
+class WavEncoder(PcmEncoder):
+    """16-bit PCM WAV whose header declares an unknown length (see module notes)."""
+
+    media_type = "audio/wav"
+
+    def header(self) -> bytes:
+        channels, bits = 1, 16
+        block_align = channels * bits // 8
+        fmt_chunk = struct.pack(
+            "<4sIHHIIHH",
+            b"fmt ",
+            16,  # size of the PCM fmt chunk body
+            1,  # WAVE_FORMAT_PCM
+            channels,
+            self.sample_rate,
+            self.sample_rate * block_align,
+            block_align,
+            bits,
+        )
+        riff = struct.pack("<4sI4s", b"RIFF", _UNKNOWN_SIZE, b"WAVE")
+        data = struct.pack("<4sI", b"data", _UNKNOWN_SIZE)
+        return riff + fmt_chunk + data
+
+
+class _ForwardSink:
+    """A file-like object that lets libsndfile write a file we stream as it grows.
+
+    libsndfile needs seek/tell and, on close, seeks back to patch the header. Bytes
+    already handed out cannot change, so writes before ``base`` are dropped: the header
+    keeps the "unknown length" values the codec wrote first. With ``hold=True`` nothing
+    is handed out before ``close()``, so those patches land.
+    """
+
+    def __init__(self, hold: bool = False) -> None:
+        self._buf = bytearray()
+        self._base = 0  # file offset of _buf[0]; everything before it was handed out
+        self._pos = 0
+        self._hold = hold
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        end = self._base + len(self._buf)
+        self._pos = {0: offset, 1: self._pos + offset, 2: end + offset}[whence]
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        # Writers never need to read back; emitted bytes are gone anyway.
+        return b""
+
+    def write(self, data: bytes) -> int:
+        view = bytes(data)
+        start, self._pos = self._pos, self._pos + len(view)
+        if start < self._base:  # a header patch over bytes already sent
+            view = view[self._base - start :]
+            start = self._base
+        offset = start - self._base
+        if offset > len(self._buf):
+            self._buf.extend(bytes(offset - len(self._buf)))
+        self._buf[offset : offset + len(view)] = view
+        return len(data)
+
+    def take(self, final: bool = False) -> bytes:
+        """Hand out every byte written so far (only at the end when holding)."""
+        if self._hold and not final:
+            return b""
+        out = bytes(self._buf)
+        self._base += len(self._buf)
+        self._buf.clear()
+        return out
+
+
+class _SoundfileEncoder(AudioEncoder):
+    """Base for codecs that libsndfile encodes incrementally.
+
+    libsndfile writes the container header with the first non-empty chunk, so
+    ``header()`` returns ``b""`` and the header comes out of the first ``encode``.
+    """
+
+    _format: ClassVar[str]
+    _subtype: ClassVar[str]
+
+    def __init__(self, sample_rate: int, buffered: bool = False) -> None:
+        super().__init__(sample_rate)
+        self._sink = _ForwardSink(hold=buffered)
+        self._file = sf.SoundFile(
+            self._sink,
+            mode="w",
+            samplerate=sample_rate,
+            channels=1,
+            format=self._format,
+            subtype=self._subtype,
+            **self._open_options(),
+        )
+        self._configure()
+
+    def _open_options(self) -> dict[str, float | str]:
+        """Extra keyword arguments for ``soundfile.SoundFile``."""
+        return {}
+
+    def _configure(self) -> None:
+        """Codec settings that need an open file."""
+
+    def header(self) -> bytes:
+        return b""
+
+    def encode(self, samples: np.ndarray) -> bytes:
+        chunk = _as_mono_float32(samples)
+        if chunk.size:
+            self._file.write(chunk)
+        return self._sink.take()
+
+    def finish(self) -> bytes:
+        self._file.close()
+        return self._sink.take(final=True)
+
+
+class FlacEncoder(_SoundfileEncoder):
+    """FLAC, 16-bit. Streamed output declares an unknown length (see module notes)."""
+
+    media_type = "audio/flac"
+    _format, _subtype = "FLAC", "PCM_16"
+
+
+class Mp3Encoder(_SoundfileEncoder):
+    """MPEG-1/2 Layer III at a constant bit rate (VBR streams decode truncated)."""
+
+    media_type = "audio/mpeg"
+    _format, _subtype = "MP3", "MPEG_LAYER_III"
+
+    def _open_options(self) -> dict[str, float | str]:
+        # soundfile applies bitrate_mode only together with compression_level.
+        return {"compression_level": MP3_COMPRESSION_LEVEL, "bitrate_mode": "CONSTANT"}
+
+
+class OpusEncoder(_SoundfileEncoder):
+    """Opus in Ogg, pages flushed every ``OPUS_PAGE_LATENCY_MS``."""
+
+    media_type = "audio/ogg"
+    _format, _subtype = "OGG", "OPUS"
+
+    def __init__(self, sample_rate: int, buffered: bool = False) -> None:
+        if sample_rate not in OPUS_SAMPLE_RATES:
+            raise UnsupportedFormatError(
+                "opus",
+                f"Opus carries only {', '.join(map(str, OPUS_SAMPLE_RATES))} Hz "
+                f"and this voice produces {sample_rate} Hz; use wav, pcm, flac or mp3",
+            )
+        super().__init__(sample_rate, buffered)
+
+    def _configure(self) -> None:
+        # Without this libsndfile holds about one second of audio per Ogg page.
+        from soundfile import _ffi, _snd  # soundfile has no wrapper for the command
+
+        latency = _ffi.new("double*", OPUS_PAGE_LATENCY_MS)
+        _snd.sf_command(self._file._file, _SFC_SET_OGG_PAGE_LATENCY_MS, latency, _ffi.sizeof("double"))
+
+
+_ENCODERS: dict[str, type[AudioEncoder]] = {
+    "wav": WavEncoder,
+    "pcm": PcmEncoder,
+    "flac": FlacEncoder,
+    "mp3": Mp3Encoder,
+    "opus": OpusEncoder,
+}
+SUPPORTED_FORMATS: tuple[str, ...] = tuple(_ENCODERS)
+
+
+def make_encoder(fmt: str, sample_rate: int, *, buffered: bool = False) -> AudioEncoder:
+    """Return a fresh encoder for ``fmt`` at ``sample_rate`` Hz.
+
+    ``buffered=True`` holds a codec's whole output until ``finish()`` so that headers
+    recording the length are complete (FLAC total samples, MP3 gapless tag); wav and pcm
+    ignore it because their streamed form already decodes everywhere.
+    Raises ``UnsupportedFormatError`` for unknown formats, for ``aac``, and for Opus at
+    a sample rate it cannot carry.
+    """
+    if fmt in UNSUPPORTED_FORMATS:
+        raise UnsupportedFormatError(fmt, UNSUPPORTED_FORMATS[fmt])
+    encoder_cls = _ENCODERS.get(fmt)
+    if encoder_cls is None:
+        raise UnsupportedFormatError(fmt, f"unknown format; supported: {', '.join(_ENCODERS)}")
+    if issubclass(encoder_cls, _SoundfileEncoder):
+        return encoder_cls(sample_rate, buffered=buffered)
+    return encoder_cls(sample_rate)
+
+
+def iter_encoded(encoder: AudioEncoder, chunks: Iterable[np.ndarray]) -> Iterator[bytes]:
+    """Yield the non-empty byte strings of a whole stream: header, chunks, finish."""
+    head = encoder.header()
+    if head:
+        yield head
+    for chunk in chunks:
+        data = encoder.encode(chunk)
+        if data:
+            yield data
+    tail = encoder.finish()
+    if tail:
+        yield tail

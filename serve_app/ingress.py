@@ -1,0 +1,282 @@
+"""The HTTP ingress: OpenAI-compatible speech streaming over every deployed addon.
+
+It validates requests, splits text into sentences (plain string work), and pulls each stage in
+turn: sentence -> encoders deployment -> decoder deployment (a stream of mel chunks) -> vocoder
+deployment (carrying the stream's vocoder state) -> an audio encoder or SSE events. The first
+audio chunk is produced before the response starts, so every error up to then is a proper JSON
+status; after that a failure cuts the stream (audio) or ends it with an error event (SSE).
+"""
+
+import asyncio
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.metrics import Counter, Histogram
+
+from addons.frontend import Frontend
+from addons.manifest import AddonManifest
+from addons.voice import resolve_options
+from serve_app.audio_format import AudioEncoder, UnsupportedFormatError, make_encoder
+from serve_app.schemas import (
+    SSE_MEDIA_TYPE,
+    ErrorBody,
+    ErrorDetail,
+    SpeechAudioDelta,
+    SpeechAudioDone,
+    SpeechRequest,
+    SpeechUsage,
+    error_response,
+    install_error_handlers,
+    sse_event,
+)
+
+__all__ = ["Ingress", "ModelInfo"]
+
+RETRY_AFTER_S = "1"
+OVERLOAD = (BackPressureError, DeploymentUnavailableError)
+OUTCOME_TAGS: Any = ("model", "outcome")  # Ray's stub types tag_keys as a 1-tuple
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the ingress knows of a model without loading it: its validated manifest."""
+
+    manifest: AddonManifest
+
+    @classmethod
+    def of(cls, manifest: AddonManifest) -> "ModelInfo":
+        return cls(manifest)
+
+    def card(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "id": m.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "chorus",
+            "description": m.description,
+            "language": m.language,
+            "sample_rate": m.mel.sample_rate,
+            "voices": sorted(m.voices),
+        }
+
+
+class SpeechError(Exception):
+    """A request error found before the response started: becomes an OpenAI-shaped JSON body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def response(self) -> JSONResponse:
+        headers = {"Retry-After": RETRY_AFTER_S} if self.status in (429, 503) else None
+        kind = "server_error" if self.status >= 500 else "invalid_request_error"
+        return error_response(self.status, self.message, type=kind, param=self.param, code=self.code, headers=headers)
+
+
+async def _chain(first: np.ndarray | None, rest: AsyncIterator[np.ndarray]) -> AsyncIterator[np.ndarray]:
+    if first is not None:
+        yield first
+    async for chunk in rest:
+        yield chunk
+
+
+app = FastAPI(title="Chorus", description="Many text-to-speech models side by side.")
+install_error_handlers(app)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, models: dict[str, ModelInfo], handles: dict[str, tuple[Any, Any, Any]]) -> None:
+        self.models = models
+        self.handles = handles
+        tags = ("model",)
+        self.ttfa = Histogram(
+            "chorus_time_to_first_audio_seconds",
+            description="Seconds from request to the first audio bytes.",
+            boundaries=[0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 2, 5],
+            tag_keys=tags,
+        )
+        self.rtf = Histogram(
+            "chorus_real_time_factor",
+            description="Synthesis seconds per second of audio, per finished stream.",
+            boundaries=[0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2],
+            tag_keys=tags,
+        )
+        self.outcomes = Counter(
+            "chorus_speech_requests", description="Speech requests by outcome.", tag_keys=OUTCOME_TAGS
+        )
+
+    # -- catalogue and health -------------------------------------------------------------------
+    @app.get("/v1/models")
+    async def list_models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [info.card() for info in self.models.values()]}
+
+    @app.get("/v1/audio/voices")
+    async def list_voices(self, model: str | None = None) -> Response:
+        if model is not None and model not in self.models:
+            return SpeechError(404, f"model '{model}' not found", "model", "model_not_found").response()
+        data = [
+            {"model": name, "voice": voice, "description": preset.description}
+            for name, info in self.models.items()
+            if model in (None, name)
+            for voice, preset in sorted(info.manifest.voices.items())
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.get("/health")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready(self) -> Response:
+        calls = [stage.ready.remote() for trio in self.handles.values() for stage in trio]
+        try:
+            await asyncio.wait_for(asyncio.gather(*calls), timeout=5.0)
+        except Exception as exc:  # any stage not answering means not ready
+            return JSONResponse({"status": "not ready", "detail": f"{type(exc).__name__}: {exc}"}, status_code=503)
+        return JSONResponse({"status": "ready", "models": sorted(self.models)})
+
+    @app.get("/metrics")
+    async def metrics(self) -> Response:
+        """This node's Prometheus metrics (Ray's own and Chorus's), proxied from Ray's exporter."""
+        node = next(n for n in ray.nodes() if n["NodeID"] == ray.get_runtime_context().get_node_id())
+        url = f"http://127.0.0.1:{node['MetricsExportPort']}/metrics"
+        try:
+            body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+        except OSError as exc:
+            return JSONResponse(
+                {"error": {"message": f"metrics exporter unreachable: {exc}", "type": "server_error"}}, status_code=503
+            )
+        return Response(body, media_type="text/plain; version=0.0.4")
+
+    # -- speech -----------------------------------------------------------------------------------
+    @app.post("/v1/audio/speech")
+    async def speech(self, body: SpeechRequest) -> Response:
+        start = time.perf_counter()
+        try:
+            info, resolved, encoder = self._prepare(body)
+            audio = self._synthesize(body.model, body.input, resolved)
+            first = await self._first_chunk(audio)
+        except SpeechError as exc:
+            self.outcomes.inc(tags={"model": body.model, "outcome": f"http_{exc.status}"})
+            return exc.response()
+        self.ttfa.observe(time.perf_counter() - start, tags={"model": body.model})
+        rate = info.manifest.mel.sample_rate
+        if body.stream_format == "sse":
+            return StreamingResponse(self._sse(body, first, audio, encoder, start, rate), media_type=SSE_MEDIA_TYPE)
+        return StreamingResponse(self._audio(body, first, audio, encoder, start, rate), media_type=encoder.media_type)
+
+    def _prepare(self, body: SpeechRequest) -> tuple[ModelInfo, dict[str, Any], AudioEncoder]:
+        info = self.models.get(body.model)
+        if info is None:
+            known = ", ".join(sorted(self.models))
+            raise SpeechError(404, f"model '{body.model}' not found (available: {known})", "model", "model_not_found")
+        try:
+            _, resolved = resolve_options(info.manifest, voice=body.voice_name, speed=body.speed)
+        except ValueError as exc:
+            raise SpeechError(400, str(exc), "voice" if "voice" in str(exc) else "speed") from None
+        try:
+            encoder = make_encoder(body.response_format, info.manifest.mel.sample_rate)
+        except UnsupportedFormatError as exc:
+            raise SpeechError(400, str(exc), "response_format", "unsupported_format") from None
+        if not Frontend.normalize(body.input):
+            raise SpeechError(400, "input is empty", "input", "empty_input")
+        return info, resolved, encoder
+
+    async def _first_chunk(self, audio: AsyncIterator[np.ndarray]) -> np.ndarray | None:
+        try:
+            return await anext(audio)
+        except StopAsyncIteration:
+            return None
+        except OVERLOAD as exc:
+            raise SpeechError(503, f"overloaded, retry shortly ({type(exc).__name__})", code="overloaded") from None
+
+    async def _synthesize(self, model: str, text: str, options: dict[str, Any]) -> AsyncIterator[np.ndarray]:
+        """Audio chunks for ``text``: sentences are encoded one ahead of the one being decoded."""
+        encoders, decoder, vocoder = self.handles[model]
+        sentences = Frontend.split_sentences(Frontend.normalize(text))
+        pending = [encoders.encode.remote(s) for s in sentences[:1]]
+        state = await vocoder.start.remote(model)
+        spoken = False
+        for index in range(len(sentences)):
+            features_list = await pending.pop(0)
+            if index + 1 < len(sentences):
+                pending.append(encoders.encode.remote(sentences[index + 1]))
+            for features in features_list:
+                spoken = True
+                async for mel in decoder.decode.options(stream=True).remote(features, options):
+                    audio, state = await vocoder.process.remote(model, state, mel, options)
+                    if audio.size:
+                        yield audio
+        if not spoken:
+            raise SpeechError(400, "input has no speakable characters", "input", "no_speakable_text")
+        tail = await vocoder.finish.remote(model, state, options)
+        if tail.size:
+            yield tail
+
+    async def _audio(
+        self,
+        body: SpeechRequest,
+        first: np.ndarray | None,
+        rest: AsyncIterator[np.ndarray],
+        encoder: AudioEncoder,
+        start: float,
+        rate: int,
+    ) -> AsyncIterator[bytes]:
+        samples = 0
+        yield encoder.header()
+        async for chunk in _chain(first, rest):
+            samples += chunk.size
+            data = encoder.encode(chunk)
+            if data:
+                yield data
+        tail = encoder.finish()
+        if tail:
+            yield tail
+        self._finished(body.model, start, samples, rate)
+
+    async def _sse(
+        self,
+        body: SpeechRequest,
+        first: np.ndarray | None,
+        rest: AsyncIterator[np.ndarray],
+        encoder: AudioEncoder,
+        start: float,
+        rate: int,
+    ) -> AsyncIterator[bytes]:
+        samples = 0
+        try:
+            header = encoder.header()
+            if header:
+                yield sse_event(SpeechAudioDelta.of(header))
+            async for chunk in _chain(first, rest):
+                samples += chunk.size
+                data = encoder.encode(chunk)
+                if data:
+                    yield sse_event(SpeechAudioDelta.of(data))
+            tail = encoder.finish()
+            if tail:
+                yield sse_event(SpeechAudioDelta.of(tail))
+        except Exception as exc:  # the client must see the failure, not a short "complete" stream
+            self.outcomes.inc(tags={"model": body.model, "outcome": "failed_mid_stream"})
+            detail = ErrorDetail(message=f"synthesis failed: {type(exc).__name__}: {exc}", type="server_error")
+            yield sse_event(ErrorBody(error=detail))
+            return
+        yield sse_event(SpeechAudioDone(usage=SpeechUsage.of(len(body.input), samples)))
+        self._finished(body.model, start, samples, rate)
+
+    def _finished(self, model: str, start: float, samples: int, rate: int) -> None:
+        self.outcomes.inc(tags={"model": model, "outcome": "ok"})
+        if samples:
+            self.rtf.observe((time.perf_counter() - start) / (samples / rate), tags={"model": model})

@@ -1,0 +1,224 @@
+"""The Serve application end to end over HTTP: streaming, two architectures, SSE, errors,
+disconnect cancellation and independent autoscaling. One Ray instance for the module."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+SENTENCES = " ".join(f"This is sentence number {i}, spoken by a small test voice." for i in range(12))
+FAST_SCALING = {
+    "autoscaling_config": {
+        "min_replicas": 1,
+        "max_replicas": 3,
+        "target_ongoing_requests": 1,
+        "upscale_delay_s": 0,
+        "downscale_delay_s": 600,
+        "metrics_interval_s": 0.2,
+        "look_back_period_s": 1,
+    },
+    "graceful_shutdown_timeout_s": 0.5,
+    "graceful_shutdown_wait_loop_s": 0.1,
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(fixture_dir: Path) -> Iterator[str]:
+    from serve_app.app import AppArgs, build_app
+
+    port = _free_port()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        args = AppArgs(
+            addons=[str(fixture_dir / "tiny-fast"), str(fixture_dir / "tiny-taco")],
+            deployments={"tiny-fast-decoder": FAST_SCALING, "tiny-taco-decoder": FAST_SCALING},
+        )
+        serve.run(build_app(args), name="chorus", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _replicas(deployment: str) -> int:
+    status = serve.status().applications["chorus"].deployments[deployment]
+    return sum(status.replica_states.values())
+
+
+def test_load_on_one_model_scales_only_its_decoder(server: str) -> None:
+    # First in the module, so that both models still sit at their minimum of one replica.
+    assert _replicas("tiny-fast-decoder") == _replicas("tiny-taco-decoder") == 1
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            _speech(server, model="tiny-fast", input=SENTENCES, response_format="pcm")
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _replicas("tiny-fast-decoder") < 2:
+            time.sleep(0.25)
+        assert _replicas("tiny-fast-decoder") >= 2
+        assert _replicas("tiny-taco-decoder") == 1
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
+def _speech(url: str, **body: Any) -> httpx.Response:
+    return httpx.post(f"{url}/v1/audio/speech", json={"response_format": "wav", **body}, timeout=120)
+
+
+def test_streamed_wav_parses_and_starts_early(server: str) -> None:
+    arrivals: list[tuple[float, int]] = []
+    start = time.perf_counter()
+    body = {"model": "tiny-fast", "input": SENTENCES, "response_format": "wav"}
+    with httpx.stream("POST", f"{server}/v1/audio/speech", json=body, timeout=120) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("audio/wav")
+        data = b""
+        for piece in response.iter_bytes():
+            arrivals.append((time.perf_counter() - start, len(piece)))
+            data += piece
+    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
+    audio, rate = sf.read(io.BytesIO(data), dtype="float32")
+    assert rate == 22050 and audio.size > 0 and audio.size % 256 == 0
+    first, last = arrivals[0][0], arrivals[-1][0]
+    assert len(arrivals) > 3 and first < 0.5 * last
+
+
+def test_two_architectures_concurrently(server: str) -> None:
+    results: dict[str, httpx.Response] = {}
+
+    def call(model: str) -> None:
+        results[model] = _speech(server, model=model, input="Hello from two voices at once. And one more sentence.")
+
+    threads = [threading.Thread(target=call, args=(m,)) for m in ("tiny-fast", "tiny-taco")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for model, response in results.items():
+        assert response.status_code == 200, (model, response.text)
+        audio, _ = sf.read(io.BytesIO(response.content), dtype="float32")
+        assert audio.size > 0 and np.isfinite(audio).all()
+
+
+def test_sse_events_are_well_formed(server: str) -> None:
+    response = httpx.post(
+        f"{server}/v1/audio/speech",
+        json={"model": "tiny-taco", "input": "Events, please.", "response_format": "pcm", "stream_format": "sse"},
+        timeout=120,
+    )
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    blocks = [b for b in response.text.split("\n\n") if b.strip()]
+    events = [json.loads(b.removeprefix("data: ")) for b in blocks]
+    assert all(b.startswith("data: ") for b in blocks)
+    assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
+    assert events[-1]["type"] == "speech.audio.done"
+    pcm = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    assert len(pcm) == 2 * events[-1]["usage"]["output_tokens"] > 0
+
+
+def test_openai_client_streams_unchanged(server: str, tmp_path: Path) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
+    out = tmp_path / "speech.wav"
+    with client.audio.speech.with_streaming_response.create(
+        model="tiny-fast", voice="default", input="The official client works.", response_format="wav"
+    ) as response:
+        response.stream_to_file(out)
+    assert sf.info(out).frames > 0
+    models = {m.id for m in client.models.list()}
+    assert models == {"tiny-fast", "tiny-taco"}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param", "fragment"),
+    [
+        ({"model": "nope", "input": "hi"}, 404, "model", "model 'nope' not found"),
+        ({"model": "tiny-fast", "input": ""}, 400, "input", "input"),
+        ({"model": "tiny-fast", "input": "   "}, 400, "input", "input is empty"),
+        ({"model": "tiny-fast", "input": "x" * 5000}, 400, "input", "4096"),
+        ({"model": "tiny-fast", "input": "--- ... ---"}, 400, "input", "no speakable characters"),
+        ({"model": "tiny-fast", "input": "hi", "response_format": "aac"}, 400, "response_format", "aac"),
+        ({"model": "tiny-fast", "input": "hi", "response_format": "ogg"}, 400, "response_format", "response_format"),
+        ({"model": "tiny-fast", "input": "hi", "response_format": "opus"}, 400, "response_format", "opus"),
+        ({"model": "tiny-fast", "input": "hi", "voice": "nobody"}, 400, "voice", 'unknown voice "nobody"'),
+        ({"model": "tiny-fast", "input": "hi", "speed": 10}, 400, "speed", "speed"),
+        ({"model": "tiny-fast", "input": "hi", "loudness": 3}, 400, "loudness", "loudness"),
+    ],
+)
+def test_bad_requests_get_openai_errors(
+    server: str, body: dict[str, Any], status: int, param: str, fragment: str
+) -> None:
+    response = httpx.post(f"{server}/v1/audio/speech", json={"response_format": "wav", **body}, timeout=60)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["param"] == param and fragment in error["message"]
+
+
+def test_catalogue_and_health(server: str) -> None:
+    models = httpx.get(f"{server}/v1/models").json()
+    assert {m["id"] for m in models["data"]} == {"tiny-fast", "tiny-taco"}
+    voices = httpx.get(f"{server}/v1/audio/voices", params={"model": "tiny-fast"}).json()["data"]
+    assert {v["voice"] for v in voices} == {"default", "fast"}
+    assert httpx.get(f"{server}/v1/audio/voices", params={"model": "nope"}).status_code == 404
+    assert httpx.get(f"{server}/health").json() == {"status": "ok"}
+    ready = httpx.get(f"{server}/ready", timeout=30)
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+def _decoder(model: str) -> Any:
+    return serve.get_deployment_handle(f"{model}-decoder", app_name="chorus")
+
+
+def test_disconnect_cancels_the_work(server: str) -> None:
+    decoder = _decoder("tiny-taco")
+    text = " ".join(["A long text that would take a while to speak in full, sentence after sentence."] * 40)
+    before = decoder.stats.remote().result()["frames"]
+    with httpx.stream(
+        "POST",
+        f"{server}/v1/audio/speech",
+        json={"model": "tiny-taco", "input": text, "response_format": "pcm"},
+        timeout=60,
+    ) as r:
+        next(r.iter_bytes())
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and decoder.stats.remote().result()["active"]:
+        time.sleep(0.1)
+    stats = decoder.stats.remote().result()
+    assert stats["active"] == 0
+    settled = stats["frames"]
+    time.sleep(1.0)
+    assert decoder.stats.remote().result()["frames"] == settled  # nothing keeps decoding for the gone client
+    assert settled - before < 40 * 40 * 4  # far less than the whole text (40 sentences x ~40 tokens x 4 frames)
