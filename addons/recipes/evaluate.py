@@ -1,0 +1,400 @@
+"""Score exported voices against the espeak-ng teacher on held-out sentences.
+
+    python -m addons.recipes.evaluate --corpus data/corpus \\
+        --addons addons/bundled/chorus-fast addons/bundled/chorus-taco --n 20 --out docs/voices
+
+For each of the first ``--n`` held-out sentences (never trained on), each voice synthesizes the
+text end to end (front-end, networks, its vocoder) and is compared with the teacher:
+
+- MCD (dB): mel cepstra are a DCT-II of the natural-log mel of the audio (``log_mel``), scaled as
+  SPTK's mel-cepstra (see :func:`mel_cepstra`), coefficients 1..``--cepstra``-1 (c0, the energy,
+  excluded); frames of voice and teacher audio are aligned by DTW on the
+  cepstral distance and MCD is ``10 * sqrt(2) / ln(10) * ||c - c'||`` averaged along the path. The
+  same figure for Griffin-Lim run on the teacher's own mel is the floor set by the vocoder.
+- mel L1: the voice's mel against the teacher's, per frame and band, along a DTW path; for a
+  duration model also with the teacher's durations driving its upsampler (frame for frame).
+- duration MAE (frames per phoneme, predictions rounded as the Upsampler does) for a duration model.
+- for an attention model: length error (frames, voice minus teacher), how many sentences ended by
+  the stop token (rather than the length guard), and alignment sharpness (mean over decoder steps
+  of the largest attention weight), read off the step network's outputs during synthesis.
+
+Writes ``evaluation.md`` (the table), ``evaluation.json`` (per-sentence numbers) and mel plots of
+teacher and voices for two sentences (``mel_1.png``, ``mel_2.png``) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import addons
+from addons.espeak import get_espeak
+from addons.recipes.corpus import META_FILE, Corpus, Utterance
+from blocks import AttentionDecoder, Block, BuildEnv, GriffinLim, MelSettings, Request, log_mel
+from blocks.network import NetworkRunner
+from blocks.upsampler import regulate_durations
+
+__all__ = ["MCD_CONSTANT", "dtw_path", "main", "mcd", "mel_cepstra"]
+
+MCD_CONSTANT = 10.0 * math.sqrt(2.0) / math.log(10.0)
+
+
+# -- measures ------------------------------------------------------------------------------------------
+def mel_cepstra(mel: np.ndarray, n: int) -> np.ndarray:
+    """Cepstra ``c1..c(n-1)`` ``[F, n - 1]`` of a natural-log mel ``[F, N]`` (c0, the energy, dropped).
+
+    A DCT-II over the bands, scaled as the cosine series ``log X = c0 + 2 * sum(c_m * cos(m * w))``
+    (``c_m = 1/N * sum_k log X_k * cos(pi * m * (k + 1/2) / N)``): the convention of SPTK's mel-cepstra,
+    which the MCD constant assumes. (An orthonormal DCT would give values ``sqrt(2N)`` times larger.)
+    """
+    bands = mel.shape[1]
+    m, k = np.arange(1, n)[:, None], np.arange(bands)[None, :]
+    basis = np.cos(np.pi * m * (k + 0.5) / bands) / bands
+    return mel.astype(np.float64) @ basis.T
+
+
+def dtw_path(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Minimum-cost monotonic alignment of a cost matrix ``[N, M]``: row and column indices along the path."""
+    n, m = cost.shape
+    acc = np.full((n + 1, m + 1), np.inf)
+    acc[0, 0] = 0.0
+    for k in range(2, n + m + 1):  # anti-diagonals i + j = k (1-based), each depends on the two before
+        i = np.arange(max(1, k - m), min(n, k - 1) + 1)
+        j = k - i
+        best = np.minimum(np.minimum(acc[i - 1, j], acc[i, j - 1]), acc[i - 1, j - 1])
+        acc[i, j] = cost[i - 1, j - 1] + best
+    rows, cols = [n - 1], [m - 1]
+    i, j = n, m
+    while (i, j) != (1, 1):
+        moves = [(i - 1, j - 1), (i - 1, j), (i, j - 1)]
+        i, j = min((p for p in moves if p[0] >= 1 and p[1] >= 1), key=lambda p: acc[p])
+        rows.append(i - 1)
+        cols.append(j - 1)
+    return np.asarray(rows[::-1]), np.asarray(cols[::-1])
+
+
+def _pairwise(a: np.ndarray, b: np.ndarray, p: int) -> np.ndarray:
+    """Distances ``[N, M]`` between the rows of ``a`` and ``b``: Euclidean (p=2) or mean absolute (p=1)."""
+    d = torch.cdist(torch.from_numpy(a).double()[None], torch.from_numpy(b).double()[None], p=float(p))[0].numpy()
+    return d if p == 2 else d / a.shape[1]
+
+
+def mcd(audio: np.ndarray, reference: np.ndarray, settings: MelSettings, n_cepstra: int) -> float:
+    """DTW-aligned mel-cepstral distortion in dB between two waveforms (see the module docstring)."""
+    a, b = (mel_cepstra(log_mel(torch.from_numpy(x), settings).numpy(), n_cepstra) for x in (audio, reference))
+    cost = _pairwise(a, b, 2)
+    rows, cols = dtw_path(cost)
+    return float(MCD_CONSTANT * cost[rows, cols].mean())
+
+
+def dtw_mel_l1(mel: np.ndarray, reference: np.ndarray) -> float:
+    """Mean absolute log-mel difference per frame and band along the DTW path between two mels."""
+    cost = _pairwise(mel.astype(np.float64), reference.astype(np.float64), 1)
+    rows, cols = dtw_path(cost)
+    return float(cost[rows, cols].mean())
+
+
+# -- running voices --------------------------------------------------------------------------------------
+class _AttentionTap:
+    """Stands in for an AttentionDecoder's step runner and keeps the largest attention weight of each step."""
+
+    def __init__(self, runner: NetworkRunner) -> None:
+        self.runner, self.spec = runner, runner.spec
+        self.peaks: list[float] = []
+
+    def call(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = self.runner.call(inputs)
+        width = int(inputs["mask"].sum())
+        self.peaks.append(float(out["attention"][0, :width].max()))
+        return out
+
+
+def _blocks(block: Block) -> Iterator[Block]:
+    yield block
+    for child in block.children:
+        yield from _blocks(child)
+
+
+def _tap(voice: addons.Voice) -> _AttentionTap | None:
+    """Install a tap on the voice's attention decoder, if it has one."""
+    for block in _blocks(voice.stack):
+        if isinstance(block, AttentionDecoder):
+            tap = _AttentionTap(block.runner)
+            block.runner = tap  # type: ignore[assignment]
+            return tap
+    return None
+
+
+@dataclass
+class _Spoken:
+    audio: np.ndarray
+    mel: np.ndarray
+    report: dict[str, Any]
+    peaks: list[float] = field(default_factory=list)
+
+
+def _speak(voice: addons.Voice, tap: _AttentionTap | None, text: str) -> _Spoken:
+    """Synthesize ``text`` as ``Voice.synthesize`` does, keeping the request's report and attention peaks."""
+    if tap is not None:
+        tap.peaks = []
+    request = Request(options=voice.options()[1])
+    state, mels, audio = voice.audio_start(), [], []
+    for chunk in voice.stream_mel(text, request):
+        mels.append(chunk.frames)
+        audio.append(voice.audio_process(state, chunk.frames, request))
+    audio.append(voice.audio_finish(state, request))
+    return _Spoken(np.concatenate(audio), np.concatenate(mels), request.report, tap.peaks if tap else [])
+
+
+def _vocode(mel: np.ndarray, settings: MelSettings) -> np.ndarray:
+    """Griffin-Lim (the default block config) on a mel ``[F, n_mels]``: the vocoder floor."""
+    env = BuildEnv(loader=_no_networks, specs={}, mel=settings)
+    vocoder = GriffinLim(GriffinLim.Config(), env)
+    state = vocoder.start()
+    parts = [vocoder.process(state, torch.from_numpy(mel.astype(np.float32))[None]), vocoder.finish(state)]
+    return torch.cat(parts, dim=1)[0].numpy()
+
+
+def _no_networks(name: str, device: torch.device) -> NetworkRunner:
+    raise KeyError(name)
+
+
+class _DurationNetworks:
+    """A duration model's exported networks, run with the teacher's durations (found by tensor names)."""
+
+    def __init__(self, voice: addons.Voice) -> None:
+        specs = voice.manifest.networks
+        pick = {
+            role: next((n for n, s in specs.items() if test(s)), None)
+            for role, test in {
+                "encoder": lambda s: "encoding" in s.output_names,
+                "durations": lambda s: "durations" in s.output_names,
+                "decoder": lambda s: "frames" in s.feature_inputs,
+            }.items()
+        }
+        self.available = all(pick.values())
+        self.modules = {
+            role: torch.export.load(str(voice.directory / specs[n].file)).module()
+            for role, n in pick.items()
+            if n is not None
+        }
+        self.names = {role: [t.name for t in specs[n].inputs] for role, n in pick.items() if n is not None}
+
+    def _call(self, role: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.modules[role](*(tensors[name] for name in self.names[role]))
+
+    def run(self, utt: Utterance) -> tuple[np.ndarray, np.ndarray]:
+        """Mel ``[F, n_mels]`` decoded with the teacher's durations, and the predicted durations ``[T]`` (frames)."""
+        ids = torch.from_numpy(utt.ids)[None]
+        mask = torch.ones(ids.shape)
+        encoding = self._call("encoder", {"phoneme_ids": ids, "mask": mask})
+        durations = self._call("durations", {"encoding": encoding, "mask": mask})
+        token_of_frame = torch.from_numpy(np.repeat(np.arange(len(utt.ids)), utt.durations))
+        frames = encoding[:, token_of_frame]
+        mel = self._call("decoder", {"frames": frames, "mask": torch.ones(frames.shape[:2])})
+        return mel[0].numpy(), regulate_durations(durations, 1.0, 64).numpy()
+
+
+# -- evaluation ---------------------------------------------------------------------------------------------
+def _score(
+    voice: addons.Voice,
+    utt: Utterance,
+    teacher: np.ndarray,
+    args: argparse.Namespace,
+    tap: _AttentionTap | None,
+    networks: _DurationNetworks | None,
+) -> tuple[dict[str, float], np.ndarray]:
+    """Per-sentence numbers for one voice, and its mel (for plots)."""
+    spoken = _speak(voice, tap, utt.text)
+    settings = voice.manifest.mel
+    row = {
+        "mcd_db": mcd(spoken.audio, teacher, settings, args.cepstra),
+        "mel_l1_dtw": dtw_mel_l1(spoken.mel, utt.mel),
+        "length_error_frames": float(spoken.mel.shape[0] - utt.frames),
+    }
+    if networks is not None:
+        mel, durations = networks.run(utt)
+        row["mel_l1_teacher_durations"] = float(np.abs(mel - utt.mel.astype(np.float32)).mean())
+        row["duration_mae_frames"] = float(np.abs(durations - utt.durations).mean())
+    decoder_runs = spoken.report.get("AttentionDecoder", [])
+    if decoder_runs:
+        row["ended_by_stop"] = float(all(r["stop"] == "stop_token" for r in decoder_runs))
+        row["sharpness"] = float(np.mean(spoken.peaks))
+    return row, spoken.mel
+
+
+def _evaluate_voice(
+    path: Path, corpus: Corpus, utts: list[Utterance], teachers: list[np.ndarray], args: argparse.Namespace
+) -> tuple[str, list[dict[str, float]], list[np.ndarray]]:
+    voice = addons.load(path)
+    tap = _tap(voice)
+    same_ids = tuple(voice.manifest.frontend.phonemes) == corpus.phonemes
+    networks = _DurationNetworks(voice) if same_ids else None
+    if networks is not None and not networks.available:
+        networks = None
+    rows, mels = [], []
+    for utt, teacher in zip(utts, teachers, strict=True):
+        heard = [p for sentence in voice.sentences(utt.text) for p in sentence.phonemes]
+        if heard != [corpus.phonemes[i - 1] for i in utt.ids]:
+            print(f"evaluate: {voice.name}'s front-end reads {utt.text!r} differently from the corpus", file=sys.stderr)
+        row, mel = _score(voice, utt, teacher, args, tap, networks)
+        rows.append(row)
+        mels.append(mel)
+    return voice.name, rows, mels
+
+
+def _teacher(utt: Utterance, settings: MelSettings) -> np.ndarray:
+    """The teacher's audio for ``utt`` (espeak-ng is deterministic); checked against the cached mel length."""
+    audio = get_espeak().synthesize(utt.text).audio
+    if len(audio) // settings.hop_length != utt.frames:
+        raise RuntimeError(f"espeak-ng no longer reproduces the corpus for {utt.text!r}: rebuild the corpus")
+    return audio
+
+
+def _summary(rows: list[dict[str, float]]) -> dict[str, tuple[float, float, float]]:
+    """mean, standard deviation and sum of every column."""
+    keys = sorted({k for r in rows for k in r})
+    return {
+        k: (float(np.mean(v)), float(np.std(v)), float(np.sum(v)))
+        for k in keys
+        if (v := [r[k] for r in rows if k in r])
+    }
+
+
+_COLUMNS = [
+    ("MCD (dB)", "mcd_db", "{0:.2f} ± {1:.2f}"),
+    ("mel L1, DTW", "mel_l1_dtw", "{0:.3f}"),
+    ("mel L1, teacher durations", "mel_l1_teacher_durations", "{0:.3f}"),
+    ("duration MAE (frames)", "duration_mae_frames", "{0:.2f}"),
+    ("length error (frames)", "length_error_frames", "{0:+.1f} ± {1:.1f}"),
+    ("ended by stop token", "ended_by_stop", "{2:.0f} / {n}"),
+    ("attention sharpness", "sharpness", "{0:.3f}"),
+]
+
+
+def _table(results: dict[str, list[dict[str, float]]], n: int) -> str:
+    lines = ["| voice | " + " | ".join(c[0] for c in _COLUMNS) + " |", "|---" * (len(_COLUMNS) + 1) + "|"]
+    for name, rows in results.items():
+        s = _summary(rows)
+        cells = [fmt.format(*s[key], n=n) if key in s else "—" for _, key, fmt in _COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plot(path: Path, text: str, mels: dict[str, np.ndarray]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(mels), 1, figsize=(10, 2.2 * len(mels)), sharex=True, squeeze=False)
+    lo = min(float(m.min()) for m in mels.values())
+    for ax, (name, mel) in zip(axes[:, 0], mels.items(), strict=True):
+        ax.imshow(mel.T.astype(np.float32), origin="lower", aspect="auto", vmin=max(lo, -11.6), vmax=3.0, cmap="magma")
+        ax.set_ylabel("mel band")
+        ax.set_title(f"{name} ({mel.shape[0]} frames)", fontsize=9, loc="left")
+    axes[-1, 0].set_xlabel("frame")
+    fig.suptitle(text, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _report(
+    out: Path, corpus: Corpus, utts: list[Utterance], results: dict[str, list[dict[str, float]]], seconds: float
+) -> None:
+    n = len(utts)
+    text = [
+        "# Reference voices against the espeak-ng teacher",
+        "",
+        f"{n} held-out sentences (never trained on) from {corpus.meta.get('source', 'the corpus')}; "
+        f"made by `python -m addons.recipes.evaluate` in {seconds:.0f} s. "
+        "See the module docstring for how each number is measured. Mel L1 is in natural-log mel units.",
+        "",
+        _table(results, n),
+        "",
+        "Mel spectrograms (teacher, then each voice): `mel_1.png`, `mel_2.png`.",
+        "",
+    ]
+    (out / "evaluation.md").write_text("\n".join(text), encoding="utf-8")
+    per_sentence = {
+        name: [{"text": u.text, **r} for u, r in zip(utts, rows, strict=True)] for name, rows in results.items()
+    }
+    (out / "evaluation.json").write_text(json.dumps(per_sentence, indent=1) + "\n", encoding="utf-8")
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
+    """Run the evaluation described in the module docstring; returns per-sentence rows by voice name."""
+    start = time.perf_counter()
+    corpus = Corpus.load(args.corpus)
+    utts = corpus.held_out[: args.n]
+    teachers = [_teacher(u, corpus.mel) for u in utts]
+    floor = "teacher mel + Griffin-Lim (vocoder floor)"
+    results = {
+        floor: [
+            {"mcd_db": mcd(_vocode(u.mel.astype(np.float32), corpus.mel), a, corpus.mel, args.cepstra)}
+            for u, a in zip(utts, teachers, strict=True)
+        ]
+    }
+    mels: dict[str, list[np.ndarray]] = {"teacher (espeak-ng)": [u.mel for u in utts]}
+    for path in args.addons:
+        name, rows, voice_mels = _evaluate_voice(path, corpus, utts, teachers, args)
+        results[name], mels[name] = rows, voice_mels
+    args.out.mkdir(parents=True, exist_ok=True)
+    for i in range(min(args.plots, len(utts))):
+        _plot(args.out / f"mel_{i + 1}.png", utts[i].text, {name: m[i] for name, m in mels.items()})
+    _report(args.out, corpus, utts, results, time.perf_counter() - start)
+    return results
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ValueError(message)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = _Parser(prog="python -m addons.recipes.evaluate", description="Score voices against the teacher.")
+    p.add_argument("--corpus", type=Path, default=Path("data/corpus"))
+    p.add_argument("--addons", type=Path, nargs="+", required=True, help="Addon directories to score.")
+    p.add_argument("--n", type=int, default=20, help="Held-out sentences to use.")
+    p.add_argument("--out", type=Path, default=Path("docs/voices"))
+    p.add_argument("--cepstra", type=int, default=25, help="Cepstral coefficients c0..c(n-1); c0 is left out.")
+    p.add_argument("--plots", type=int, default=2, help="Sentences to plot.")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads.")
+    args = p.parse_args(argv)
+    if args.n < 1 or args.threads < 1 or args.plots < 0 or not 2 <= args.cepstra <= 80:
+        raise ValueError("need --n >= 1, --threads >= 1, --plots >= 0 and 2 <= --cepstra <= 80")
+    if not (args.corpus / META_FILE).is_file():
+        raise ValueError(f"--corpus {args.corpus}: not a corpus (no {META_FILE})")
+    for path in args.addons:
+        if not (path / "addon.json").is_file():
+            raise ValueError(f"--addons {path}: not an addon directory (no addon.json)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parse(argv)
+    except ValueError as exc:
+        print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    results = evaluate(args)
+    print(_table(results, min(args.n, len(results[next(iter(results))]))))
+    print(f"written to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

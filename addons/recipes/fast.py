@@ -1,0 +1,175 @@
+"""Train the duration model (FastSpeech-style) on the teacher corpus and export ``chorus-fast``.
+
+    python -m addons.recipes.fast --corpus data/corpus --minutes 30 --out runs/fast [--resume] [--seed 0] [--threads 2]
+
+Teacher durations drive the upsampling during training (each token's encoding repeated for its
+frames), so the decoder always sees the true alignment; the duration predictor learns
+``log(1 + frames)`` on a detached encoding. Losses: mel L1 (+ ``--l2`` times mel MSE) over real
+frames, plus ``--duration-weight`` times the duration MSE in the log domain over real tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from addons.builders import duration_addon
+from addons.manifest import FrontendConfig
+from addons.models import DurationPredictor, MelDecoder, TextEncoder
+from addons.recipes.corpus import SILENCE, Corpus, Utterance
+from addons.recipes.training import UsageError, main_with, recipe_parser
+
+__all__ = ["FastBatch", "FastModel", "FastRecipe", "collate", "main"]
+
+NAME = "chorus-fast"
+
+
+class FastModel(nn.Module):
+    """The three exported networks, trained together."""
+
+    def __init__(self, n_symbols: int, n_mels: int, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.encoder = TextEncoder(n_symbols, dim, dropout=dropout)
+        self.durations = DurationPredictor(dim, dropout=dropout)
+        self.decoder = MelDecoder(dim, n_mels)
+
+
+@dataclass(frozen=True)
+class FastBatch:
+    """Padded batch. ``ids``/``token_mask``/``durations`` ``[B, T]`` (durations in frames);
+    ``mel`` ``[B, F, n_mels]`` (padding = silence), ``frame_mask`` ``[B, F]``, ``token_of_frame``
+    ``[B, F]`` (index of the token each frame belongs to; 0 on padding)."""
+
+    ids: torch.Tensor
+    token_mask: torch.Tensor
+    durations: torch.Tensor
+    mel: torch.Tensor
+    frame_mask: torch.Tensor
+    token_of_frame: torch.Tensor
+
+
+def collate(utterances: Sequence[Utterance]) -> FastBatch:
+    """Pad ``utterances`` into one :class:`FastBatch`."""
+    b, t, f = len(utterances), max(len(u.ids) for u in utterances), max(u.frames for u in utterances)
+    n_mels = utterances[0].mel.shape[1]
+    ids, durations, token_of_frame = (
+        np.zeros((b, t), np.int64),
+        np.zeros((b, t), np.float32),
+        np.zeros((b, f), np.int64),
+    )
+    token_mask, frame_mask = np.zeros((b, t), np.float32), np.zeros((b, f), np.float32)
+    mel = np.full((b, f, n_mels), SILENCE, np.float32)
+    for i, u in enumerate(utterances):
+        ids[i, : len(u.ids)], durations[i, : len(u.ids)], token_mask[i, : len(u.ids)] = u.ids, u.durations, 1.0
+        mel[i, : u.frames], frame_mask[i, : u.frames] = u.mel, 1.0
+        token_of_frame[i, : u.frames] = np.repeat(np.arange(len(u.ids)), u.durations)
+    return FastBatch(*(torch.from_numpy(x) for x in (ids, token_mask, durations, mel, frame_mask, token_of_frame)))
+
+
+def upsample(encoding: torch.Tensor, token_of_frame: torch.Tensor) -> torch.Tensor:
+    """``encoding`` ``[B, T, D]`` -> ``[B, F, D]``: each frame takes its token's encoding."""
+    return torch.gather(encoding, 1, token_of_frame.unsqueeze(-1).expand(-1, -1, encoding.shape[-1]))
+
+
+def losses(model: FastModel, batch: FastBatch) -> dict[str, torch.Tensor]:
+    """Mel L1 and MSE per real frame and band (log-mel), duration MSE per real token (log(1 + frames))."""
+    encoding = model.encoder(batch.ids, batch.token_mask)
+    log_d = model.durations.log_durations(encoding, batch.token_mask)
+    target = torch.log1p(batch.durations) * batch.token_mask
+    mel = model.decoder(upsample(encoding, batch.token_of_frame), batch.frame_mask)
+    err = (mel - batch.mel) * batch.frame_mask.unsqueeze(-1)
+    cells = batch.frame_mask.sum() * mel.shape[-1]
+    return {
+        "mel_l1": err.abs().sum() / cells,
+        "mel_l2": err.pow(2).sum() / cells,
+        "duration": (log_d - target).pow(2).sum() / batch.token_mask.sum(),
+    }
+
+
+class FastRecipe:
+    """Hyperparameters and the training-side hooks (see :class:`addons.recipes.training.Recipe`)."""
+
+    name = NAME
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        if args.dim < 8 or args.dim % 2:
+            raise UsageError(f"--dim must be an even number >= 8, got {args.dim}")
+        if not 0.0 <= args.dropout < 1.0 or args.l2 < 0 or args.duration_weight <= 0:
+            raise UsageError("need 0 <= --dropout < 1, --l2 >= 0 and --duration-weight > 0")
+        self.config: dict[str, Any] = {"dim": args.dim}
+        self.dropout, self.l2, self.duration_weight = args.dropout, args.l2, args.duration_weight
+
+    def build(self, corpus: Corpus) -> FastModel:
+        model = FastModel(len(corpus.phonemes) + 1, corpus.mel.n_mels, self.config["dim"], self.dropout)
+        with torch.no_grad():  # start from the average frame and duration (log-mel silence is about -11.5)
+            model.decoder.proj.bias.copy_(torch.from_numpy(corpus.mean_mel()))
+            log_durations = np.log1p(np.concatenate([u.durations for u in corpus.train]))
+            model.durations.proj.bias.fill_(float(log_durations.mean()))
+        return model
+
+    def loss(self, model: nn.Module, batch: list[Utterance]) -> tuple[torch.Tensor, dict[str, float]]:
+        assert isinstance(model, FastModel)
+        parts = losses(model, collate(batch))
+        total = parts["mel_l1"] + self.l2 * parts["mel_l2"] + self.duration_weight * parts["duration"]
+        return total, {k: float(v.detach()) for k, v in parts.items()}
+
+    def validate(self, model: nn.Module, utterances: list[Utterance]) -> dict[str, float]:
+        """Losses with teacher durations, and the duration error in frames (rounded predictions)."""
+        assert isinstance(model, FastModel)
+        sums: dict[str, float] = {}
+        abs_err, tokens = 0.0, 0.0
+        for start in range(0, len(utterances), 16):
+            batch = collate(utterances[start : start + 16])
+            for k, v in losses(model, batch).items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(batch.ids)
+            predicted = torch.round(model.durations(model.encoder(batch.ids, batch.token_mask), batch.token_mask))
+            abs_err += float(((predicted - batch.durations).abs() * batch.token_mask).sum())
+            tokens += float(batch.token_mask.sum())
+        return {k: v / len(utterances) for k, v in sums.items()} | {"duration_mae_frames": abs_err / tokens}
+
+    def export(self, model: nn.Module, corpus: Corpus, directory: Path) -> Path:
+        assert isinstance(model, FastModel)
+        return duration_addon(
+            directory,
+            model.encoder,
+            model.durations,
+            model.decoder,
+            mel=corpus.mel,
+            name=NAME,
+            language="en-us",
+            description="Reference duration-based voice (FastSpeech-style), distilled from espeak-ng en-us",
+            frontend=FrontendConfig(phonemes=corpus.phonemes),
+            voices={"default": {"description": "espeak-ng en-us, as learned by a parallel conv decoder"}},
+        )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = recipe_parser(
+        "python -m addons.recipes.fast",
+        "Train and export the duration model (chorus-fast).",
+        out="runs/fast",
+        export=f"addons/bundled/{NAME}",
+        batch_frames=6000,
+        lr=1e-3,
+    )
+    p.add_argument("--dim", type=int, default=192, help="Channels of the encoder, duration predictor and decoder.")
+    p.add_argument("--dropout", type=float, default=0.1, help="Dropout in the encoder and duration predictor.")
+    p.add_argument("--l2", type=float, default=0.0, help="Weight of the mel MSE added to the mel L1.")
+    p.add_argument("--duration-weight", type=float, default=1.0, help="Weight of the log-duration MSE.")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return main_with(FastRecipe, parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
