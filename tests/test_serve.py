@@ -222,3 +222,30 @@ def test_disconnect_cancels_the_work(server: str) -> None:
     time.sleep(1.0)
     assert decoder.stats.remote().result()["frames"] == settled  # nothing keeps decoding for the gone client
     assert settled - before < 40 * 40 * 4  # far less than the whole text (40 sentences x ~40 tokens x 4 frames)
+
+
+def test_overload_answers_503_with_retry_after(server: str, fixture_dir: Path) -> None:
+    from serve_app.app import AppArgs, build_app
+
+    tight = {"num_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 1}
+    args = AppArgs(addons=[str(fixture_dir / "tiny-taco")], deployments={"tiny-taco-decoder": tight})
+    serve.run(build_app(args), name="tight", route_prefix="/tight")
+    text = " ".join(["A long sentence keeps the only decoder slot busy for quite a while, on purpose."] * 3)
+    responses: list[httpx.Response] = []
+
+    def call() -> None:
+        responses.append(_speech(f"{server}/tight", model="tiny-taco", input=text, response_format="pcm"))
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        serve.delete("tight")
+    statuses = sorted(r.status_code for r in responses)
+    assert 200 in statuses and 503 in statuses, statuses
+    rejected = next(r for r in responses if r.status_code == 503)
+    assert rejected.headers["retry-after"] == "1"
+    assert rejected.json()["error"]["code"] == "overloaded"

@@ -1,0 +1,99 @@
+"""`chorus serve` as a user runs it, and the repo's Serve config file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve_app.server import read_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_repo_serve_config_builds(fixture_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from serve_app.app import build_app
+
+    monkeypatch.setenv("CHORUS_ADDON_PATH", str(fixture_dir))
+    config = read_config(ROOT / "serve_app" / "serve_config.yaml")
+    assert [a.import_path for a in config.applications] == ["serve_app:build_app"]
+    for app in config.applications:
+        build_app(app.args)  # binds the graph offline: validates args, addons and options
+
+
+def test_bad_serve_config_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "serve.yaml"
+    bad.write_text("applications:\n  - import_path: other:app\n")
+    with pytest.raises(ValueError, match="chorus serve runs serve_app:build_app"):
+        read_config(bad)
+    result = subprocess.run(
+        [sys.executable, "-m", "serve_app.cli", "serve", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_chorus_serve_serves_until_interrupted(fixture_dir: Path) -> None:
+    port, metrics = _free_port(), _free_port()
+    env = {**os.environ, "CHORUS_ADDON_PATH": str(fixture_dir)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serve_app.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "4",
+            "--metrics-port",
+            str(metrics),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its Ray stops with the group on SIGINT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/ready", timeout=10).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            time.sleep(0.5)
+        else:
+            pytest.fail("chorus serve never became ready")
+        response = httpx.post(
+            f"{url}/v1/audio/speech",
+            json={"model": "tiny-fast", "input": "Served.", "response_format": "wav"},
+            timeout=60,
+        )
+        assert response.status_code == 200 and response.content[:4] == b"RIFF"
+        assert "ray_" in httpx.get(f"{url}/metrics", timeout=30).text
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=60)
+    assert code == 0
