@@ -83,11 +83,30 @@ class SpeechError(Exception):
         return error_response(self.status, self.message, type=kind, param=self.param, code=self.code, headers=headers)
 
 
-async def _chain(first: np.ndarray | None, rest: AsyncIterator[np.ndarray]) -> AsyncIterator[np.ndarray]:
-    if first is not None:
-        yield first
-    async for chunk in rest:
-        yield chunk
+class _Encoded:
+    """The encoded bytes of an audio stream (header, chunks, trailer), counting the samples."""
+
+    def __init__(self, encoder: AudioEncoder, first: np.ndarray | None, rest: AsyncIterator[np.ndarray]) -> None:
+        self.encoder, self.first, self.rest = encoder, first, rest
+        self.samples = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        header = self.encoder.header()
+        if header:
+            yield header
+        if self.first is not None and (data := self._encode(self.first)):
+            yield data
+        async for chunk in self.rest:
+            data = self._encode(chunk)
+            if data:
+                yield data
+        tail = self.encoder.finish()
+        if tail:
+            yield tail
+
+    def _encode(self, chunk: np.ndarray) -> bytes:
+        self.samples += chunk.size
+        return self.encoder.encode(chunk)
 
 
 app = FastAPI(title="Chorus", description="Many text-to-speech models side by side.")
@@ -173,9 +192,10 @@ class Ingress:
             return exc.response()
         self.ttfa.observe(time.perf_counter() - start, tags={"model": body.model})
         rate = info.manifest.mel.sample_rate
+        encoded = _Encoded(encoder, first, audio)
         if body.stream_format == "sse":
-            return StreamingResponse(self._sse(body, first, audio, encoder, start, rate), media_type=SSE_MEDIA_TYPE)
-        return StreamingResponse(self._audio(body, first, audio, encoder, start, rate), media_type=encoder.media_type)
+            return StreamingResponse(self._sse(body, encoded, start, rate), media_type=SSE_MEDIA_TYPE)
+        return StreamingResponse(self._audio(body, encoded, start, rate), media_type=encoder.media_type)
 
     def _prepare(self, body: SpeechRequest) -> tuple[ModelInfo, dict[str, Any], AudioEncoder]:
         info = self.models.get(body.model)
@@ -225,56 +245,26 @@ class Ingress:
         if tail.size:
             yield tail
 
-    async def _audio(
-        self,
-        body: SpeechRequest,
-        first: np.ndarray | None,
-        rest: AsyncIterator[np.ndarray],
-        encoder: AudioEncoder,
-        start: float,
-        rate: int,
-    ) -> AsyncIterator[bytes]:
-        samples = 0
-        yield encoder.header()
-        async for chunk in _chain(first, rest):
-            samples += chunk.size
-            data = encoder.encode(chunk)
-            if data:
-                yield data
-        tail = encoder.finish()
-        if tail:
-            yield tail
-        self._finished(body.model, start, samples, rate)
-
-    async def _sse(
-        self,
-        body: SpeechRequest,
-        first: np.ndarray | None,
-        rest: AsyncIterator[np.ndarray],
-        encoder: AudioEncoder,
-        start: float,
-        rate: int,
-    ) -> AsyncIterator[bytes]:
-        samples = 0
+    async def _audio(self, body: SpeechRequest, audio: _Encoded, start: float, rate: int) -> AsyncIterator[bytes]:
         try:
-            header = encoder.header()
-            if header:
-                yield sse_event(SpeechAudioDelta.of(header))
-            async for chunk in _chain(first, rest):
-                samples += chunk.size
-                data = encoder.encode(chunk)
-                if data:
-                    yield sse_event(SpeechAudioDelta.of(data))
-            tail = encoder.finish()
-            if tail:
-                yield sse_event(SpeechAudioDelta.of(tail))
+            async for data in audio:
+                yield data
+        except Exception:  # cut the stream without its end: a client must not take it as complete
+            self.outcomes.inc(tags={"model": body.model, "outcome": "failed_mid_stream"})
+            raise
+        self._finished(body.model, start, audio.samples, rate)
+
+    async def _sse(self, body: SpeechRequest, audio: _Encoded, start: float, rate: int) -> AsyncIterator[bytes]:
+        try:
+            async for data in audio:
+                yield sse_event(SpeechAudioDelta.of(data))
         except Exception as exc:  # the client must see the failure, not a short "complete" stream
             self.outcomes.inc(tags={"model": body.model, "outcome": "failed_mid_stream"})
             detail = ErrorDetail(message=f"synthesis failed: {type(exc).__name__}: {exc}", type="server_error")
             yield sse_event(ErrorBody(error=detail))
             return
-        yield sse_event(SpeechAudioDone(usage=SpeechUsage.of(len(body.input), samples)))
-        self._finished(body.model, start, samples, rate)
+        yield sse_event(SpeechAudioDone(usage=SpeechUsage.of(len(body.input), audio.samples)))
+        self._finished(body.model, start, audio.samples, rate)
 
     def _finished(self, model: str, start: float, samples: int, rate: int) -> None:
         self.outcomes.inc(tags={"model": model, "outcome": "ok"})

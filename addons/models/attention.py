@@ -10,13 +10,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from addons.models.layers import MaskedConvStack
+from addons.models.duration import TextEncoder
 
 __all__ = ["AttentionEncoder", "DecoderStep"]
 
 
-class AttentionEncoder(nn.Module):
-    """``phoneme_ids`` ``[B, T]``, ``mask`` -> ``memory`` ``[B, T, dim]``."""
+class AttentionEncoder(TextEncoder):
+    """``phoneme_ids`` ``[B, T]``, ``mask`` -> ``memory`` ``[B, T, dim]``: a lighter TextEncoder
+    whose output the decoder attends over."""
 
     def __init__(
         self,
@@ -26,13 +27,7 @@ class AttentionEncoder(nn.Module):
         dilations: list[int] | None = None,
         dropout: float = 0.1,
     ) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(n_symbols, dim, padding_idx=0)
-        self.convs = MaskedConvStack(dim, kernel_size, dilations or [1, 2, 4, 1], dropout)
-        self.receptive_field = self.convs.receptive_field
-
-    def forward(self, phoneme_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.convs(self.embed(phoneme_ids), mask)
+        super().__init__(n_symbols, dim, kernel_size, dilations or [1, 2, 4, 1], dropout)
 
 
 class DecoderStep(nn.Module):
