@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,6 +56,9 @@ class SynthesisOptions(BaseModel):
 
     voice: str = Field("default", description="One of the addon's voices.")
     speed: float | None = Field(None, ge=0.25, le=4.0, description="Speaking rate multiplier.")
+
+
+STATE_TYPE = "__state_type__"
 
 
 def resolve_options(manifest: AddonManifest, **options: Any) -> tuple[SynthesisOptions, dict[str, Any]]:
@@ -127,6 +132,36 @@ class AudioStage:
     def finish(self, state: Any, request: Request) -> np.ndarray:
         """The audio still held back at the end of the mel stream."""
         return self._post(self.vocoder.finish(state), request)
+
+    @staticmethod
+    def pack(state: Any) -> Any:
+        """A stream state as plain data (dicts, numpy arrays, numbers) to carry between servers."""
+        if isinstance(state, torch.Tensor):
+            return state.numpy()
+        if dataclasses.is_dataclass(state) and not isinstance(state, type):
+            kind = f"{type(state).__module__}:{type(state).__qualname__}"
+            return {
+                STATE_TYPE: kind,
+                **{f.name: AudioStage.pack(getattr(state, f.name)) for f in dataclasses.fields(state)},
+            }
+        if isinstance(state, dict):
+            return {k: AudioStage.pack(v) for k, v in state.items()}
+        return state
+
+    @staticmethod
+    def unpack(plain: Any) -> Any:
+        """The inverse of :meth:`pack`; only state classes of :mod:`blocks` are rebuilt."""
+        if isinstance(plain, np.ndarray):
+            return torch.from_numpy(plain)
+        if isinstance(plain, dict) and STATE_TYPE in plain:
+            module, _, name = str(plain[STATE_TYPE]).partition(":")
+            if module.split(".")[0] != "blocks":
+                raise ValueError(f"refusing to rebuild state of type {plain[STATE_TYPE]!r}")
+            cls = getattr(importlib.import_module(module), name)
+            return cls(**{k: AudioStage.unpack(v) for k, v in plain.items() if k != STATE_TYPE})
+        if isinstance(plain, dict):
+            return {k: AudioStage.unpack(v) for k, v in plain.items()}
+        return plain
 
     def _post(self, audio: torch.Tensor, request: Request) -> np.ndarray:
         for effect in self.effects:

@@ -114,13 +114,19 @@ class VocoderDeployment(_Replica):
             raise KeyError(f"this vocoder does not serve {model!r}")
         return self.stages[model]
 
-    async def start(self, model: str) -> Any:
-        return self._stage(model).start()
-
-    async def process(self, model: str, state: Any, mel: np.ndarray, options: dict[str, Any]) -> tuple[np.ndarray, Any]:
+    async def start(self, model: str) -> dict[str, Any]:
+        """A new stream's state, as plain data (dicts of numpy arrays) the caller carries."""
         stage = self._stage(model)
-        audio = await asyncio.to_thread(stage.process, state, mel, Request(options=options))
-        return audio, state
+        return stage.pack(stage.start())  # type: ignore[no-any-return]
 
-    async def finish(self, model: str, state: Any, options: dict[str, Any]) -> np.ndarray:
-        return await asyncio.to_thread(self._stage(model).finish, state, Request(options=options))
+    async def process(
+        self, model: str, state: dict[str, Any], mel: np.ndarray, options: dict[str, Any]
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        stage = self._stage(model)
+        live = stage.unpack(state)
+        audio = await asyncio.to_thread(stage.process, live, mel, Request(options=options))
+        return audio, stage.pack(live)
+
+    async def finish(self, model: str, state: dict[str, Any], options: dict[str, Any]) -> np.ndarray:
+        stage = self._stage(model)
+        return await asyncio.to_thread(stage.finish, stage.unpack(state), Request(options=options))

@@ -204,3 +204,29 @@ def test_audio_stage_loads_alone_and_matches_the_voice(fixture_dir: Path) -> Non
         [stage.process(state, mel[:7], request), stage.process(state, mel[7:], request), stage.finish(state, request)]
     )
     np.testing.assert_allclose(alone, audio, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny-fast", "tiny-neural"])
+def test_vocoder_state_travels_as_plain_data(fixture_dir: Path, name: str) -> None:
+    from addons.voice import AudioStage
+
+    voice = addons.load(fixture_dir / name)
+    audio, mel = voice.synthesize(LONG)
+    stage = voice.audio
+    request = Request(options={"gain_db": 0.0})
+    plain, parts = stage.pack(stage.start()), []
+    for i in range(0, mel.shape[0], 29):
+        live = AudioStage.unpack(plain)
+        parts.append(stage.process(live, mel[i : i + 29], request))
+        plain = stage.pack(live)
+        assert _is_plain(plain)
+    parts.append(stage.finish(AudioStage.unpack(plain), request))
+    np.testing.assert_allclose(np.concatenate(parts), audio, atol=1e-5)
+    with pytest.raises(ValueError, match="refusing"):
+        AudioStage.unpack({"__state_type__": "os:system"})
+
+
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return value is None or isinstance(value, (np.ndarray, int, float, str))
