@@ -249,3 +249,29 @@ def test_overload_answers_503_with_retry_after(server: str, fixture_dir: Path) -
     rejected = next(r for r in responses if r.status_code == 503)
     assert rejected.headers["retry-after"] == "1"
     assert rejected.json()["error"]["code"] == "overloaded"
+
+
+def test_failure_mid_stream_never_looks_complete(server: str, edit_addon: Any) -> None:
+    from serve_app.app import AppArgs, build_app
+
+    def fragile(m: dict[str, Any]) -> None:  # fixed 12-token encoder that cannot be split: long sentences fail
+        m["networks"]["text_encoder"].update(receptive_field=None, static_length=12)
+
+    args = AppArgs(addons=[str(edit_addon("tiny-fast", fragile))], context="static")
+    serve.run(build_app(args), name="fragile", route_prefix="/fragile")
+    text = "Hello there. " + "This second sentence is far too long for the fixed encoder size, so it fails."
+    try:
+        body = {"model": "tiny-fast", "input": text, "response_format": "wav"}
+        url = f"{server}/fragile/v1/audio/speech"
+        # The first sentence was fine (200); the chunked body then ends without its terminator.
+        with pytest.raises(httpx.RemoteProtocolError), httpx.stream("POST", url, json=body, timeout=60) as r:
+            assert r.status_code == 200
+            for _ in r.iter_bytes():
+                pass
+        sse = httpx.post(f"{server}/fragile/v1/audio/speech", json={**body, "stream_format": "sse"}, timeout=60)
+        events = [json.loads(b.removeprefix("data: ")) for b in sse.text.split("\n\n") if b.strip()]
+        assert events[0]["type"] == "speech.audio.delta"
+        assert "error" in events[-1] and events[-1]["error"]["type"] == "server_error"
+        assert not any(e.get("type") == "speech.audio.done" for e in events)
+    finally:
+        serve.delete("fragile")
