@@ -17,7 +17,11 @@ from addons.manifest import FrontendConfig
 
 __all__ = ["Frontend", "Sentence", "TextError"]
 
-_SENTENCE_END = re.compile(r"(?<=[.!?;:…])[\"')\]]*\s+")
+_SENTENCE_END = re.compile(r"[.!?;:…][\"')\]]*(\s+)")  # the whitespace group is where one ends
+# A full stop after these does not end a sentence ("Dr. Smith", "e.g. this", "J. R. R. Tolkien").
+_ABBREVIATION = re.compile(
+    r"(?:^|\s)(?:mr|mrs|ms|dr|prof|sr|jr|st|mt|vs|etc|e\.g|i\.e|cf|no|fig|approx|inc|ltd|co|[a-z])\.$", re.IGNORECASE
+)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -45,7 +49,18 @@ class Frontend:
 
     @staticmethod
     def split_sentences(text: str) -> list[str]:
-        return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+        """Sentences of normalized ``text``, not split after common abbreviations or initials."""
+        cuts = [m.start(1) for m in _SENTENCE_END.finditer(text)]
+        pieces = [text[a:b].strip() for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+        sentences: list[str] = []
+        for piece in pieces:
+            if not piece:
+                continue
+            if sentences and _ABBREVIATION.search(sentences[-1]):
+                sentences[-1] = f"{sentences[-1]} {piece}"
+            else:
+                sentences.append(piece)
+        return sentences
 
     def phonemize(self, text: str) -> list[str]:
         """espeak-ng phoneme names for ``text`` ([] if nothing in it is speakable)."""

@@ -230,3 +230,20 @@ def _is_plain(value: Any) -> bool:
     if isinstance(value, dict):
         return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
     return value is None or isinstance(value, (np.ndarray, int, float, str))
+
+
+@pytest.mark.parametrize(
+    ("text", "sentences"),
+    [
+        ("Dr. Smith paid 42 dollars. Then he left!", ["Dr. Smith paid 42 dollars.", "Then he left!"]),
+        ("See e.g. this one. J. R. R. Tolkien wrote it.", ["See e.g. this one.", "J. R. R. Tolkien wrote it."]),
+        (
+            'He said "stop." She did; then: silence…  Done',
+            ['He said "stop."', "She did;", "then:", "silence...", "Done"],
+        ),
+    ],
+)
+def test_sentence_splitting_keeps_abbreviations(text: str, sentences: list[str]) -> None:
+    from addons.frontend import Frontend
+
+    assert Frontend.split_sentences(Frontend.normalize(text)) == sentences
