@@ -217,18 +217,20 @@ class Voice:
         """Validate request options; return them and the resolved values blocks see."""
         return resolve_options(self.manifest, **options)
 
+    def _request(self, request: Request | None, **options: Any) -> Request:
+        """The caller's request, or a new one with ``options`` validated and resolved."""
+        return request if request is not None else Request(options=self.options(**options)[1])
+
     def stream_mel(self, text: str, request: Request | None = None, **options: Any) -> Iterator[MelChunk]:
         """Mel chunks for ``text``, sentence after sentence; work is done as chunks are pulled."""
-        _, resolved = self.options(**options)
-        request = request or Request(options=resolved)
+        request = self._request(request, **options)
         for index, sentence in enumerate(self.frontend.sentences(text)):
             for chunk in self.decode(self.encode(sentence.ids, request), request):
                 yield MelChunk(chunk, index)
 
     def stream(self, text: str, request: Request | None = None, **options: Any) -> Iterator[AudioChunk]:
         """Audio chunks for ``text``; the first arrives after the first sentence's first chunk."""
-        _, resolved = self.options(**options)
-        request = request or Request(options=resolved)
+        request = self._request(request, **options)
         state = self.audio_start()
         for mel in self.stream_mel(text, request):
             samples = self.audio_process(state, mel.frames, request)
@@ -240,8 +242,7 @@ class Voice:
 
     def synthesize(self, text: str, **options: Any) -> tuple[np.ndarray, np.ndarray]:
         """Whole-utterance convenience: ``(audio [S], mel [F, n_mels])`` with ``S == F * hop``."""
-        _, resolved = self.options(**options)
-        request = Request(options=resolved)
+        request = self._request(None, **options)
         state = self.audio_start()
         mels, audio = [], []
         for mel in self.stream_mel(text, request):
@@ -256,7 +257,7 @@ class Voice:
 
     def encode(self, ids: np.ndarray, request: Request | None = None) -> dict[str, np.ndarray]:
         """The SequenceBlock side of the stack's first pipeline: ``ids`` [T] -> features."""
-        request = request or Request(options=self.options()[1])
+        request = self._request(request)
         features: Features = {"phoneme_ids": torch.as_tensor(np.asarray(ids, dtype=np.int64))[None]}
         first = self.stack.stack[0]
         if isinstance(first, StreamablePipeline):
@@ -269,7 +270,7 @@ class Voice:
         Masked networks make each item's features equal to encoding it alone. The static
         context compiles batch 1, so there items run one by one.
         """
-        request = request or Request(options=self.options()[1])
+        request = self._request(request)
         first = self.stack.stack[0]
         if len(batch) < 2 or self.context is ExecutionContext.STATIC or not isinstance(first, StreamablePipeline):
             return [self.encode(ids, request) for ids in batch]
@@ -284,7 +285,7 @@ class Voice:
 
     def decode(self, features: dict[str, np.ndarray], request: Request | None = None) -> Iterator[np.ndarray]:
         """The StreamableBlock side: features from :meth:`encode` -> mel chunks ``[F, n_mels]``."""
-        request = request or Request(options=self.options()[1])
+        request = self._request(request)
         feats: Features = {k: torch.as_tensor(v)[None] for k, v in features.items()}
         first, rest = self.stack.stack[0], self.stack.stack[1:]
         stream = (first.streamable_block if isinstance(first, StreamablePipeline) else first).stream(
@@ -301,8 +302,8 @@ class Voice:
 
     def audio_process(self, state: Any, mel: np.ndarray, request: Request | None = None) -> np.ndarray:
         """Mel ``[F, n_mels]`` -> the audio that is now final (1-D float32; may lag the mel)."""
-        return self.audio.process(state, mel, request or Request(options=self.options()[1]))
+        return self.audio.process(state, mel, self._request(request))
 
     def audio_finish(self, state: Any, request: Request | None = None) -> np.ndarray:
         """The audio still held back at the end of the mel stream."""
-        return self.audio.finish(state, request or Request(options=self.options()[1]))
+        return self.audio.finish(state, self._request(request))

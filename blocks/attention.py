@@ -99,7 +99,7 @@ class AttentionDecoder(StreamableBlock):
         prev_att, cum_att = torch.zeros(1, tokens), torch.zeros(1, tokens)
         states = {t.name: torch.zeros(1, *[int(d) for d in t.shape[1:]]) for t in self.state_specs}
         prev_frame = torch.zeros(1, self.n_mels)
-        focus, produced, reason, pending = 0, 0, "length_guard", []
+        focus, produced, reason, pending, held = 0, 0, "length_guard", [], 0
         while produced < guard:
             start = max(0, min(focus - width // 4, tokens - width))
             out = self.runner.call(self._step_inputs(memory, start, width, size, prev_frame, prev_att, cum_att, states))
@@ -118,9 +118,10 @@ class AttentionDecoder(StreamableBlock):
             produced += int(frames.shape[1])
             prev_frame = frames[:, -1]
             pending.append(frames)
-            if reason == "stop_token" or sum(int(f.shape[1]) for f in pending) >= cfg.chunk_frames:
+            held += int(frames.shape[1])
+            if reason == "stop_token" or held >= cfg.chunk_frames:
                 yield torch.cat(pending, dim=1)
-                pending = []
+                pending, held = [], 0
             if reason == "stop_token":
                 break
         if pending:

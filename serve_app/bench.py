@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import statistics
 import threading
 import time
@@ -105,24 +104,18 @@ async def _http_level(url: str, model: str, rate: int, concurrency: int, request
     return [s for group in slots for s in group]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_bench(addon: str | None, levels: list[int], requests: int) -> list[BenchRow]:
     """In-process rows, then HTTP rows from an embedded local Serve, for each concurrency level."""
     import ray
     from ray import serve
 
     import addons
-    from serve_app.server import ApplicationConfig, ServeConfig, start_local
+    from serve_app.server import ApplicationConfig, ServeConfig, free_port, start_local
 
     directory = addons.find_addon(addon or addons.loader.DEFAULT_ADDON)
     manifest = addons.read_manifest(directory)
     rows = [_in_process(str(directory), c, requests) for c in levels]
-    port = _free_port()
+    port = free_port()
     config = ServeConfig(applications=[ApplicationConfig(args={"addons": [str(directory)]})])
     start_local(config, "127.0.0.1", port)
     try:

@@ -78,6 +78,7 @@ class DecoderDeployment(_Replica):
         """``options`` are resolved already (see ``addons.voice.resolve_options``)."""
         chunks = self.voice.decode(features, Request(options=options))
         pending: list[np.ndarray] = []
+        held = 0
         self.active += 1
         try:
             while True:
@@ -86,9 +87,10 @@ class DecoderDeployment(_Replica):
                     break
                 self.frames += len(chunk)
                 pending.append(chunk)
-                if sum(len(c) for c in pending) >= MIN_MEL_CHUNK:
+                held += len(chunk)
+                if held >= MIN_MEL_CHUNK:
                     yield np.concatenate(pending)
-                    pending = []
+                    pending, held = [], 0
             if pending:
                 yield np.concatenate(pending)
         finally:  # also on cancellation, when the client has gone

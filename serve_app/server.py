@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["ServeConfig", "read_config", "run_server", "start_local"]
+__all__ = ["ServeConfig", "free_port", "read_config", "run_server", "start_local"]
 
 IMPORT_PATH = "serve_app:build_app"
 
@@ -28,6 +29,13 @@ class ServeConfig(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     applications: list[ApplicationConfig] = Field(default_factory=lambda: [ApplicationConfig()], min_length=1)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (for benchmarks and tests)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def read_config(path: Path | None) -> ServeConfig:

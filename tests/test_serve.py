@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,8 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+
+from serve_app.server import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -39,17 +40,11 @@ FAST_SCALING = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(fixture_dir: Path) -> Iterator[str]:
     from serve_app.app import AppArgs, build_app
 
-    port = _free_port()
+    port = free_port()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

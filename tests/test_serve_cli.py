@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve_app.server import read_config
+from serve_app.server import free_port, read_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_repo_serve_config_builds(fixture_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,7 +45,7 @@ def test_bad_serve_config_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_chorus_serve_serves_until_interrupted(fixture_dir: Path) -> None:
-    port, metrics = _free_port(), _free_port()
+    port, metrics = free_port(), free_port()
     env = {**os.environ, "CHORUS_ADDON_PATH": str(fixture_dir)}
     proc = subprocess.Popen(
         [
