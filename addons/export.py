@@ -18,7 +18,7 @@ from torch.export import Dim
 from addons.manifest import MANIFEST_NAME, SCHEMA_VERSION, AddonError, AddonManifest, check_manifest
 from blocks import NetworkSpec, StackError, TensorSpec
 
-__all__ = ["NetworkExport", "export_addon"]
+__all__ = ["NetworkExport", "export_addon", "export_network"]
 
 
 @dataclass
@@ -61,7 +61,7 @@ def export_addon(
         raise AddonError(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)
     for name, net in networks.items():
-        _export_network(net, specs[name], out / specs[name].file, tolerance)
+        export_network(net, specs[name], out / specs[name].file, tolerance)
     (out / MANIFEST_NAME).write_text(json.dumps(model.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
     return out
 
@@ -80,7 +80,8 @@ def _examples(spec: NetworkSpec, batch: int, length: int) -> tuple[torch.Tensor,
     return tuple(args)
 
 
-def _export_network(net: NetworkExport, spec: NetworkSpec, path: Path, tolerance: float) -> None:
+def export_network(net: NetworkExport, spec: NetworkSpec, path: Path, tolerance: float = 1e-4) -> None:
+    """Export one network to ``path`` and check that the reloaded file matches eager within ``tolerance``."""
     module = net.module.eval()
     batch_dim, time_dim = Dim("B", min=1, max=256), Dim("T", min=1, max=65536)
     dynamic = tuple(
