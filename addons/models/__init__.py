@@ -9,6 +9,7 @@ from addons.models.attention import AttentionEncoder, DecoderStep
 from addons.models.duration import DurationPredictor, MelDecoder, TextEncoder
 from addons.models.layers import MaskedConvStack
 from addons.models.vocoder import FrameVocoder
+from addons.models.vocos import VocosVocoder
 
 __all__ = [
     "AttentionEncoder",
@@ -18,4 +19,5 @@ __all__ = [
     "MaskedConvStack",
     "MelDecoder",
     "TextEncoder",
+    "VocosVocoder",
 ]
