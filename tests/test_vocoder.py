@@ -1,0 +1,181 @@
+"""The Vocos-style neural vocoder: its inverse STFT, chunked == whole == batched on the exported
+program, exported == eager, and its recipe (train, resume, export, evaluate) on a tiny corpus."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from addons.espeak import get_espeak
+from addons.models.vocos import VocosVocoder
+from addons.recipes import vocoder
+from addons.recipes.corpus import build_corpus
+from blocks import MelSettings, log_mel
+from blocks.network import ExecutionContext, NetworkRunner
+
+TINY = {"dim": 16, "hidden": 32, "layers": 2, "kernel": 3}
+SENTENCES = ["The cat sat on the mat.", "Where did you put my keys?", "We walked home in the rain.", "Keep calm."]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _tiny_model(seed: int = 0) -> VocosVocoder:
+    torch.manual_seed(seed)
+    model = vocoder.build_model(TINY, MelSettings()).eval()
+    with torch.no_grad():  # a louder, more varied output than the initial one, so comparisons mean something
+        model.head.bias[:513].fill_(3.0)
+    return model
+
+
+def _mel(frames: int, batch: int = 1, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, frames, 80, generator=gen) * 2.0 - 5.0
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[VocosVocoder, NetworkRunner]:
+    model = _tiny_model()
+    directory = vocoder.export_vocoder(model, MelSettings(), tmp_path_factory.mktemp("vocoder"), {"steps": 0})
+    runner, settings = vocoder.load_vocoder(directory)
+    assert settings == MelSettings()
+    return model, runner
+
+
+def test_receptive_field_counts_convolutions_and_overlap() -> None:
+    assert _tiny_model().receptive_field == 3 * 1 + 2
+    assert VocosVocoder(dim=16, hidden=16, layers=6, kernel_size=7).receptive_field == 7 * 3 + 2
+
+
+def test_inverse_stft_inverts_log_mel_analysis() -> None:
+    """The head's irfft, window and constant-envelope overlap-add undo a centred Hann STFT away from the edges."""
+    model = _tiny_model()
+    audio = torch.from_numpy(get_espeak().synthesize("Hello there.").audio)
+    frames = len(audio) // 256
+    spec = torch.stft(audio, 1024, 256, window=torch.hann_window(1024), center=True, return_complex=True)
+    rebuilt = model._overlap_add(torch.fft.irfft(spec[:, :frames].T, n=1024, dim=-1)[None] * model.window)[0]
+    assert rebuilt.shape == (frames * 256,)
+    assert torch.allclose(rebuilt[1024:-1024], audio[1024 : frames * 256 - 1024], atol=1e-5)
+
+
+def test_exported_matches_eager_and_has_t_times_hop_samples(exported: tuple[VocosVocoder, NetworkRunner]) -> None:
+    model, runner = exported
+    mel = _mel(37, batch=2)
+    with torch.no_grad():
+        want = model(mel, torch.ones(2, 37))
+    got = runner.run({"mel": mel})["audio"]
+    assert got.shape == want.shape == (2, 37 * 256)
+    assert float(want.abs().max()) > 1e-3
+    assert float((got - want).abs().max()) < 1e-4
+    assert float(got.abs().max()) <= 1.0
+
+
+@pytest.mark.parametrize("pieces", [[1, 5, 30, 2, 40], [64], [13] * 6])
+def test_streamed_chunks_equal_the_whole_utterance(
+    exported: tuple[VocosVocoder, NetworkRunner], pieces: list[int]
+) -> None:
+    _, runner = exported
+    mel = _mel(sum(pieces))
+    whole = runner.run({"mel": mel})["audio"]
+    stream = runner.windowed(chunk=16)
+    parts, at = [], 0
+    for n in pieces:
+        parts += stream.push({"mel": mel[:, at : at + n]})
+        at += n
+    parts += stream.finish()
+    chunked = torch.cat([p["audio"] for p in parts], dim=1)
+    assert chunked.shape == whole.shape
+    assert float((chunked - whole).abs().max()) < 1e-4
+
+
+def test_static_windows_equal_the_whole_utterance(exported: tuple[VocosVocoder, NetworkRunner]) -> None:
+    _, runner = exported
+    spec = runner.spec.model_copy(update={"static_length": 24})
+    static = NetworkRunner("vocoder", spec, runner.module, ExecutionContext.STATIC)
+    mel = _mel(50)
+    assert float((static.run({"mel": mel})["audio"] - runner.run({"mel": mel})["audio"]).abs().max()) < 1e-4
+
+
+def test_padded_batch_equals_each_item_alone(exported: tuple[VocosVocoder, NetworkRunner]) -> None:
+    model, runner = exported
+    lengths = [30, 11, 22]
+    mel = _mel(max(lengths), batch=len(lengths))
+    mask = torch.zeros(len(lengths), max(lengths))
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1.0
+    nets: list[Callable[..., torch.Tensor]] = [model, runner.module]  # type: ignore[list-item]
+    for net in nets:
+        with torch.no_grad():
+            batched = net(mel, mask)
+            for i, n in enumerate(lengths):
+                alone = net(mel[i : i + 1, :n], torch.ones(1, n))
+                assert float((batched[i, : n * 256] - alone[0]).abs().max()) < 1e-5
+                assert not batched[i, n * 256 :].any()
+
+
+def test_batch_log_mel_matches_log_mel() -> None:
+    settings = MelSettings()
+    audio = torch.from_numpy(get_espeak().synthesize("One two three.").audio[: 20 * 256 + 17])
+    batch = vocoder.batch_log_mel(torch.stack([audio, audio * 0.5]), settings)
+    for i, gain in enumerate((1.0, 0.5)):
+        assert torch.allclose(batch[i], log_mel(audio * gain, settings), atol=1e-3)  # sqrt(|z|^2 + 1e-10) at the floor
+
+
+# -- recipe --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("corpus")
+    build_corpus(SENTENCES, out, train=3, held_out=1, seed=0, source="test sentences")
+    return out
+
+
+def _options(tiny_corpus: Path, run: Path, *extra: str) -> list[str]:
+    sizes = [f"--{k}={v}" for k, v in TINY.items()]
+    base = ["--corpus", str(tiny_corpus), "--out", str(run / "run"), "--export", str(run / "vocoder")]
+    return [*base, "--threads", "1", "--batch-size", "4", "--segment", "8", *sizes, *extra]
+
+
+def test_recipe_trains_resumes_exports_and_evaluates(tiny_corpus: Path, tmp_path: Path) -> None:
+    assert vocoder.main(_options(tiny_corpus, tmp_path, "--steps", "2", "--no-export")) == 0
+    assert not (tmp_path / "vocoder").exists()
+    assert vocoder.main(_options(tiny_corpus, tmp_path, "--steps", "3", "--resume")) == 0
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [2, 3]
+    assert all(np.isfinite(h["train"]["loss"]) and np.isfinite(h["val"]["mel_l1"]) for h in history)
+
+    doc = json.loads((tmp_path / "vocoder" / vocoder.CONFIG_FILE).read_text())
+    assert set(doc) == {"name", "mel", "network", "trained"}
+    assert doc["trained"]["steps"] == 3 and doc["trained"]["threads"] == 1
+    assert doc["network"]["role"] == "vocoder" and doc["network"]["outputs"][0]["shape"] == ["B", "T*256"]
+    runner, settings = vocoder.load_vocoder(tmp_path / "vocoder")
+    assert runner.spec.receptive_field == 5 and settings == MelSettings()
+    assert runner.run({"mel": _mel(9)})["audio"].shape == (1, 9 * 256)
+
+    results = vocoder.evaluate_vocoders(tiny_corpus, tmp_path / "vocoder", n=1, cepstra=25, chunk=8)
+    assert len(results) == 3
+    assert all(np.isfinite(r["mcd_db"]) and r["rtf"] > 0 for r in results.values())
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tiny_corpus: Path, tmp_path: Path) -> None:
+    for run, steps in ((tmp_path / "a", ["2", "3"]), (tmp_path / "b", ["3"])):
+        for i, n in enumerate(steps):
+            resume = ["--resume"] if i else []
+            assert vocoder.main(_options(tiny_corpus, run, "--steps", n, "--no-export", *resume)) == 0
+    a, b = (torch.load(tmp_path / r / "run" / "checkpoint.pt", weights_only=True)["model"] for r in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("argv", [["--layers", "0"], ["--kernel", "4"], ["--evaluate", "--n", "0"], ["--bogus"]])
+def test_bad_arguments_exit_2_with_one_line(
+    argv: list[str], tiny_corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert vocoder.main(["--corpus", str(tiny_corpus), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "error:" in err
