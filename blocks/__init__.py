@@ -6,6 +6,7 @@ Knows nothing of Ray or HTTP. See :mod:`blocks.base` for the contracts.
 from blocks.attention import AttentionDecoder
 from blocks.audio import MelSettings, log_mel
 from blocks.base import (
+    MAX_FRAMES,
     Block,
     BlockConfig,
     BlockNode,
@@ -22,7 +23,7 @@ from blocks.containers import SequenceBlockContainer, StreamablePipeline, Stream
 from blocks.decoder import Decoder
 from blocks.effects import ChunkStats, ChunkwiseBlock, Gain
 from blocks.encoders import CustomizedEncoders, Encoders
-from blocks.network import ExecutionContext, NetworkRunner, NetworkSpec, TensorSpec
+from blocks.network import ExecutionContext, NetworkError, NetworkRunner, NetworkSpec, TensorSpec
 from blocks.registry import REGISTRY, BlockRegistry, parse_block, parse_stack, plan_stack, register_block
 from blocks.upsampler import Upsampler
 from blocks.vocoders import GriffinLim, NeuralVocoder, Vocoder
@@ -44,6 +45,7 @@ for _cls in (
     REGISTRY.register(_cls)
 
 __all__ = [
+    "MAX_FRAMES",
     "REGISTRY",
     "AttentionDecoder",
     "Block",
@@ -61,6 +63,7 @@ __all__ = [
     "Gain",
     "GriffinLim",
     "MelSettings",
+    "NetworkError",
     "NetworkRunner",
     "NetworkSpec",
     "NeuralVocoder",

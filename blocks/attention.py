@@ -8,7 +8,18 @@ from collections.abc import Iterator, Sequence
 import torch
 from pydantic import Field
 
-from blocks.base import Block, BlockConfig, BlockNode, BuildEnv, Features, PlanEnv, Request, StreamableBlock, StreamKind
+from blocks.base import (
+    MAX_FRAMES,
+    Block,
+    BlockConfig,
+    BlockNode,
+    BuildEnv,
+    Features,
+    PlanEnv,
+    Request,
+    StreamableBlock,
+    StreamKind,
+)
 from blocks.network import ExecutionContext
 
 __all__ = ["AttentionDecoder"]
@@ -20,11 +31,17 @@ STEP_OUTPUTS = ("frames", "stop_logit", "attention")
 class AttentionDecoderConfig(BlockConfig):
     network: str = Field("decoder_step", description="The step network (see AttentionDecoder).")
     memory: str = Field("memory", description="Feature holding the encoder output [1, T, D].")
-    window: int = Field(64, ge=2, description="Tokens of memory attended at each step (monotonic window).")
+    window: int = Field(
+        64, ge=2, le=MAX_FRAMES, description="Tokens of memory attended at each step (monotonic window)."
+    )
     stop_threshold: float = Field(0.5, gt=0, lt=1, description="Stop once sigmoid(stop_logit) exceeds this.")
-    max_frames_per_token: float = Field(12.0, gt=0, description="Length guard: at most this many frames per token.")
-    max_frames: int = Field(4000, ge=1, description="Length guard: absolute cap on frames per sentence.")
-    chunk_frames: int = Field(16, ge=1, description="Frames per yielded chunk (rounded up to whole steps).")
+    max_frames_per_token: float = Field(
+        12.0, gt=0, le=1000, description="Length guard: at most this many frames per token."
+    )
+    max_frames: int = Field(4000, ge=1, le=MAX_FRAMES, description="Length guard: absolute cap on frames per sentence.")
+    chunk_frames: int = Field(
+        16, ge=1, le=MAX_FRAMES, description="Frames per yielded chunk (rounded up to whole steps)."
+    )
 
 
 class AttentionDecoder(StreamableBlock):
@@ -55,7 +72,7 @@ class AttentionDecoder(StreamableBlock):
                 f'{cls.type_name} starts a stream; it cannot follow a block that produces "{env.kind.value}"'
             )
         env.require_keys([config.memory], cls.type_name)
-        spec = env.require_network(config.network)
+        spec = env.require_network(config.network, "decoder_step", cls.type_name)
         names = [t.name for t in spec.inputs]
         outs = [t.name for t in spec.outputs]
         if tuple(names[: len(STEP_INPUTS)]) != STEP_INPUTS:

@@ -25,11 +25,11 @@ class MelSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    sample_rate: int = Field(22050, gt=0, description="Audio sample rate in Hz.")
-    n_fft: int = Field(1024, gt=0, description="FFT size in samples.")
-    hop_length: int = Field(256, gt=0, description="Samples per mel frame.")
-    win_length: int = Field(1024, gt=0, description="Analysis window length in samples.")
-    n_mels: int = Field(80, gt=0, description="Number of mel bands.")
+    sample_rate: int = Field(22050, gt=0, le=384_000, description="Audio sample rate in Hz.")
+    n_fft: int = Field(1024, gt=0, le=16384, description="FFT size in samples.")
+    hop_length: int = Field(256, gt=0, le=16384, description="Samples per mel frame.")
+    win_length: int = Field(1024, gt=0, le=16384, description="Analysis window length in samples.")
+    n_mels: int = Field(80, gt=0, le=512, description="Number of mel bands.")
     f_min: float = Field(0.0, ge=0, description="Lowest mel band edge in Hz.")
     f_max: float = Field(8000.0, gt=0, description="Highest mel band edge in Hz.")
 

@@ -26,9 +26,10 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from blocks.audio import MelSettings
-from blocks.network import ExecutionContext, NetworkRunner, NetworkSpec
+from blocks.network import MAX_FRAMES, ExecutionContext, NetworkRunner, NetworkSpec
 
 __all__ = [
+    "MAX_FRAMES",
     "Block",
     "BlockConfig",
     "BlockNode",
@@ -106,11 +107,15 @@ class PlanEnv:
                 f"(available: {', '.join(sorted(self.keys)) or 'none'})"
             )
 
-    def require_network(self, name: str) -> Any:
+    def require_network(self, name: str, role: str | None = None, user: str = "this block") -> Any:
+        """The named network's spec; with ``role``, refused unless the network declares that role."""
         if name not in self.networks:
             known = ", ".join(sorted(self.networks)) or "none"
             raise self.error(f'unknown network "{name}" (the addon has: {known})')
-        return self.networks[name]
+        spec = self.networks[name]
+        if role is not None and getattr(spec, "role", role) != role:
+            raise self.error(f'network "{name}" has role "{spec.role}", but {user} runs a network with role "{role}"')
+        return spec
 
 
 class Block:

@@ -7,14 +7,27 @@ from collections.abc import Iterator, Sequence
 import torch
 from pydantic import Field
 
-from blocks.base import Block, BlockConfig, BlockNode, BuildEnv, Features, PlanEnv, Request, StreamableBlock, StreamKind
+from blocks.base import (
+    MAX_FRAMES,
+    Block,
+    BlockConfig,
+    BlockNode,
+    BuildEnv,
+    Features,
+    PlanEnv,
+    Request,
+    StreamableBlock,
+    StreamKind,
+)
 
 __all__ = ["Decoder"]
 
 
 class DecoderConfig(BlockConfig):
     network: str = Field("decoder", description="The decoder network: frames [1, T, D] -> mel [1, T, n_mels].")
-    chunk_frames: int = Field(64, ge=1, description="Mel frames per output chunk in the dynamic context.")
+    chunk_frames: int = Field(
+        64, ge=1, le=MAX_FRAMES, description="Mel frames per output chunk in the dynamic context."
+    )
 
 
 class Decoder(StreamableBlock):
@@ -38,7 +51,7 @@ class Decoder(StreamableBlock):
             raise env.error(
                 f'{cls.type_name} consumes a "frames" stream (e.g. from an Upsampler), upstream gives {got}'
             )
-        spec = env.require_network(config.network)
+        spec = env.require_network(config.network, "decoder", cls.type_name)
         if spec.receptive_field is None:
             raise env.error(
                 f'network "{config.network}" declares no receptive_field, so it cannot be decoded in chunks'

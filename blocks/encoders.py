@@ -56,7 +56,7 @@ class Encoders(SequenceBlock):
             raise env.error(f"{cls.type_name} found no network with role 'encoder' in the addon")
         keys = set(env.keys)
         for name in names:
-            spec = env.require_network(name)
+            spec = env.require_network(name, "encoder", cls.type_name)
             missing = [k for k in spec.feature_inputs if k not in keys]
             if missing:
                 raise env.error(
@@ -90,7 +90,7 @@ class Encoders(SequenceBlock):
 
 class CustomizedEncodersConfig(EncodersConfig):
     device: str = Field("auto", description='Where the encoders run: "auto" (CUDA if present), "cpu", "cuda:0", ...')
-    max_workers: int = Field(4, ge=1, description="Networks run at once, at most.")
+    max_workers: int = Field(4, ge=1, le=64, description="Networks run at once, at most.")
 
 
 class CustomizedEncoders(Encoders):

@@ -27,7 +27,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "MAX_FRAMES",
     "ExecutionContext",
+    "NetworkError",
     "NetworkRunner",
     "NetworkSpec",
     "TensorSpec",
@@ -35,8 +37,16 @@ __all__ = [
     "WindowedStream",
 ]
 
+#: The longest sequence, in frames, that a size in a block config or a network's static_length may
+#: name (networks exported by addons.export accept up to this many); larger values are refused.
+MAX_FRAMES = 65536
+
 _TIME = re.compile(r"^T(?:\*(\d+))?$")
 _DTYPES = {"float32": torch.float32, "int64": torch.int64}
+
+
+class NetworkError(RuntimeError):
+    """An addon's network failed when called (wrong file, bad graph, shapes it cannot take)."""
 
 
 class ExecutionContext(str, enum.Enum):
@@ -96,10 +106,10 @@ class NetworkSpec(BaseModel):
     inputs: tuple[TensorSpec, ...] = Field(min_length=1, description="Inputs, in call order.")
     outputs: tuple[TensorSpec, ...] = Field(min_length=1, description="Outputs, in return order.")
     receptive_field: int | None = Field(
-        None, ge=0, description="Frames of context each output needs on each side; null if unbounded."
+        None, ge=0, le=MAX_FRAMES, description="Frames of context each output needs on each side; null if unbounded."
     )
     static_length: int | None = Field(
-        None, gt=0, description="Sequence length the network is compiled for in the static context."
+        None, gt=0, le=MAX_FRAMES, description="Sequence length the network is compiled for in the static context."
     )
 
     @field_validator("role")
@@ -161,11 +171,15 @@ class NetworkRunner:
             if t.name not in inputs:
                 raise KeyError(f"network {self.name!r} needs input {t.name!r}")
             args.append(inputs[t.name].to(self.device, t.torch_dtype))
-        with torch.inference_mode():
-            out = self.module(*args)
+        try:
+            with torch.inference_mode():
+                out = self.module(*args)
+        except Exception as exc:  # the addon's network, not Chorus: say which one, keep the cause
+            shapes = ", ".join(f"{t.name} {list(a.shape)}" for t, a in zip(self.spec.inputs, args, strict=True))
+            raise NetworkError(f"network {self.name!r} failed on {shapes}: {type(exc).__name__}: {exc}") from exc
         outs = out if isinstance(out, (tuple, list)) else (out,)
         if len(outs) != len(self.spec.outputs):
-            raise RuntimeError(
+            raise NetworkError(
                 f"network {self.name!r} returned {len(outs)} outputs, its signature declares {len(self.spec.outputs)}"
             )
         return {t.name: o.detach().to("cpu") for t, o in zip(self.spec.outputs, outs, strict=True)}

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from pydantic import Field
 
-from blocks.base import BlockConfig, BlockNode, Features, PlanEnv, Request, StreamableBlock, StreamKind
+from blocks.base import MAX_FRAMES, BlockConfig, BlockNode, Features, PlanEnv, Request, StreamableBlock, StreamKind
 
 __all__ = ["Upsampler", "regulate_durations"]
 
@@ -15,8 +15,8 @@ __all__ = ["Upsampler", "regulate_durations"]
 class UpsamplerConfig(BlockConfig):
     encoding: str = Field("encoding", description="Feature holding per-token encodings [1, T, D].")
     durations: str = Field("durations", description="Feature holding per-token durations [1, T] in frames.")
-    chunk_frames: int = Field(64, ge=1, description="Frames handed on per chunk.")
-    max_frames_per_token: int = Field(64, ge=1, description="Upper bound on one token's duration, in frames.")
+    chunk_frames: int = Field(64, ge=1, le=MAX_FRAMES, description="Frames handed on per chunk.")
+    max_frames_per_token: int = Field(64, ge=1, le=1000, description="Upper bound on one token's duration, in frames.")
 
 
 def regulate_durations(durations: torch.Tensor, speed: float, max_frames: int) -> torch.Tensor:

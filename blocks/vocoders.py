@@ -16,7 +16,18 @@ import torch
 from pydantic import Field
 
 from blocks.audio import MelSettings, mel_filterbank, stft_window
-from blocks.base import Block, BlockConfig, BlockNode, BuildEnv, Features, PlanEnv, Request, StreamableBlock, StreamKind
+from blocks.base import (
+    MAX_FRAMES,
+    Block,
+    BlockConfig,
+    BlockNode,
+    BuildEnv,
+    Features,
+    PlanEnv,
+    Request,
+    StreamableBlock,
+    StreamKind,
+)
 from blocks.network import WindowState
 
 __all__ = ["GriffinLim", "NeuralVocoder", "Vocoder"]
@@ -68,11 +79,11 @@ class Vocoder(StreamableBlock):
 
 
 class GriffinLimConfig(BlockConfig):
-    n_iter: int = Field(32, ge=1, description="Griffin-Lim iterations per window.")
+    n_iter: int = Field(32, ge=1, le=1000, description="Griffin-Lim iterations per window.")
     momentum: float = Field(0.99, ge=0, lt=1, description="Fast Griffin-Lim momentum.")
     power: float = Field(1.0, gt=0, description="Exponent applied to magnitudes before phase recovery.")
-    chunk_frames: int = Field(32, ge=1, description="Frames committed per window.")
-    context_frames: int = Field(8, ge=1, description="Frames of overlap on each side of a window.")
+    chunk_frames: int = Field(32, ge=1, le=MAX_FRAMES, description="Frames committed per window.")
+    context_frames: int = Field(8, ge=1, le=MAX_FRAMES, description="Frames of overlap on each side of a window.")
     seed: int = Field(0, description="Seed of the initial phase, so output is deterministic.")
 
 
@@ -180,7 +191,7 @@ def _cat_audio(parts: list[torch.Tensor]) -> torch.Tensor:
 
 class NeuralVocoderConfig(BlockConfig):
     network: str = Field("vocoder", description="Exported vocoder: mel [1, T, n_mels] -> audio [1, T*hop].")
-    chunk_frames: int = Field(32, ge=1, description="Mel frames per call in the dynamic context.")
+    chunk_frames: int = Field(32, ge=1, le=MAX_FRAMES, description="Mel frames per call in the dynamic context.")
 
 
 @dataclass
@@ -202,7 +213,7 @@ class NeuralVocoder(Vocoder):
     def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
         assert isinstance(config, NeuralVocoderConfig)
         out = super().plan(config, env)
-        spec = env.require_network(config.network)
+        spec = env.require_network(config.network, "vocoder", cls.type_name)
         if spec.receptive_field is None:
             raise env.error(f'network "{config.network}" declares no receptive_field, so it cannot run in chunks')
         return out
