@@ -7,6 +7,7 @@ effects against the declared networks (:func:`check_manifest`), still before any
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -165,6 +166,13 @@ def read_manifest(directory: Path) -> AddonManifest:
     ]
     if missing:
         raise AddonError(f"{path}: missing network file: {', '.join(missing)}")
+    root = directory.resolve()
+    for name, spec in manifest.networks.items():
+        target = (directory / spec.file).resolve()
+        if not target.is_relative_to(root):
+            raise AddonError(
+                f"{path}: networks.{name}.file ({spec.file}) resolves outside the addon directory, to {target} (refused)"
+            )
     return manifest
 
 
@@ -177,8 +185,46 @@ def format_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def memory_bytes() -> int:
+    """Physical memory of this machine, in bytes (8 GiB where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def static_call_bytes(spec: NetworkSpec) -> int:
+    """Bytes of the inputs and outputs of one static-context call of ``spec`` (batch 1)."""
+    if spec.static_length is None:
+        return 0
+    total = 0
+    for t in (*spec.inputs, *spec.outputs):
+        size = 8 if t.dtype == "int64" else 4
+        for axis, d in enumerate(t.shape):
+            if axis == 1 and isinstance(d, str):
+                size *= spec.static_length * (t.time_scale or 1)
+            elif isinstance(d, int):
+                size *= d
+        total += size
+    return total
+
+
+def _check_sizes(manifest: AddonManifest) -> None:
+    """Fixed sizes must fit this machine: a quarter of its memory for one call's tensors."""
+    budget = memory_bytes() // 4
+    for name, spec in manifest.networks.items():
+        need = static_call_bytes(spec)
+        if need > budget:
+            raise StackError(
+                f"networks.{name}",
+                f"static_length {spec.static_length} makes one call need {need / 2**30:.1f} GiB of tensors, more "
+                f"than this machine can give a call ({budget / 2**30:.1f} GiB, a quarter of its memory)",
+            )
+
+
 def check_manifest(manifest: AddonManifest) -> None:
     """Check the stack, vocoder and effects against the networks; raise :class:`StackError`."""
+    _check_sizes(manifest)
     env = PlanEnv(frozenset({"phoneme_ids"}), None, manifest.networks)
     node = parse_stack(manifest.stack)
     env = plan_stack(node, env, StreamKind.MEL)

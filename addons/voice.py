@@ -15,13 +15,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from addons.frontend import Frontend, Sentence, TextError
-from addons.manifest import AddonManifest, format_validation_error
+from addons.manifest import AddonError, AddonManifest, format_validation_error
+from addons.netfile import NetworkFileError, load_program, max_length
 from blocks import (
     BuildEnv,
     ChunkwiseBlock,
     ExecutionContext,
     Features,
     NetworkRunner,
+    NetworkSpec,
     Request,
     StreamablePipeline,
     StreamableStack,
@@ -79,7 +81,11 @@ def resolve_options(manifest: AddonManifest, **options: Any) -> tuple[SynthesisO
 
 
 class NetworkLoader:
-    """Loads an addon's exported networks on first use, once per (network, device)."""
+    """Loads an addon's exported networks on first use, once per (network, device).
+
+    Files are read by :func:`addons.netfile.load_program`, which runs nothing from them and
+    checks each against its declared signature; a refused file is an :class:`AddonError`.
+    """
 
     def __init__(self, manifest: AddonManifest, directory: Path, context: ExecutionContext) -> None:
         self.manifest, self.directory, self.context = manifest, directory, context
@@ -91,10 +97,23 @@ class NetworkLoader:
         with self._lock:
             if key not in self._programs:
                 spec = self.manifest.networks[name]
-                program = torch.export.load(str(self.directory / spec.file))
+                path = self.directory / spec.file
+                try:
+                    program = load_program(path, spec, self.directory)
+                    self._check_static(name, spec, max_length(program, spec))
+                except NetworkFileError as exc:
+                    raise AddonError(f"{path}: {exc}") from None
                 module = program.module().to(device)
                 self._programs[key] = NetworkRunner(name, spec, module, self.context, device)
             return self._programs[key]
+
+    def _check_static(self, name: str, spec: NetworkSpec, longest: int | None) -> None:
+        length = spec.static_length if self.context is ExecutionContext.STATIC else None
+        if length is not None and longest is not None and length > longest:
+            raise NetworkFileError(
+                f"networks.{name}.static_length {spec.static_length} exceeds the {longest} frames "
+                "the network was exported for"
+            )
 
 
 class AudioStage:

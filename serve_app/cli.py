@@ -113,6 +113,7 @@ def _synth(args: argparse.Namespace) -> int:
     import soundfile as sf
 
     import addons
+    from blocks import NetworkError
 
     text = _read_text(args)
     for flag, path in (("--out", args.out), ("--mel-out", args.mel_out), ("--mel-plot", args.mel_plot)):
@@ -144,6 +145,8 @@ def _synth(args: argparse.Namespace) -> int:
         os.replace(partial, args.out)
     except addons.TextError as exc:
         raise CliError(str(exc)) from None
+    except NetworkError as exc:
+        raise CliError(f"addon {voice.name} ({voice.directory}): {exc}") from None
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
@@ -224,12 +227,13 @@ def _addon_validate(args: argparse.Namespace) -> int:
 
     try:
         manifest = addons.read_manifest(args.directory)
-        voice = addons.Voice(manifest, args.directory)
-        audio, mel = voice.synthesize("Hello.")
+        contexts = ["dynamic"] + (["static"] if any(s.static_length for s in manifest.networks.values()) else [])
+        for context in contexts:  # every network file is read, checked and run in each context it declares
+            audio, mel = addons.Voice(manifest, args.directory, context).synthesize("Hello.")
     except (addons.AddonError, addons.TextError) as exc:
         raise CliError(str(exc)) from None
     except Exception as exc:  # a network that loads but does not run: still the addon's fault
-        raise CliError(f"{args.directory}: networks failed a test synthesis: {type(exc).__name__}: {exc}") from None
+        raise CliError(f"{args.directory}: networks failed a test synthesis: {exc}") from None
     print(
         f"{args.directory}: ok — {manifest.name} {manifest.version} ({manifest.language}), "
         f"{len(manifest.networks)} networks, test synthesis {mel.shape[0]} frames / {audio.size} samples"
@@ -265,10 +269,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except CliError as exc:
-        print(f"chorus: error: {exc}", file=sys.stderr)
+        print(f"chorus: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # never a traceback for the user; CHORUS_DEBUG=1 shows it
+        if os.environ.get("CHORUS_DEBUG") == "1":
+            raise
+        print(
+            f"chorus: error: {type(exc).__name__}: {_one_line(str(exc))} (CHORUS_DEBUG=1 for details)", file=sys.stderr
+        )
+        return EXIT_USAGE
+
+
+def _one_line(message: str) -> str:
+    """Messages from torch or pydantic can span lines; the CLI promises one."""
+    return " ".join(message.split())
 
 
 if __name__ == "__main__":
