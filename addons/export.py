@@ -16,6 +16,7 @@ from torch import nn
 from torch.export import Dim
 
 from addons.manifest import MANIFEST_NAME, SCHEMA_VERSION, AddonError, AddonManifest, check_manifest
+from addons.netfile import load_program
 from blocks import NetworkSpec, StackError, TensorSpec
 
 __all__ = ["NetworkExport", "export_addon", "export_network"]
@@ -91,7 +92,7 @@ def export_network(net: NetworkExport, spec: NetworkSpec, path: Path, tolerance:
     with torch.no_grad():
         program = torch.export.export(module, _examples(spec, 2, 17), dynamic_shapes=dynamic)
     torch.export.save(program, str(path))
-    reloaded = torch.export.load(str(path)).module()
+    reloaded = load_program(path, spec).module()  # what Chorus will load: the checked reader
     check = _examples(spec, 1, 9)
     with torch.no_grad():
         want, got = module(*check), reloaded(*check)

@@ -39,6 +39,7 @@ import torch
 
 import addons
 from addons.espeak import get_espeak
+from addons.netfile import load_program
 from addons.recipes.corpus import META_FILE, Corpus, Utterance
 from blocks import AttentionDecoder, Block, BuildEnv, GriffinLim, MelSettings, Request, log_mel
 from blocks.network import NetworkRunner
@@ -184,7 +185,7 @@ class _DurationNetworks:
         }
         self.available = all(pick.values())
         self.modules = {
-            role: torch.export.load(str(voice.directory / specs[n].file)).module()
+            role: load_program(voice.directory / specs[n].file, specs[n], voice.directory).module()
             for role, n in pick.items()
             if n is not None
         }
