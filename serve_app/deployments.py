@@ -9,6 +9,7 @@ that hung up reaches the replica at its next ``await``.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,10 @@ BATCH_SIZE = 8
 
 
 class _Replica:
+    def pid(self) -> int:
+        """This replica's process id (fault-injection tests, diagnostics)."""
+        return os.getpid()
+
     def node_id(self) -> str:
         """The Ray node this replica runs on (placement checks, diagnostics)."""
         return ray.get_runtime_context().get_node_id()
@@ -71,8 +76,8 @@ class DecoderDeployment(_Replica):
         self.frames = 0  # mel frames produced since start
 
     def stats(self) -> dict[str, int]:
-        """Streams in progress and frames produced: shows that cancelled streams stop working."""
-        return {"active": self.active, "frames": self.frames}
+        """This replica's streams in progress and frames produced (cancelled streams stop working)."""
+        return {"active": self.active, "frames": self.frames, "pid": os.getpid()}
 
     async def decode(self, features: dict[str, np.ndarray], options: dict[str, Any]) -> AsyncIterator[np.ndarray]:
         """``options`` are resolved already (see ``addons.voice.resolve_options``)."""

@@ -1,0 +1,162 @@
+"""How the ingress pulls one utterance through an addon's stage deployments, surviving a lost replica.
+
+Synthesis is deterministic: the same features, options and vocoder state give the same audio on
+any replica. So when a replica dies under a stream (its process killed, its node gone), the
+stream does not have to die with it. Stateless calls (encode, one vocoder step) are simply
+repeated, and Ray routes them to a live replica. The decoder's mel stream for a sentence is
+restarted from that sentence's features, with the vocoder state as it was when the sentence
+began, and the samples this sentence already sent are skipped: the listener hears one complete,
+seamless utterance, exactly the audio an undisturbed run gives. After ``MAX_RESUMES`` losses in
+one stream, or on any other error, the stream fails as before (visibly broken, never short).
+
+Only plain data is held here: numpy features, the vocoder's packed state, sample counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.exceptions import ReplicaUnavailableError
+
+__all__ = ["LOST_REPLICA", "MAX_RESUMES", "NoSpeakableText", "StageHandles", "synthesize"]
+
+logger = logging.getLogger("ray.serve")
+
+#: What a handle call raises when the replica serving it is gone.
+LOST_REPLICA = (RayActorError, ActorDiedError, ActorUnavailableError, ReplicaUnavailableError)
+MAX_RESUMES = 3
+RETRY_DELAY_S = 0.05
+
+T = TypeVar("T")
+
+
+class NoSpeakableText(ValueError):
+    """Every sentence of the input was empty after the front-end (nothing to say)."""
+
+
+@dataclass(frozen=True)
+class StageHandles:
+    """The three deployment handles of one model."""
+
+    encoders: Any
+    decoder: Any
+    vocoder: Any
+
+
+@dataclass
+class _Resumes:
+    """Replica losses one stream has survived; ``on_resume`` reports each (metrics, logs)."""
+
+    used: int = 0
+    on_resume: Callable[[str], None] | None = None
+
+    def spend(self, stage: str, exc: BaseException) -> None:
+        self.used += 1
+        if self.used > MAX_RESUMES:
+            raise exc
+        logger.warning(
+            "chorus: %s replica lost (%s); resuming the stream (%d/%d)",
+            stage,
+            type(exc).__name__,
+            self.used,
+            MAX_RESUMES,
+        )
+        if self.on_resume is not None:
+            self.on_resume(stage)
+
+
+async def _call(resumes: _Resumes, stage: str, make: Callable[[], Awaitable[T]]) -> T:
+    """Await ``make()``; on a lost replica, make the same call again (another replica takes it)."""
+    while True:
+        try:
+            return await make()
+        except LOST_REPLICA as exc:
+            resumes.spend(stage, exc)
+            await asyncio.sleep(RETRY_DELAY_S)
+
+
+async def synthesize(
+    handles: StageHandles,
+    model: str,
+    sentences: list[str],
+    options: dict[str, Any],
+    on_resume: Callable[[str], None] | None = None,
+) -> AsyncIterator[np.ndarray]:
+    """Audio chunks for ``sentences``; the next sentence is encoded while this one is decoded."""
+    stream = _Stream(handles, model, options, _Resumes(on_resume=on_resume))
+    pending = [stream.encoding(s) for s in sentences[:1]]
+    await stream.start()
+    spoken = False
+    try:
+        for index in range(len(sentences)):
+            features_list = await pending.pop(0)
+            if index + 1 < len(sentences):
+                pending.append(stream.encoding(sentences[index + 1]))
+            for features in features_list:
+                spoken = True
+                async for audio in stream.sentence(features):
+                    yield audio
+    finally:
+        for task in pending:
+            task.cancel()
+    if not spoken:
+        raise NoSpeakableText("input has no speakable characters")
+    tail = await stream.finish()
+    if tail.size:
+        yield tail
+
+
+class _Stream:
+    """One utterance's position: the vocoder state it carries between calls."""
+
+    def __init__(self, handles: StageHandles, model: str, options: dict[str, Any], resumes: _Resumes) -> None:
+        self.handles, self.model, self.options, self.resumes = handles, model, options, resumes
+        self.state: Any = None
+
+    def encoding(self, sentence: str) -> asyncio.Future[list[dict[str, np.ndarray]]]:
+        encode = self.handles.encoders.encode
+        return asyncio.ensure_future(_call(self.resumes, "encoders", lambda: encode.remote(sentence)))
+
+    async def start(self) -> None:
+        vocoder = self.handles.vocoder
+        self.state = await _call(self.resumes, "vocoder", lambda: vocoder.start.remote(self.model))
+
+    async def finish(self) -> np.ndarray:
+        vocoder, state = self.handles.vocoder, self.state
+        tail: np.ndarray = await _call(
+            self.resumes, "vocoder", lambda: vocoder.finish.remote(self.model, state, self.options)
+        )
+        return tail
+
+    async def sentence(self, features: dict[str, np.ndarray]) -> AsyncIterator[np.ndarray]:
+        """One sentence's audio. A lost decoder replica restarts the sentence from the vocoder state
+        it began with; the samples already sent are skipped, so the output is exactly the same."""
+        begin = self.state  # packed plain data: process() returns a new state, never mutates this one
+        sent = 0
+        while True:
+            self.state, produced = begin, 0
+            try:
+                async for mel in self.handles.decoder.decode.options(stream=True).remote(features, self.options):
+                    audio = await self._vocode(mel)
+                    skip = min(max(sent - produced, 0), audio.size)
+                    produced += audio.size
+                    if audio.size > skip:
+                        sent += audio.size - skip
+                        yield audio[skip:]
+                return
+            except LOST_REPLICA as exc:
+                self.resumes.spend("decoder", exc)
+                await asyncio.sleep(RETRY_DELAY_S)
+
+    async def _vocode(self, mel: np.ndarray) -> np.ndarray:
+        vocoder, state = self.handles.vocoder, self.state
+        audio, self.state = await _call(
+            self.resumes, "vocoder", lambda: vocoder.process.remote(self.model, state, mel, self.options)
+        )
+        return audio  # type: ignore[no-any-return]

@@ -1,0 +1,104 @@
+"""A decoder replica killed under live streams: every stream completes, equal to an undisturbed run.
+
+The ingress resumes each stream on the surviving replica from the sentence it was in (synthesis
+is deterministic), skipping the samples already sent; meanwhile the model stays available.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import ray
+from ray import serve
+
+from serve_app.server import free_port
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+SENTENCE = "Streams survive a lost replica, sentence after sentence, without a click or a gap."
+TEXT = " ".join([SENTENCE] * 12)
+STREAMS = 6
+
+
+@pytest.fixture(scope="module")
+def server(fixture_dir: Path) -> Iterator[str]:
+    from serve_app.app import AppArgs, build_app
+
+    port = free_port()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(AppArgs(addons=[str(fixture_dir / "tiny-fast")])), name="chorus", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _speech(url: str, text: str = TEXT) -> bytes:
+    body = {"model": "tiny-fast", "input": text, "response_format": "pcm"}
+    with httpx.stream("POST", f"{url}/v1/audio/speech", json=body, timeout=120) as r:
+        assert r.status_code == 200, r.read()
+        return b"".join(r.iter_bytes())
+
+
+def _decoder() -> Any:
+    return serve.get_deployment_handle("tiny-fast-decoder", app_name="chorus")
+
+
+def _busy_replica(deadline: float) -> int:
+    """The pid of a decoder replica that is decoding right now."""
+    decoder = _decoder()
+    while time.monotonic() < deadline:
+        stats = decoder.stats.remote().result()
+        if stats["active"]:
+            return int(stats["pid"])
+        time.sleep(0.01)
+    raise AssertionError("no decoder replica was busy")
+
+
+def test_default_decoder_runs_two_replicas(server: str) -> None:
+    status = serve.status().applications["chorus"].deployments["tiny-fast-decoder"]
+    assert sum(status.replica_states.values()) == 2
+
+
+def test_killed_decoder_replica_streams_complete_and_equal(server: str) -> None:
+    reference = _speech(server)
+    assert len(reference) > 0
+    results: list[bytes | BaseException] = []
+
+    def listen() -> None:
+        try:
+            results.append(_speech(server))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            results.append(exc)
+
+    threads = [threading.Thread(target=listen) for _ in range(STREAMS)]
+    for t in threads:
+        t.start()
+    victim = _busy_replica(time.monotonic() + 30)
+    os.kill(victim, signal.SIGKILL)
+    during = _speech(server, SENTENCE)  # the model stays available while the replica is replaced
+    for t in threads:
+        t.join(timeout=120)
+    assert len(during) > 0
+    assert len(results) == STREAMS
+    for result in results:
+        assert isinstance(result, bytes), repr(result)
+        assert len(result) == len(reference)
+        assert result == reference
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # and the dead replica is replaced
+        status = serve.status().applications["chorus"].deployments["tiny-fast-decoder"]
+        if status.replica_states.get("RUNNING", 0) == 2:
+            break
+        time.sleep(0.2)
+    assert status.replica_states.get("RUNNING", 0) == 2
