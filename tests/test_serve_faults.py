@@ -78,7 +78,7 @@ def test_killed_decoder_replica_streams_complete_and_equal(server: str) -> None:
     def listen() -> None:
         try:
             results.append(_speech(server))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             results.append(exc)
 
     threads = [threading.Thread(target=listen) for _ in range(STREAMS)]
