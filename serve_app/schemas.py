@@ -3,7 +3,9 @@
 ``POST /v1/audio/speech`` takes ``SpeechRequest``. Errors leave as OpenAI's
 ``{"error": {"message", "type", "param", "code"}}`` (build them with ``error_response``;
 ``install_error_handlers`` makes FastAPI's validation errors a 400 in that shape, with
-``param`` naming the offending field). With ``stream_format="sse"`` the body is
+``param`` naming the offending field and a message built from the model's own schema:
+``speed: must be a number between 0.25 and 4.0, got 9``). The rest of the HTTP edge
+(404/405/413/415/401/500 and admission) is in ``serve_app.http``. With ``stream_format="sse"`` the body is
 ``text/event-stream`` of ``data: <json>`` lines: ``speech.audio.delta`` events carrying
 base64 pieces of the encoded file, then one ``speech.audio.done`` with usage.
 
@@ -17,6 +19,9 @@ overrides its choice.
 from __future__ import annotations
 
 import base64
+import functools
+import json
+import re
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -36,7 +41,9 @@ __all__ = [
     "SpeechRequest",
     "SpeechUsage",
     "VoiceId",
+    "body_error_message",
     "error_response",
+    "field_error_message",
     "install_error_handlers",
     "sse_event",
 ]
@@ -61,7 +68,7 @@ class VoiceId(_Strict):
 class SpeechRequest(_Strict):
     """Body of ``POST /v1/audio/speech``, field for field as OpenAI's."""
 
-    model: str = Field(min_length=1, description="Name of a deployed Chorus model (addon), e.g. 'ljspeech'.")
+    model: str = Field(min_length=1, description="Name of a deployed Chorus model (addon), e.g. 'chorus-fast'.")
     input: str = Field(
         min_length=1,
         max_length=MAX_INPUT_CHARS,
@@ -149,27 +156,145 @@ def error_response(
 
 
 def _param_of(loc: tuple[int | str, ...]) -> str | None:
-    """The top-level body field an error location points at.
+    """The top-level body field (or query parameter) an error location points at.
 
     Locations look like ``("body", "voice", "VoiceId", "id")``; below the top level
     pydantic inserts union-member tags, so only the top-level name is reliable.
     """
-    if len(loc) >= 2 and loc[0] == "body" and isinstance(loc[1], str):
+    if len(loc) >= 2 and loc[0] in ("body", "query") and isinstance(loc[1], str):
         return loc[1]
     return None
 
 
+SEND_JSON = "send a JSON object with Content-Type: application/json"
+_RANGE_ERRORS = frozenset(
+    {"string_too_short", "string_too_long", "greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+)
+
+
+def _json_kind(value: Any) -> str:
+    """How a JSON value reads in a message: its type, with the value itself when short."""
+    if isinstance(value, str):
+        return json.dumps(value) if len(value) <= 40 else f"a string of {len(value)} characters"
+    if isinstance(value, bytes):
+        return "a non-JSON body"
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        return type(value).__name__
+    if len(text) <= 40:
+        return text
+    return "an object" if isinstance(value, dict) else "an array" if isinstance(value, list) else text[:40]
+
+
+def _expected(prop: dict[str, Any], defs: dict[str, Any]) -> str:
+    """What a JSON schema property accepts, in words: 'a string of 1-4096 characters'."""
+    if "$ref" in prop:
+        prop = defs.get(prop["$ref"].rsplit("/", 1)[-1], {})
+    if "anyOf" in prop:
+        options = [p for p in prop["anyOf"] if p.get("type") != "null"]
+        words = " or ".join(_expected(p, defs) for p in options)
+        return f"{words}, or null" if len(options) < len(prop["anyOf"]) else words
+    if "enum" in prop:
+        return "one of " + ", ".join(json.dumps(v) for v in prop["enum"])
+    kind = prop.get("type")
+    if kind == "string":
+        low, high = prop.get("minLength"), prop.get("maxLength")
+        if low and high:
+            return f"a string of {low}-{high} characters"
+        if high:
+            return f"a string of at most {high} characters"
+        return "a non-empty string" if low == 1 else f"a string of at least {low} characters" if low else "a string"
+    if kind in ("number", "integer"):
+        noun = "an integer" if kind == "integer" else "a number"
+        low, high = prop.get("minimum"), prop.get("maximum")
+        if low is not None and high is not None:
+            return f"{noun} between {low} and {high}"
+        if low is not None:
+            return f"{noun} of at least {low}"
+        return f"{noun} of at most {high}" if high is not None else noun
+    if kind == "object":
+        fields = ", ".join(f'"{k}": {_expected(v, defs)}' for k, v in prop.get("properties", {}).items())
+        return f"an object {{{fields}}}"
+    return {"boolean": "true or false", "array": "an array"}.get(str(kind), "a valid value")
+
+
+def _purpose(prop: dict[str, Any]) -> str:
+    """The first clause of a field's description, as a phrase: 'text to speak'."""
+    first = re.split(r"[.,;]", prop.get("description", ""), maxsplit=1)[0].strip()
+    return first[:1].lower() + first[1:]
+
+
+def field_error_message(error: dict[str, Any], schema: dict[str, Any]) -> str:
+    """One validation error as '<field>: <what is wrong> — <what to send>'.
+
+    ``schema`` is the JSON schema of the body model; it supplies each field's
+    constraints, so messages follow the model instead of restating it.
+    """
+    loc = tuple(error.get("loc", ()))
+    param = _param_of(loc) or ".".join(str(part) for part in loc[1:]) or "request"
+    kind, value = str(error.get("type")), error.get("input")
+    props, defs = schema.get("properties", {}), schema.get("$defs", {})
+    prop = props.get(param) if loc[:1] == ("body",) else None
+    if kind == "extra_forbidden":
+        return f"{param}: unknown field; accepted fields are {', '.join(props)}"
+    if prop is None or kind == "unsupported_format":
+        return f"{param}: {error.get('msg', 'invalid value')}"
+    expected = _expected(prop, defs)
+    if kind == "missing":
+        purpose = _purpose(prop)
+        return (
+            f"{param}: field required — {purpose}, {expected}" if purpose else f"{param}: field required — {expected}"
+        )
+    if kind in _RANGE_ERRORS and isinstance(value, str):
+        return f"{param}: must be {expected}, got {len(value)} characters"
+    shown = str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _json_kind(value)
+    return f"{param}: must be {expected}, got {shown}"
+
+
+def body_error_message(error: dict[str, Any]) -> tuple[int, str, str]:
+    """Status, message and code for an error about the body as a whole (not one field)."""
+    kind, value = error.get("type"), error.get("input")
+    if kind == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error", "syntax error")
+        loc = tuple(error.get("loc", ()))
+        where = f" at character {loc[1]}" if len(loc) > 1 and isinstance(loc[1], int) else ""
+        return 400, f"request body is not valid JSON ({reason}{where}): {SEND_JSON}", "invalid_json"
+    if kind == "missing":
+        return 400, f"request body is missing: {SEND_JSON}", "missing_body"
+    if isinstance(value, bytes):
+        return 415, f"request body is not JSON: {SEND_JSON}", "unsupported_media_type"
+    return 400, f"request body must be a JSON object, got {_json_kind(value)}: {SEND_JSON}", "body_not_object"
+
+
+def _body_schema(request: Request) -> dict[str, Any]:
+    """JSON schema of the matched route's body model, if it has one."""
+    body_field = getattr(request.scope.get("route"), "body_field", None)
+    model = getattr(getattr(body_field, "field_info", None), "annotation", None)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return _model_schema(model)
+    return {}
+
+
+@functools.cache
+def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema()
+
+
 async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """400 in OpenAI's shape for the first validation error, as OpenAI reports one."""
+    """400 in OpenAI's shape for the first validation error, as OpenAI reports one.
+
+    ``code`` is pydantic's error type for field errors (``missing``, ``string_too_long``, ...);
+    errors about the body as a whole get codes of their own (see ``body_error_message``).
+    """
     assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0]
-    param = _param_of(tuple(first.get("loc", ())))
-    message = str(first.get("msg", "invalid request"))
-    if first.get("type") == "json_invalid":
-        message = "The request body is not valid JSON."
-    elif param is not None:
-        message = f"{param}: {message}"
-    return error_response(400, message, param=param, code=str(first.get("type")))
+    first = dict(exc.errors()[0])
+    loc = tuple(first.get("loc", ()))
+    if first.get("type") == "json_invalid" or loc == ("body",):
+        status, message, code = body_error_message(first)
+        return error_response(status, message, code=code)
+    message = field_error_message(first, _body_schema(request))
+    return error_response(400, message, param=_param_of(loc), code=str(first.get("type")))
 
 
 def install_error_handlers(app: FastAPI) -> None:
