@@ -10,15 +10,17 @@ deployment; addons that use the universal Griffin-Lim vocoder share one. Deploym
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from ray.serve import Application
 
 import addons
 from addons.manifest import AddonManifest, StageDeployment
 from serve_app.deployments import DecoderDeployment, EncodersDeployment, VocoderDeployment
+from serve_app.http import API_KEYS_ENV, HttpPolicy, key_digests
 from serve_app.ingress import Ingress, ModelInfo
 from serve_app.options import DeploymentOptions, merge_deployment_options
 
@@ -32,6 +34,9 @@ _INGRESS: Any = Ingress
 
 UNIVERSAL_VOCODER = "universal-vocoder"
 INGRESS = "ingress"
+# Ingress slots beyond the admission limit, so that refusals (and /health, /v1/models) reach the
+# replica and get its JSON 503 instead of queueing in Ray's proxy.
+INGRESS_HEADROOM = 32
 
 
 class AppArgs(BaseModel):
@@ -46,6 +51,19 @@ class AppArgs(BaseModel):
     device: str = Field("auto", description='Torch device in replicas: "auto" (CUDA if visible), "cpu", "cuda".')
     deployments: dict[str, DeploymentOptions] = Field(
         default_factory=dict, description="Options per deployment name, merged over the addon's hints."
+    )
+    max_body_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest request body accepted, bytes; a larger one gets 413 unread."
+    )
+    max_concurrent_streams: int = Field(
+        64, ge=1, description="Speech requests in flight per ingress replica; the next gets 503 with Retry-After."
+    )
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description=(
+            "API keys accepted as 'Authorization: Bearer <key>', or their digests as 'sha256:<hex>'; "
+            f"${API_KEYS_ENV} (comma-separated) adds more. None at all: no authentication."
+        ),
     )
 
     @field_validator("addons")
@@ -110,5 +128,17 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
             vocoder,
         )
         models[m.name] = ModelInfo.of(m)
-    ingress = _INGRESS.options(name=INGRESS, **_options(args, INGRESS, None))
-    return ingress.bind(models, handles)
+    ingress_defaults = {"max_ongoing_requests": args.max_concurrent_streams + INGRESS_HEADROOM}
+    ingress_options = merge_deployment_options(ingress_defaults, None, args.deployments.get(INGRESS))
+    ingress = _INGRESS.options(name=INGRESS, **ingress_options)
+    return ingress.bind(models, handles, _http_policy(args))
+
+
+def _http_policy(args: AppArgs) -> HttpPolicy:
+    """The ingress's HTTP limits; API keys (from args and the environment of this process) as digests only."""
+    keys = [k.get_secret_value() for k in args.api_keys] + os.environ.get(API_KEYS_ENV, "").split(",")
+    return HttpPolicy(
+        max_body_bytes=args.max_body_bytes,
+        max_concurrent_streams=args.max_concurrent_streams,
+        api_key_digests=key_digests(keys),
+    )

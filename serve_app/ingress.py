@@ -8,6 +8,7 @@ status; after that a failure cuts the stream (audio) or ends it with an error ev
 """
 
 import asyncio
+import logging
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from addons.frontend import Frontend
 from addons.manifest import AddonManifest
 from addons.voice import resolve_options
 from serve_app.audio_format import AudioEncoder, UnsupportedFormatError, make_encoder
+from serve_app.http import HttpPolicy, install
 from serve_app.schemas import (
     SSE_MEDIA_TYPE,
     ErrorBody,
@@ -35,13 +37,16 @@ from serve_app.schemas import (
     SpeechRequest,
     SpeechUsage,
     error_response,
-    install_error_handlers,
     sse_event,
 )
 
 __all__ = ["Ingress", "ModelInfo"]
 
 RETRY_AFTER_S = "1"
+MID_STREAM_FAILURE = "synthesis failed mid-stream; the audio so far is incomplete, retry the request"
+SPEECH_PATH = "/v1/audio/speech"
+PROBE_PATHS = ("/health", "/ready")  # open to health checkers even when API keys are on
+logger = logging.getLogger("ray.serve")
 OVERLOAD = (BackPressureError, DeploymentUnavailableError)
 OUTCOME_TAGS: Any = ("model", "outcome")  # Ray's stub types tag_keys as a 1-tuple
 
@@ -109,16 +114,29 @@ class _Encoded:
         return self.encoder.encode(chunk)
 
 
+def _replica_policy() -> HttpPolicy:
+    """The HTTP policy of the ingress replica serving the current request."""
+    ingress: Any = serve.get_replica_context().servable_object
+    policy: HttpPolicy = ingress.http_policy
+    return policy
+
+
 app = FastAPI(title="Chorus", description="Many text-to-speech models side by side.")
-install_error_handlers(app)
+install(app, _replica_policy, stream_paths=(SPEECH_PATH,), open_paths=PROBE_PATHS)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, models: dict[str, ModelInfo], handles: dict[str, tuple[Any, Any, Any]]) -> None:
+    def __init__(
+        self,
+        models: dict[str, ModelInfo],
+        handles: dict[str, tuple[Any, Any, Any]],
+        http_policy: HttpPolicy | None = None,
+    ) -> None:
         self.models = models
         self.handles = handles
+        self.http_policy = http_policy or HttpPolicy()
         tags = ("model",)
         self.ttfa = Histogram(
             "chorus_time_to_first_audio_seconds",
@@ -159,11 +177,14 @@ class Ingress:
 
     @app.get("/ready")
     async def ready(self) -> Response:
-        calls = [stage.ready.remote() for trio in self.handles.values() for stage in trio]
         try:
+            calls = [stage.ready.remote() for trio in self.handles.values() for stage in trio]
             await asyncio.wait_for(asyncio.gather(*calls), timeout=5.0)
-        except Exception as exc:  # any stage not answering means not ready
-            return JSONResponse({"status": "not ready", "detail": f"{type(exc).__name__}: {exc}"}, status_code=503)
+        except Exception:  # any stage not answering means not ready; which and why is for the log
+            logger.warning("not ready: a model stage did not answer", exc_info=True)
+            message = "not ready: a model stage is not answering yet"
+            headers = {"Retry-After": RETRY_AFTER_S}
+            return error_response(503, message, type="server_error", code="not_ready", headers=headers)
         return JSONResponse({"status": "ready", "models": sorted(self.models)})
 
     @app.get("/metrics")
@@ -173,10 +194,10 @@ class Ingress:
         url = f"http://127.0.0.1:{node['MetricsExportPort']}/metrics"
         try:
             body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
-        except OSError as exc:
-            return JSONResponse(
-                {"error": {"message": f"metrics exporter unreachable: {exc}", "type": "server_error"}}, status_code=503
-            )
+        except OSError:
+            logger.warning("metrics exporter at %s unreachable", url, exc_info=True)
+            message = "metrics are unavailable: this node's exporter is not answering"
+            return error_response(503, message, type="server_error", code="metrics_unavailable")
         return Response(body, media_type="text/plain; version=0.0.4")
 
     # -- speech -----------------------------------------------------------------------------------
@@ -258,9 +279,10 @@ class Ingress:
         try:
             async for data in audio:
                 yield sse_event(SpeechAudioDelta.of(data))
-        except Exception as exc:  # the client must see the failure, not a short "complete" stream
+        except Exception:  # the client must see the failure, not a short "complete" stream
             self.outcomes.inc(tags={"model": body.model, "outcome": "failed_mid_stream"})
-            detail = ErrorDetail(message=f"synthesis failed: {type(exc).__name__}: {exc}", type="server_error")
+            logger.exception("speech stream (sse) for model %r failed mid-stream", body.model)
+            detail = ErrorDetail(message=MID_STREAM_FAILURE, type="server_error", code="synthesis_failed")
             yield sse_event(ErrorBody(error=detail))
             return
         yield sse_event(SpeechAudioDone(usage=SpeechUsage.of(len(body.input), audio.samples)))
