@@ -34,6 +34,8 @@ _INGRESS: Any = Ingress
 
 UNIVERSAL_VOCODER = "universal-vocoder"
 INGRESS = "ingress"
+DECODER_REPLICAS = 2  # by default, where the cluster has room: a lost replica never takes a model down
+DECODER_CPUS = 0.25  # the decoder deployment's num_cpus unless options say otherwise
 # Ingress slots beyond the admission limit, so that refusals (and /health, /v1/models) reach the
 # replica and get its JSON 503 instead of queueing in Ray's proxy.
 INGRESS_HEADROOM = 32
@@ -95,6 +97,31 @@ def _options(args: AppArgs, name: str, hint: StageDeployment | None) -> dict[str
     return merge_deployment_options(None, hints, args.deployments.get(name))
 
 
+def _decoder_options(args: AppArgs, name: str, hint: StageDeployment) -> dict[str, Any]:
+    """A decoder runs two replicas by default, so that a lost one never makes its model unavailable
+    (streams resume on the other, see :mod:`serve_app.streams`), unless the cluster has no room for two."""
+    options = _options(args, name, hint)
+    if "num_replicas" in options or "autoscaling_config" in options:
+        return options
+    replicas = DECODER_REPLICAS if _room_for(DECODER_REPLICAS, options.get("ray_actor_options", {})) else 1
+    return merge_deployment_options({"num_replicas": replicas}, options)
+
+
+def _room_for(replicas: int, actor_options: dict[str, Any]) -> bool:
+    """Whether the running cluster (if this process is connected to one) holds ``replicas`` of this shape."""
+    import ray
+
+    if not ray.is_initialized():
+        return True  # building a config offline: the cluster decides (pending replicas are reported)
+    total = ray.cluster_resources()
+    need = {
+        "CPU": actor_options.get("num_cpus", DECODER_CPUS),
+        "GPU": actor_options.get("num_gpus", 0),
+        **actor_options.get("resources", {}),
+    }
+    return all(replicas * amount <= total.get(key, 0) for key, amount in need.items() if amount)
+
+
 def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
     """Bind the deployment graph for the requested addons (see the module docstring)."""
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
@@ -116,7 +143,7 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
         hints = m.deployment
         context = hints.encoders.context or args.context
         enc = _ENCODERS.options(name=f"{m.name}-encoders", **_options(args, f"{m.name}-encoders", hints.encoders))
-        dec = _DECODER.options(name=f"{m.name}-decoder", **_options(args, f"{m.name}-decoder", hints.decoder))
+        dec = _DECODER.options(name=f"{m.name}-decoder", **_decoder_options(args, f"{m.name}-decoder", hints.decoder))
         if m.uses_own_vocoder:
             voc = _VOCODER.options(name=f"{m.name}-vocoder", **_options(args, f"{m.name}-vocoder", hints.vocoder))
             vocoder = voc.bind({m.name: str(directory)}, args.device)

@@ -39,6 +39,7 @@ from serve_app.schemas import (
     error_response,
     sse_event,
 )
+from serve_app.streams import LOST_REPLICA, NoSpeakableText, StageHandles, synthesize
 
 __all__ = ["Ingress", "ModelInfo"]
 
@@ -47,7 +48,7 @@ MID_STREAM_FAILURE = "synthesis failed mid-stream; the audio so far is incomplet
 SPEECH_PATH = "/v1/audio/speech"
 PROBE_PATHS = ("/health", "/ready")  # open to health checkers even when API keys are on
 logger = logging.getLogger("ray.serve")
-OVERLOAD = (BackPressureError, DeploymentUnavailableError)
+OVERLOAD = (BackPressureError, DeploymentUnavailableError, *LOST_REPLICA)  # lost: after MAX_RESUMES tries
 OUTCOME_TAGS: Any = ("model", "outcome")  # Ray's stub types tag_keys as a 1-tuple
 
 
@@ -244,27 +245,16 @@ class Ingress:
             raise SpeechError(503, f"overloaded, retry shortly ({type(exc).__name__})", code="overloaded") from None
 
     async def _synthesize(self, model: str, text: str, options: dict[str, Any]) -> AsyncIterator[np.ndarray]:
-        """Audio chunks for ``text``: sentences are encoded one ahead of the one being decoded."""
+        """Audio chunks for ``text``, resumed on another replica if one dies under the stream."""
         encoders, decoder, vocoder = self.handles[model]
         sentences = Frontend.split_sentences(Frontend.normalize(text))
-        pending = [encoders.encode.remote(s) for s in sentences[:1]]
-        state = await vocoder.start.remote(model)
-        spoken = False
-        for index in range(len(sentences)):
-            features_list = await pending.pop(0)
-            if index + 1 < len(sentences):
-                pending.append(encoders.encode.remote(sentences[index + 1]))
-            for features in features_list:
-                spoken = True
-                async for mel in decoder.decode.options(stream=True).remote(features, options):
-                    audio, state = await vocoder.process.remote(model, state, mel, options)
-                    if audio.size:
-                        yield audio
-        if not spoken:
-            raise SpeechError(400, "input has no speakable characters", "input", "no_speakable_text")
-        tail = await vocoder.finish.remote(model, state, options)
-        if tail.size:
-            yield tail
+        handles = StageHandles(encoders, decoder, vocoder)
+        resumed = lambda stage: self.outcomes.inc(tags={"model": model, "outcome": f"resumed_{stage}"})  # noqa: E731
+        try:
+            async for audio in synthesize(handles, model, sentences, options, on_resume=resumed):
+                yield audio
+        except NoSpeakableText:
+            raise SpeechError(400, "input has no speakable characters", "input", "no_speakable_text") from None
 
     async def _audio(self, body: SpeechRequest, audio: _Encoded, start: float, rate: int) -> AsyncIterator[bytes]:
         try:
