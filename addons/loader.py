@@ -54,15 +54,19 @@ def list_addons() -> list[tuple[Path, AddonManifest]]:
 
 
 def load(
-    name_or_path: str | os.PathLike[str] | None = None, context: str = "dynamic", device: str | torch.device = "cpu"
+    name_or_path: str | os.PathLike[str] | None = None,
+    context: str = "dynamic",
+    device: str | torch.device = "cpu",
+    batching: int = 0,
 ) -> Voice:
-    """Load an addon as a :class:`Voice`; ``context`` is ``"dynamic"`` or ``"static"``, ``device`` may be ``"auto"``."""
+    """Load an addon as a :class:`Voice`; ``context`` is ``"dynamic"`` or ``"static"``, ``device`` may be ``"auto"``;
+    ``batching`` > 0 lets that many concurrent streams share each forward pass."""
     try:
         ctx = ExecutionContext(context)
     except ValueError:
         raise AddonError(f'unknown context "{context}" (known: dynamic, static)') from None
     directory = find_addon(name_or_path if name_or_path is not None else DEFAULT_ADDON)
-    return Voice(read_manifest(directory), directory, ctx, resolve_device(device))
+    return Voice(read_manifest(directory), directory, ctx, resolve_device(device), batching)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

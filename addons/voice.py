@@ -87,8 +87,11 @@ class NetworkLoader:
     checks each against its declared signature; a refused file is an :class:`AddonError`.
     """
 
-    def __init__(self, manifest: AddonManifest, directory: Path, context: ExecutionContext) -> None:
+    def __init__(
+        self, manifest: AddonManifest, directory: Path, context: ExecutionContext, batching: int = 0
+    ) -> None:
         self.manifest, self.directory, self.context = manifest, directory, context
+        self.batching = batching  # > 0: streams calling a network at once share a pass, at most this many
         self._programs: dict[tuple[str, str], NetworkRunner] = {}
         self._lock = threading.Lock()
 
@@ -104,7 +107,10 @@ class NetworkLoader:
                 except NetworkFileError as exc:
                     raise AddonError(f"{path}: {exc}") from None
                 module = program.module().to(device)
-                self._programs[key] = NetworkRunner(name, spec, module, self.context, device)
+                runner = NetworkRunner(name, spec, module, self.context, device)
+                if self.batching:
+                    runner.enable_batching(self.batching)
+                self._programs[key] = runner
             return self._programs[key]
 
     def _check_static(self, name: str, spec: NetworkSpec, longest: int | None) -> None:
@@ -135,11 +141,16 @@ class AudioStage:
             self.effects.append(effect)
 
     @classmethod
-    def load(cls, directory: Path, manifest: AddonManifest, device: str | torch.device = "cpu") -> AudioStage:
-        loader = NetworkLoader(manifest, directory, ExecutionContext.DYNAMIC)
-        return cls(
+    def load(
+        cls, directory: Path, manifest: AddonManifest, device: str | torch.device = "cpu", batching: int = 0
+    ) -> AudioStage:
+        loader = NetworkLoader(manifest, directory, ExecutionContext.DYNAMIC, batching)
+        stage = cls(
             manifest, BuildEnv(loader, manifest.networks, manifest.mel, ExecutionContext.DYNAMIC, torch.device(device))
         )
+        if batching:
+            stage.vocoder.enable_batching(batching)
+        return stage
 
     def start(self) -> Any:
         return self.vocoder.start()
@@ -200,19 +211,24 @@ class Voice:
         directory: Path,
         context: ExecutionContext | str = "dynamic",
         device: str | torch.device = "cpu",
+        batching: int = 0,
     ) -> None:
+        """``batching`` > 0 lets concurrent streams share forward passes, that many at most
+        (see :mod:`blocks.batching`); results equal unbatched ones to float rounding."""
         self.manifest = manifest
         self.directory = directory
         self.context = ExecutionContext(context)
         self.device = torch.device(device)
         self.frontend = Frontend(manifest.frontend)
-        self._load_network = NetworkLoader(manifest, directory, self.context)
+        self._load_network = NetworkLoader(manifest, directory, self.context, batching)
         env = BuildEnv(self._load_network, manifest.networks, manifest.mel, self.context, self.device)
         stack = env.build(parse_stack(manifest.stack))
         assert isinstance(stack, StreamableStack)
         self.stack: StreamableStack = stack
         self.audio = AudioStage(manifest, env)
         self.vocoder = self.audio.vocoder
+        if batching:
+            self.vocoder.enable_batching(batching)
 
     # -- identity -----------------------------------------------------------------------------
     @property

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from blocks.batching import BatchQueue, stack_call
+
 __all__ = [
     "MAX_FRAMES",
     "ExecutionContext",
@@ -162,6 +164,7 @@ class NetworkRunner:
     module: Callable[..., object]
     context: ExecutionContext = ExecutionContext.DYNAMIC
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    batch_queue: BatchQueue[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]] | None = None
 
     # -- plain calls -------------------------------------------------------------------------
     def call(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -172,17 +175,62 @@ class NetworkRunner:
                 raise KeyError(f"network {self.name!r} needs input {t.name!r}")
             args.append(inputs[t.name].to(self.device, t.torch_dtype))
         try:
-            with torch.inference_mode():
-                out = self.module(*args)
+            if self.batch_queue is not None and all(a.shape[0] == 1 for a in args):
+                outs = self.batch_queue(tuple(args))
+            else:
+                outs = self._forward(*args)
         except Exception as exc:  # the addon's network, not Chorus: say which one, keep the cause
             shapes = ", ".join(f"{t.name} {list(a.shape)}" for t, a in zip(self.spec.inputs, args, strict=True))
             raise NetworkError(f"network {self.name!r} failed on {shapes}: {type(exc).__name__}: {exc}") from exc
-        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return {t.name: o.detach().to("cpu") for t, o in zip(self.spec.outputs, outs, strict=True)}
+
+    def _forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.inference_mode():
+            out = self.module(*args)
+        outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
         if len(outs) != len(self.spec.outputs):
             raise NetworkError(
                 f"network {self.name!r} returned {len(outs)} outputs, its signature declares {len(self.spec.outputs)}"
             )
-        return {t.name: o.detach().to("cpu") for t, o in zip(self.spec.outputs, outs, strict=True)}
+        return outs  # type: ignore[return-value]
+
+    def enable_batching(self, max_batch: int = 32) -> bool:
+        """Share forward passes between streams calling at once (see :mod:`blocks.batching`).
+
+        Only where every input and output has the batch on axis 0, not in the static context
+        (networks compiled for fixed sizes are compiled for batch 1), and only if a probe shows
+        that this network's batched results equal its one-by-one results to the bit on this
+        machine: kernels may sum in another order for another batch size, and a vocoder such as
+        Griffin-Lim can turn such rounding into audible differences. Returns whether on.
+        """
+        batched = all(t.shape[0] == "B" for t in (*self.spec.inputs, *self.spec.outputs))
+        if self.context is ExecutionContext.STATIC or not batched or not self._batch_exact():
+            return False
+        self.batch_queue = BatchQueue(lambda items: stack_call(self._forward, items), _shapes, max_batch)
+        return True
+
+    def _batch_exact(self, lengths: tuple[int, ...] = (23, 96), sizes: tuple[int, ...] = (2, 3, 8)) -> bool:
+        gen = torch.Generator().manual_seed(0)
+        for length in lengths:
+            items = [self._probe_inputs(length, gen) for _ in range(max(sizes))]
+            single = [self._forward(*item) for item in items]
+            for size in sizes:
+                for got, want in zip(stack_call(self._forward, items[:size]), single, strict=False):
+                    if not all(torch.equal(g, w) for g, w in zip(got, want, strict=True)):
+                        return False
+        return True
+
+    def _probe_inputs(self, length: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        args = []
+        for t in self.spec.inputs:
+            shape = [1 if d == "B" else length * (t.time_scale or 1) if isinstance(d, str) else d for d in t.shape]
+            if t.name == "mask":
+                args.append(torch.ones(shape))
+            elif t.dtype == "int64":
+                args.append(torch.randint(1, 3, shape, generator=gen))
+            else:
+                args.append(torch.randn(shape, generator=gen))
+        return tuple(a.to(self.device) for a in args)
 
     def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Whole-sequence call: as is in the dynamic context; windowed and padded in the static one."""
@@ -241,6 +289,10 @@ class NetworkRunner:
             mask[:, : length if valid is None else valid] = 1.0
             full["mask"] = mask
         return full
+
+
+def _shapes(args: tuple[torch.Tensor, ...]) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(a.shape) for a in args)
 
 
 def _concat_outputs(parts: list[dict[str, torch.Tensor]], spec: NetworkSpec) -> dict[str, torch.Tensor]:

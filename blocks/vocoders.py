@@ -28,6 +28,7 @@ from blocks.base import (
     StreamableBlock,
     StreamKind,
 )
+from blocks.batching import BatchQueue
 from blocks.network import WindowState
 
 __all__ = ["GriffinLim", "NeuralVocoder", "Vocoder"]
@@ -54,6 +55,10 @@ class Vocoder(StreamableBlock):
             got = env.kind.value if env.kind else "nothing"
             raise env.error(f'{cls.type_name} consumes a "mel" stream, upstream gives {got}')
         return PlanEnv(env.keys, StreamKind.AUDIO, env.networks, env.path)
+
+    def enable_batching(self, max_batch: int = 32) -> bool:
+        """Share work between streams vocoding at once (see :mod:`blocks.batching`); whether on."""
+        return False
 
     def start(self) -> Any:
         raise NotImplementedError
@@ -111,6 +116,11 @@ class GriffinLim(Vocoder):
     def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
         super().__init__(config, env, children)
         self.inverse_fb = _inverse_filterbank(self.mel)
+        self._queue: BatchQueue[_Window, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def enable_batching(self, max_batch: int = 32) -> bool:
+        self._queue = BatchQueue(self._griffin_lim_batch, lambda w: (tuple(w[0].shape), w[2]), max_batch)
+        return True
 
     def start(self) -> GriffinLimState:
         return GriffinLimState()
@@ -146,7 +156,8 @@ class GriffinLim(Vocoder):
         if state.angles is not None:
             shared = min(state.angles.shape[1], n_frames)
             angles[:, :shared] = state.angles[:, :shared]
-        audio, angles = self._griffin_lim(magnitude, angles, n_frames * hop)
+        window = (magnitude, angles, n_frames * hop)
+        audio, angles = self._queue(window) if self._queue is not None else self._griffin_lim_batch([window])[0]
         emitted = audio[n_left * hop : (n_left + block) * hop].clone()
         if state.tail is not None:
             fade = torch.linspace(0.0, 1.0, state.tail.numel() + 2)[1:-1]
@@ -161,9 +172,16 @@ class GriffinLim(Vocoder):
         state.windows += 1
         return emitted
 
+    def _griffin_lim_batch(self, windows: list[_Window]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Windows of equal shape, run as one batch (the FFTs treat each item alone)."""
+        magnitude = torch.stack([w[0] for w in windows])
+        audio, angles = self._griffin_lim(magnitude, torch.stack([w[1] for w in windows]), windows[0][2])
+        return [(audio[i], angles[i]) for i in range(len(windows))]
+
     def _griffin_lim(
         self, magnitude: torch.Tensor, angles: torch.Tensor, length: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``magnitude`` and ``angles`` ``[B, n_freq, frames]`` -> audio ``[B, length]`` and angles."""
         cfg, mel = self.config, self.mel
         assert isinstance(cfg, GriffinLimConfig)
         window = stft_window(mel.win_length)
@@ -172,7 +190,7 @@ class GriffinLim(Vocoder):
         alpha = cfg.momentum / (1 + cfg.momentum)
         for _ in range(cfg.n_iter):
             audio = torch.istft(magnitude * angles, length=length, **kw)  # type: ignore[arg-type]
-            rebuilt = torch.stft(audio, return_complex=True, **kw)[:, : magnitude.shape[1]]  # type: ignore[arg-type]
+            rebuilt = torch.stft(audio, return_complex=True, **kw)[..., : magnitude.shape[-1]]  # type: ignore[arg-type]
             angles = rebuilt - alpha * previous
             angles = angles / (angles.abs() + 1e-16)
             previous = rebuilt
@@ -183,6 +201,9 @@ class GriffinLim(Vocoder):
 @functools.lru_cache(maxsize=8)
 def _inverse_filterbank(mel: MelSettings) -> torch.Tensor:
     return torch.linalg.pinv(mel_filterbank(mel))
+
+
+_Window = tuple[torch.Tensor, torch.Tensor, int]  # magnitude, initial angles [n_freq, frames], samples
 
 
 def _cat_audio(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -230,6 +251,9 @@ class NeuralVocoder(Vocoder):
                 f'network "{config.network}" makes {audio.time_scale} samples per frame, the addon\'s hop_length is {self.mel.hop_length}'
             )
         self.audio_output = audio.name
+
+    def enable_batching(self, max_batch: int = 32) -> bool:
+        return self.runner.enable_batching(max_batch)
 
     def start(self) -> NeuralVocoderState:
         return NeuralVocoderState()

@@ -19,7 +19,7 @@ from ray.serve import Application
 
 import addons
 from addons.manifest import AddonManifest, StageDeployment
-from serve_app.deployments import DecoderDeployment, EncodersDeployment, VocoderDeployment
+from serve_app.deployments import DEFAULT_BATCHING, DecoderDeployment, EncodersDeployment, VocoderDeployment
 from serve_app.http import API_KEYS_ENV, HttpPolicy, key_digests
 from serve_app.ingress import Ingress, ModelInfo
 from serve_app.options import DeploymentOptions, merge_deployment_options
@@ -53,6 +53,15 @@ class AppArgs(BaseModel):
     device: str = Field("auto", description='Torch device in replicas: "auto" (CUDA if visible), "cpu", "cuda".')
     deployments: dict[str, DeploymentOptions] = Field(
         default_factory=dict, description="Options per deployment name, merged over the addon's hints."
+    )
+    batching: int = Field(
+        DEFAULT_BATCHING,
+        ge=0,
+        le=256,
+        description=(
+            "Continuous batching: streams on one decoder or vocoder replica that share a forward pass, "
+            "at most; 0 runs every stream alone (the static context never batches)."
+        ),
     )
     max_body_bytes: int = Field(
         64 * 1024, ge=1024, description="Largest request body accepted, bytes; a larger one gets 413 unread."
@@ -133,7 +142,9 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
         raise ValueError(f"deployments has unknown names {unknown} (known: {', '.join(sorted(known))})")
     shared = {m.name: str(d) for d, m in found if not m.uses_own_vocoder}
     universal = (
-        _VOCODER.options(name=UNIVERSAL_VOCODER, **_options(args, UNIVERSAL_VOCODER, None)).bind(shared, args.device)
+        _VOCODER.options(name=UNIVERSAL_VOCODER, **_options(args, UNIVERSAL_VOCODER, None)).bind(
+            shared, args.device, args.batching
+        )
         if shared
         else None
     )
@@ -146,12 +157,12 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
         dec = _DECODER.options(name=f"{m.name}-decoder", **_decoder_options(args, f"{m.name}-decoder", hints.decoder))
         if m.uses_own_vocoder:
             voc = _VOCODER.options(name=f"{m.name}-vocoder", **_options(args, f"{m.name}-vocoder", hints.vocoder))
-            vocoder = voc.bind({m.name: str(directory)}, args.device)
+            vocoder = voc.bind({m.name: str(directory)}, args.device, args.batching)
         else:
             vocoder = universal
         handles[m.name] = (
             enc.bind(str(directory), context, args.device),
-            dec.bind(str(directory), hints.decoder.context or args.context, args.device),
+            dec.bind(str(directory), hints.decoder.context or args.context, args.device, args.batching),
             vocoder,
         )
         models[m.name] = ModelInfo.of(m)

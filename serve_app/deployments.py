@@ -9,10 +9,14 @@ that hung up reaches the replica at its next ``await``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import ray
@@ -21,15 +25,34 @@ from ray import serve
 import addons
 from addons.voice import AudioStage
 from blocks import Request
+from blocks.batching import DEADLINE
+
+T = TypeVar("T")
 
 __all__ = ["DecoderDeployment", "EncodersDeployment", "VocoderDeployment"]
 
-# Small chunks cost a handle round trip each; coalesce mel to at least this many frames.
+# Each mel chunk costs a handle round trip to the vocoder. The first chunk is small, for a quick
+# first audio; later ones grow (x2 each) up to MAX_MEL_CHUNK: a stream of n frames makes about
+# log2(MAX/MIN) + n / MAX hops instead of n / MIN.
 MIN_MEL_CHUNK = 24
+MAX_MEL_CHUNK = 192
 BATCH_SIZE = 8
+# Streams a replica steps at once (each waits in a worker thread while its batch runs).
+STREAM_THREADS = 64
+DEFAULT_BATCHING = 32  # streams sharing one forward pass, at most; 0 turns continuous batching off
 
 
 class _Replica:
+    _pool: ThreadPoolExecutor | None = None
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
+        """``fn(*args)`` in this replica's stream threads, its network calls carrying ``deadline``."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(STREAM_THREADS, thread_name_prefix=f"chorus-{type(self).__name__}")
+        context = contextvars.copy_context()
+        context.run(DEADLINE.set, deadline)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(context.run, fn, *args))
+
     def pid(self) -> int:
         """This replica's process id (fault-injection tests, diagnostics)."""
         return os.getpid()
@@ -66,12 +89,14 @@ class EncodersDeployment(_Replica):
         return await asyncio.to_thread(self.voice.encode_batch, batch)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8)
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
 class DecoderDeployment(_Replica):
     """The StreamableBlock side of one addon: features -> a stream of mel chunks [F, n_mels]."""
 
-    def __init__(self, addon_dir: str, context: str = "dynamic", device: str = "auto") -> None:
-        self.voice = addons.load(Path(addon_dir), context=context, device=device)
+    def __init__(
+        self, addon_dir: str, context: str = "dynamic", device: str = "auto", batching: int = DEFAULT_BATCHING
+    ) -> None:
+        self.voice = addons.load(Path(addon_dir), context=context, device=device, batching=batching)
         self.active = 0  # streams in progress
         self.frames = 0  # mel frames produced since start
 
@@ -79,30 +104,41 @@ class DecoderDeployment(_Replica):
         """This replica's streams in progress and frames produced (cancelled streams stop working)."""
         return {"active": self.active, "frames": self.frames, "pid": os.getpid()}
 
-    async def decode(self, features: dict[str, np.ndarray], options: dict[str, Any]) -> AsyncIterator[np.ndarray]:
-        """``options`` are resolved already (see ``addons.voice.resolve_options``)."""
+    async def decode(
+        self, features: dict[str, np.ndarray], options: dict[str, Any], deadline: float | None = None
+    ) -> AsyncIterator[np.ndarray]:
+        """Mel chunks of one sentence, growing from MIN_MEL_CHUNK to MAX_MEL_CHUNK frames.
+
+        ``options`` are resolved already (see ``addons.voice.resolve_options``). ``deadline``
+        (Unix seconds) is when the listener's buffer runs dry at the start of this sentence
+        (now, if nothing was heard yet); each chunk's network calls are ranked by it, plus the
+        audio already produced, so streams ahead of playback yield to newer ones.
+        """
         chunks = self.voice.decode(features, Request(options=options))
+        frame_s = self.voice.hop_length / self.voice.sample_rate
+        start = time.time() if deadline is None else deadline
         pending: list[np.ndarray] = []
-        held = 0
+        held, produced, target = 0, 0, MIN_MEL_CHUNK
         self.active += 1
         try:
             while True:
-                chunk = await asyncio.to_thread(next, chunks, None)
+                chunk = await self._in_thread(next, chunks, None, deadline=start + produced * frame_s)
                 if chunk is None:
                     break
                 self.frames += len(chunk)
+                produced += len(chunk)
                 pending.append(chunk)
                 held += len(chunk)
-                if held >= MIN_MEL_CHUNK:
+                if held >= target:
                     yield np.concatenate(pending)
-                    pending, held = [], 0
+                    pending, held, target = [], 0, min(2 * target, MAX_MEL_CHUNK)
             if pending:
                 yield np.concatenate(pending)
         finally:  # also on cancellation, when the client has gone
             self.active -= 1
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16)
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 class VocoderDeployment(_Replica):
     """Mel -> audio for the addons it serves (the shared universal vocoder, or one addon's own).
 
@@ -110,11 +146,13 @@ class VocoderDeployment(_Replica):
     ``process`` call to the next, so any replica can take any chunk.
     """
 
-    def __init__(self, addon_dirs: dict[str, str], device: str = "auto") -> None:
+    def __init__(self, addon_dirs: dict[str, str], device: str = "auto", batching: int = DEFAULT_BATCHING) -> None:
         self.stages: dict[str, AudioStage] = {}
         for name, directory in addon_dirs.items():
             manifest = addons.read_manifest(Path(directory))
-            self.stages[name] = AudioStage.load(Path(directory), manifest, addons.loader.resolve_device(device))
+            self.stages[name] = AudioStage.load(
+                Path(directory), manifest, addons.loader.resolve_device(device), batching
+            )
 
     def _stage(self, model: str) -> AudioStage:
         if model not in self.stages:
@@ -127,13 +165,19 @@ class VocoderDeployment(_Replica):
         return stage.pack(stage.start())  # type: ignore[no-any-return]
 
     async def process(
-        self, model: str, state: dict[str, Any], mel: np.ndarray, options: dict[str, Any]
+        self,
+        model: str,
+        state: dict[str, Any],
+        mel: np.ndarray,
+        options: dict[str, Any],
+        deadline: float | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
+        """The audio of ``mel`` that is now final, and the new state; ``deadline`` ranks the work."""
         stage = self._stage(model)
         live = stage.unpack(state)
-        audio = await asyncio.to_thread(stage.process, live, mel, Request(options=options))
+        audio = await self._in_thread(stage.process, live, mel, Request(options=options), deadline=deadline)
         return audio, stage.pack(live)
 
     async def finish(self, model: str, state: dict[str, Any], options: dict[str, Any]) -> np.ndarray:
         stage = self._stage(model)
-        return await asyncio.to_thread(stage.finish, stage.unpack(state), Request(options=options))
+        return await self._in_thread(stage.finish, stage.unpack(state), Request(options=options))

@@ -210,7 +210,9 @@ class Ingress:
             audio = self._synthesize(body.model, body.input, resolved)
             first = await self._first_chunk(audio)
         except SpeechError as exc:
-            self.outcomes.inc(tags={"model": body.model, "outcome": f"http_{exc.status}"})
+            # An unknown model is the client's text: not a tag (Ray's metrics take ASCII only, and few values).
+            model = body.model if body.model in self.models else "unknown"
+            self.outcomes.inc(tags={"model": model, "outcome": f"http_{exc.status}"})
             return exc.response()
         self.ttfa.observe(time.perf_counter() - start, tags={"model": body.model})
         rate = info.manifest.mel.sample_rate
@@ -251,7 +253,8 @@ class Ingress:
         handles = StageHandles(encoders, decoder, vocoder)
         resumed = lambda stage: self.outcomes.inc(tags={"model": model, "outcome": f"resumed_{stage}"})  # noqa: E731
         try:
-            async for audio in synthesize(handles, model, sentences, options, on_resume=resumed):
+            rate = self.models[model].manifest.mel.sample_rate
+            async for audio in synthesize(handles, model, sentences, options, rate, on_resume=resumed):
                 yield audio
         except NoSpeakableText:
             raise SpeechError(400, "input has no speakable characters", "input", "no_speakable_text") from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -86,10 +87,11 @@ async def synthesize(
     model: str,
     sentences: list[str],
     options: dict[str, Any],
+    sample_rate: int,
     on_resume: Callable[[str], None] | None = None,
 ) -> AsyncIterator[np.ndarray]:
     """Audio chunks for ``sentences``; the next sentence is encoded while this one is decoded."""
-    stream = _Stream(handles, model, options, _Resumes(on_resume=on_resume))
+    stream = _Stream(handles, model, options, _Resumes(on_resume=on_resume), sample_rate)
     pending = [stream.encoding(s) for s in sentences[:1]]
     await stream.start()
     spoken = False
@@ -109,15 +111,30 @@ async def synthesize(
         raise NoSpeakableText("input has no speakable characters")
     tail = await stream.finish()
     if tail.size:
-        yield tail
+        yield stream.sent(tail)
 
 
 class _Stream:
-    """One utterance's position: the vocoder state it carries between calls."""
+    """One utterance's position: the vocoder state it carries between calls, and its playback clock."""
 
-    def __init__(self, handles: StageHandles, model: str, options: dict[str, Any], resumes: _Resumes) -> None:
+    def __init__(
+        self, handles: StageHandles, model: str, options: dict[str, Any], resumes: _Resumes, sample_rate: int
+    ) -> None:
         self.handles, self.model, self.options, self.resumes = handles, model, options, resumes
+        self.sample_rate = sample_rate
         self.state: Any = None
+        self.first_audio: float | None = None  # Unix time the listener got the first samples
+        self.samples = 0  # samples sent so far
+
+    def deadline(self) -> float | None:
+        """When the listener's buffer runs dry (Unix seconds); None before any audio: now."""
+        return None if self.first_audio is None else self.first_audio + self.samples / self.sample_rate
+
+    def sent(self, audio: np.ndarray) -> np.ndarray:
+        if self.first_audio is None:
+            self.first_audio = time.time()
+        self.samples += audio.size
+        return audio
 
     def encoding(self, sentence: str) -> asyncio.Future[list[dict[str, np.ndarray]]]:
         encode = self.handles.encoders.encode
@@ -142,21 +159,22 @@ class _Stream:
         while True:
             self.state, produced = begin, 0
             try:
-                async for mel in self.handles.decoder.decode.options(stream=True).remote(features, self.options):
+                decode = self.handles.decoder.decode.options(stream=True)
+                async for mel in decode.remote(features, self.options, self.deadline()):
                     audio = await self._vocode(mel)
                     skip = min(max(sent - produced, 0), audio.size)
                     produced += audio.size
                     if audio.size > skip:
                         sent += audio.size - skip
-                        yield audio[skip:]
+                        yield self.sent(audio[skip:])
                 return
             except LOST_REPLICA as exc:
                 self.resumes.spend("decoder", exc)
                 await asyncio.sleep(RETRY_DELAY_S)
 
     async def _vocode(self, mel: np.ndarray) -> np.ndarray:
-        vocoder, state = self.handles.vocoder, self.state
+        vocoder, state, deadline = self.handles.vocoder, self.state, self.deadline()
         audio, self.state = await _call(
-            self.resumes, "vocoder", lambda: vocoder.process.remote(self.model, state, mel, self.options)
+            self.resumes, "vocoder", lambda: vocoder.process.remote(self.model, state, mel, self.options, deadline)
         )
         return audio  # type: ignore[no-any-return]

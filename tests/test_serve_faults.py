@@ -2,6 +2,8 @@
 
 The ingress resumes each stream on the surviving replica from the sentence it was in (synthesis
 is deterministic), skipping the samples already sent; meanwhile the model stays available.
+Continuous batching is on (the default) and batches only where batched equals one-by-one to the
+bit, so the resumed audio is the same to the bit too.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def server(fixture_dir: Path) -> Iterator[str]:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(AppArgs(addons=[str(fixture_dir / "tiny-fast")])), name="chorus", route_prefix="/")
+        addon = [str(fixture_dir / "tiny-fast")]
+        serve.run(build_app(AppArgs(addons=addon)), name="chorus", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
@@ -50,13 +53,13 @@ def _speech(url: str, text: str = TEXT) -> bytes:
         return b"".join(r.iter_bytes())
 
 
-def _decoder() -> Any:
-    return serve.get_deployment_handle("tiny-fast-decoder", app_name="chorus")
+def _decoder(app: str) -> Any:
+    return serve.get_deployment_handle("tiny-fast-decoder", app_name=app)
 
 
-def _busy_replica(deadline: float) -> int:
+def _busy_replica(app: str, deadline: float) -> int:
     """The pid of a decoder replica that is decoding right now."""
-    decoder = _decoder()
+    decoder = _decoder(app)
     while time.monotonic() < deadline:
         stats = decoder.stats.remote().result()
         if stats["active"]:
@@ -71,22 +74,23 @@ def test_default_decoder_runs_two_replicas(server: str) -> None:
 
 
 def test_killed_decoder_replica_streams_complete_and_equal(server: str) -> None:
-    reference = _speech(server)
+    url, app = server, "chorus"
+    reference = _speech(url)
     assert len(reference) > 0
     results: list[bytes | BaseException] = []
 
     def listen() -> None:
         try:
-            results.append(_speech(server))
+            results.append(_speech(url))
         except BaseException as exc:
             results.append(exc)
 
     threads = [threading.Thread(target=listen) for _ in range(STREAMS)]
     for t in threads:
         t.start()
-    victim = _busy_replica(time.monotonic() + 30)
+    victim = _busy_replica(app, time.monotonic() + 30)
     os.kill(victim, signal.SIGKILL)
-    during = _speech(server, SENTENCE)  # the model stays available while the replica is replaced
+    during = _speech(url, SENTENCE)  # the model stays available while the replica is replaced
     for t in threads:
         t.join(timeout=120)
     assert len(during) > 0
@@ -97,7 +101,7 @@ def test_killed_decoder_replica_streams_complete_and_equal(server: str) -> None:
         assert result == reference
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # and the dead replica is replaced
-        status = serve.status().applications["chorus"].deployments["tiny-fast-decoder"]
+        status = serve.status().applications[app].deployments["tiny-fast-decoder"]
         if status.replica_states.get("RUNNING", 0) == 2:
             break
         time.sleep(0.2)

@@ -1,0 +1,155 @@
+"""Continuous batching: concurrent streams share forward passes, and batched equals unbatched."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import addons
+from blocks import NetworkRunner, NetworkSpec, TensorSpec
+from blocks.batching import BatchQueue, deadline
+
+TEXTS = [
+    "Batching shares one forward pass between streams.",
+    "A second stream, a little longer than the first one, joins in.",
+    "Short.",
+    "Streams join and leave between steps; nobody waits for the others to finish their sentences.",
+]
+
+
+def _in_threads(fn, n: int) -> list:  # type: ignore[no-untyped-def]
+    results: list = [None] * n
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = fn(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    if errors:
+        raise errors[0]
+    return results
+
+
+def test_calls_waiting_together_run_as_one_batch() -> None:
+    sizes: list[int] = []
+
+    def run(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        time.sleep(0.05)  # while this batch runs, the other callers queue up
+        return [x * 10 for x in items]
+
+    queue: BatchQueue[int, int] = BatchQueue(run, max_batch=8)
+    results = _in_threads(lambda i: queue(i), 8)
+    assert results == [i * 10 for i in range(8)]
+    assert max(sizes) > 1 and sum(sizes) == 8
+    assert queue.stats.calls == 8 and queue.stats.largest == max(sizes)
+
+
+def test_a_failing_item_fails_only_its_caller() -> None:
+    def run(items: list[int]) -> list[int]:
+        time.sleep(0.02)
+        if 3 in items:
+            raise ValueError("bad item 3")
+        return items
+
+    queue: BatchQueue[int, int] = BatchQueue(run)
+    outcomes = _in_threads(lambda i: _outcome(lambda: queue(i)), 6)
+    assert outcomes[3] == "ValueError" and all(outcomes[i] == i for i in range(6) if i != 3)
+
+
+def _outcome(fn):  # type: ignore[no-untyped-def]
+    try:
+        return fn()
+    except Exception as exc:
+        return type(exc).__name__
+
+
+def test_most_urgent_calls_run_first() -> None:
+    order: list[int] = []
+    gate = threading.Event()
+
+    def run(items: list[int]) -> list[int]:
+        if items == [0]:
+            gate.wait(5)  # hold the queue while the others line up
+        order.extend(items)
+        return items
+
+    queue: BatchQueue[int, int] = BatchQueue(run, max_batch=1)
+    first = threading.Thread(target=queue, args=(0,))
+    first.start()
+    time.sleep(0.05)
+    now = time.time()
+    waiting = []
+    for i, urgency in ((1, now + 30), (2, now + 10), (3, now + 20)):
+
+        def call(i: int = i, urgency: float = urgency) -> None:
+            with deadline(urgency):
+                queue(i)
+
+        t = threading.Thread(target=call)
+        t.start()
+        waiting.append(t)
+    time.sleep(0.1)
+    gate.set()
+    for t in [first, *waiting]:
+        t.join(5)
+    assert order == [0, 2, 3, 1]
+
+
+def _runner(module: torch.nn.Module) -> NetworkRunner:
+    spec = NetworkSpec(
+        file="x.pt2",
+        role="decoder",
+        inputs=(TensorSpec(name="x", shape=("B", "T", 4)),),
+        outputs=(TensorSpec(name="y", shape=("B", "T", 4)),),
+        receptive_field=0,
+    )
+    return NetworkRunner("probe", spec, module)
+
+
+class _Exact(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2.0 + 1.0
+
+
+class _BatchDependent(torch.nn.Module):
+    """Rounds differently with the batch size, as some kernels do."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1e-7 * x.shape[0]
+
+
+def test_batching_is_only_turned_on_where_it_is_exact() -> None:
+    assert _runner(_Exact()).enable_batching()
+    assert not _runner(_BatchDependent()).enable_batching()
+
+
+def test_batched_network_calls_equal_single_calls() -> None:
+    runner = _runner(_Exact())
+    single = [runner.call({"x": torch.full((1, 5, 4), float(i))})["y"] for i in range(6)]
+    assert runner.enable_batching()
+    batched = _in_threads(lambda i: runner.call({"x": torch.full((1, 5, 4), float(i))})["y"], 6)
+    assert all(torch.equal(a, b) for a, b in zip(single, batched, strict=True))
+
+
+@pytest.mark.parametrize("name", ["tiny-fast", "tiny-taco", "tiny-neural"])
+@pytest.mark.parametrize("context", ["dynamic", "static"])
+def test_concurrent_streams_batched_equal_unbatched(fixture_dir: Path, name: str, context: str) -> None:
+    plain = addons.load(fixture_dir / name, context=context)
+    want = [np.concatenate([c.samples for c in plain.stream(t)]) for t in TEXTS]
+    batched = addons.load(fixture_dir / name, context=context, batching=16)
+    got = _in_threads(lambda i: np.concatenate([c.samples for c in batched.stream(TEXTS[i % len(TEXTS)])]), 4)
+    for i, audio in enumerate(got):
+        assert np.array_equal(audio, want[i % len(TEXTS)]), (name, context, i)
