@@ -89,7 +89,15 @@ class SpeechRequest(_Strict):
             "the server nothing and keep exact length. aac is not available."
         ),
     )
-    speed: float = Field(default=1.0, ge=0.25, le=4.0, description="Speaking rate factor, 0.25 to 4.0.")
+    speed: float | None = Field(
+        default=None,
+        ge=0.25,
+        le=4.0,
+        description=(
+            "Speaking rate factor, 0.25 to 4.0. Unset: the voice's own speed (a preset may have one), "
+            "else the model's default (1.0 for the bundled voices)."
+        ),
+    )
     stream_format: Literal["audio", "sse"] = Field(
         default="audio",
         description="'audio': the encoded file as a chunked body; 'sse': server-sent events.",

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import addons
 from serve_app.server import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -270,3 +271,21 @@ def test_failure_mid_stream_never_looks_complete(server: str, edit_addon: Any) -
         assert not any(e.get("type") == "speech.audio.done" for e in events)
     finally:
         serve.delete("fragile")
+
+
+@pytest.mark.parametrize("model", ["tiny-fast", "tiny-taco"])
+@pytest.mark.parametrize("voice", ["default", "fast"])
+def test_http_pcm_equals_in_process(server: str, fixture_dir: Path, model: str, voice: str) -> None:
+    """Same model, voice and (preset) speed: the bytes over HTTP are the in-process samples, encoded."""
+    from serve_app.audio_format import make_encoder
+
+    text = "Over the wire or in process. The same samples, to the bit."
+    local = addons.load(fixture_dir / model)
+    encoder = make_encoder("pcm", local.sample_rate)
+    want = b"".join(encoder.encode(chunk.samples) for chunk in local.stream(text, voice=voice))
+    got = _speech(server, model=model, input=text, voice=voice, response_format="pcm")
+    assert got.status_code == 200
+    assert got.content == want
+    if voice == "fast" and model == "tiny-fast":  # the preset's speed (1.5) applies over HTTP as in process
+        default = b"".join(encoder.encode(chunk.samples) for chunk in local.stream(text))
+        assert len(got.content) < len(default)
