@@ -21,11 +21,12 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter, Gauge, Histogram
 
 from addons.frontend import Frontend
 from addons.manifest import AddonManifest
 from addons.voice import resolve_options
+from serve_app.admission import AdmissionConfig, AtCapacity, ModelAdmission
 from serve_app.audio_format import AudioEncoder, UnsupportedFormatError, make_encoder
 from serve_app.http import HttpPolicy, install
 from serve_app.schemas import (
@@ -154,6 +155,17 @@ class Ingress:
         self.outcomes = Counter(
             "chorus_speech_requests", description="Speech requests by outcome.", tag_keys=OUTCOME_TAGS
         )
+        limits = AdmissionConfig(ceiling=self.http_policy.max_concurrent_streams)
+        self.admission = {name: ModelAdmission(limits) for name in models}
+        self.load = {
+            key: Gauge(f"chorus_{key}", description=text, tag_keys=tags)
+            for key, text in (
+                ("streams", "Streams in progress per model on this ingress replica."),
+                ("limit", "Learned stream capacity per model on this ingress replica."),
+                ("starting", "Streams waiting for their first audio, per model."),
+                ("min_lead_s", "Smallest listener buffer (seconds of audio ahead of playback), per model."),
+            )
+        }
 
     # -- catalogue and health -------------------------------------------------------------------
     @app.get("/v1/models")
@@ -247,17 +259,34 @@ class Ingress:
             raise SpeechError(503, f"overloaded, retry shortly ({type(exc).__name__})", code="overloaded") from None
 
     async def _synthesize(self, model: str, text: str, options: dict[str, Any]) -> AsyncIterator[np.ndarray]:
-        """Audio chunks for ``text``, resumed on another replica if one dies under the stream."""
+        """Audio chunks for ``text``, if the model has room for one more listener; resumed on
+        another replica if one dies under the stream."""
         encoders, decoder, vocoder = self.handles[model]
         sentences = Frontend.split_sentences(Frontend.normalize(text))
         handles = StageHandles(encoders, decoder, vocoder)
         resumed = lambda stage: self.outcomes.inc(tags={"model": model, "outcome": f"resumed_{stage}"})  # noqa: E731
+        rate = self.models[model].manifest.mel.sample_rate
         try:
-            rate = self.models[model].manifest.mel.sample_rate
+            ticket = self.admission[model].admit(rate)
+        except AtCapacity as exc:
+            raise SpeechError(
+                503, f"model '{model}' is at capacity: {exc}; retry shortly", code="at_capacity"
+            ) from None
+        try:
             async for audio in synthesize(handles, model, sentences, options, rate, on_resume=resumed):
+                ticket.heard(audio.size)
+                self._report_load(model)
                 yield audio
         except NoSpeakableText:
             raise SpeechError(400, "input has no speakable characters", "input", "no_speakable_text") from None
+        finally:
+            ticket.close()
+            self._report_load(model)
+
+    def _report_load(self, model: str) -> None:
+        for key, value in self.admission[model].figures().items():
+            if key in self.load:
+                self.load[key].set(value, tags={"model": model})
 
     async def _audio(self, body: SpeechRequest, audio: _Encoded, start: float, rate: int) -> AsyncIterator[bytes]:
         try:

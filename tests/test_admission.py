@@ -1,0 +1,72 @@
+"""Admission control: refuse at once what cannot be served in real time; learn the capacity."""
+
+from __future__ import annotations
+
+import pytest
+
+from serve_app import admission as adm
+from serve_app.admission import AdmissionConfig, AtCapacity, ModelAdmission
+
+RATE = 1000  # samples per second, to keep the arithmetic readable
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(adm.time, "monotonic", c)
+    return c
+
+
+def test_a_burst_is_let_in_a_slice_at_a_time(clock: Clock) -> None:
+    model = ModelAdmission(AdmissionConfig(ceiling=10, start_slots=3))
+    tickets = [model.admit(RATE) for _ in range(3)]
+    with pytest.raises(AtCapacity, match="3 streams are starting"):
+        model.admit(RATE)
+    tickets[0].heard(RATE)  # its first audio: a slot frees
+    model.admit(RATE)
+    assert model.refused == 1
+
+
+def test_a_stream_falling_behind_stops_admission_and_lowers_the_limit(clock: Clock) -> None:
+    model = ModelAdmission(AdmissionConfig(ceiling=10, start_slots=10, low_water_s=0.2))
+    tickets = [model.admit(RATE) for _ in range(4)]
+    for t in tickets:
+        t.heard(2 * RATE)  # two seconds of audio each
+    clock.now += 1.0
+    model.admit(RATE).heard(RATE)  # everyone a second ahead: admitted
+    clock.now += 1.9  # the first four now hold 0.1 s: behind
+    with pytest.raises(AtCapacity, match="falling behind"):
+        model.admit(RATE)
+    assert model.limit == 4  # five streams were too many
+    for t in list(model.tickets):
+        t.close()
+    assert model.admit(RATE)  # nothing behind any more
+
+
+def test_the_limit_grows_back_after_healthy_service(clock: Clock) -> None:
+    model = ModelAdmission(AdmissionConfig(ceiling=3, start_slots=3, grow_after_s=5.0))
+    model.limit = 1
+    first = model.admit(RATE)
+    first.heard(60 * RATE)
+    with pytest.raises(AtCapacity, match="serving 1 streams"):
+        model.admit(RATE)
+    clock.now += 6.0
+    model.admit(RATE)  # healthy at the limit for long enough: one more
+    assert model.limit == 2
+
+
+def test_waiting_too_long_for_first_audio_is_behind(clock: Clock) -> None:
+    model = ModelAdmission(AdmissionConfig(ceiling=10, start_slots=10, first_audio_s=1.0))
+    model.admit(RATE)
+    clock.now += 1.5
+    with pytest.raises(AtCapacity):
+        model.admit(RATE)
+    assert model.figures(clock.now)["starting"] == 1.0
