@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+#: Vocoder blocks that need no network of the addon, so one deployment serves every addon using them.
+SHARED_VOCODERS = ("GriffinLim", "UniversalVocoder")
 MANIFEST_NAME = "addon.json"
 BlockSpecJson = dict[str, JsonValue]
 
@@ -137,7 +139,8 @@ class AddonManifest(Strict):
 
     @property
     def uses_own_vocoder(self) -> bool:
-        return self.vocoder.get("type") != "GriffinLim"
+        """Whether the vocoder is the addon's own network (else a shared one: Griffin-Lim or a universal vocoder)."""
+        return self.vocoder.get("type") not in SHARED_VOCODERS
 
 
 def read_manifest(directory: Path) -> AddonManifest:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,11 @@ from blocks import (
     ChunkwiseBlock,
     ExecutionContext,
     Features,
+    MelSettings,
     NetworkRunner,
     NetworkSpec,
     Request,
+    StackError,
     StreamablePipeline,
     StreamableStack,
     Vocoder,
@@ -87,9 +89,7 @@ class NetworkLoader:
     checks each against its declared signature; a refused file is an :class:`AddonError`.
     """
 
-    def __init__(
-        self, manifest: AddonManifest, directory: Path, context: ExecutionContext, batching: int = 0
-    ) -> None:
+    def __init__(self, manifest: AddonManifest, directory: Path, context: ExecutionContext, batching: int = 0) -> None:
         self.manifest, self.directory, self.context = manifest, directory, context
         self.batching = batching  # > 0: streams calling a network at once share a pass, at most this many
         self._programs: dict[tuple[str, str], NetworkRunner] = {}
@@ -122,6 +122,17 @@ class NetworkLoader:
             )
 
 
+def _universal_vocoders(directory: Path) -> Callable[[str, torch.device], tuple[NetworkRunner, MelSettings]]:
+    """How the addon in ``directory`` finds universal vocoders (beside it, then where addons are)."""
+
+    def find(name: str, device: torch.device) -> tuple[NetworkRunner, MelSettings]:
+        from addons.vocoders import load_universal  # addons.vocoders finds packages through the loader
+
+        return load_universal(name, device, directory)
+
+    return find
+
+
 class AudioStage:
     """Mel to final audio for one addon: its vocoder, its effects, then the voice's gain.
 
@@ -131,7 +142,10 @@ class AudioStage:
     """
 
     def __init__(self, manifest: AddonManifest, env: BuildEnv) -> None:
-        vocoder = env.build(parse_block(manifest.vocoder, Vocoder, "vocoder"))
+        try:
+            vocoder = env.build(parse_block(manifest.vocoder, Vocoder, "vocoder"))
+        except StackError as exc:  # e.g. a universal vocoder trained for other mel settings
+            raise AddonError(f"{manifest.name}: {exc}") from None
         assert isinstance(vocoder, Vocoder)
         self.vocoder = vocoder
         self.effects: list[ChunkwiseBlock] = []
@@ -146,7 +160,15 @@ class AudioStage:
     ) -> AudioStage:
         loader = NetworkLoader(manifest, directory, ExecutionContext.DYNAMIC, batching)
         stage = cls(
-            manifest, BuildEnv(loader, manifest.networks, manifest.mel, ExecutionContext.DYNAMIC, torch.device(device))
+            manifest,
+            BuildEnv(
+                loader,
+                manifest.networks,
+                manifest.mel,
+                ExecutionContext.DYNAMIC,
+                torch.device(device),
+                _universal_vocoders(directory),
+            ),
         )
         if batching:
             stage.vocoder.enable_batching(batching)
@@ -221,7 +243,15 @@ class Voice:
         self.device = torch.device(device)
         self.frontend = Frontend(manifest.frontend)
         self._load_network = NetworkLoader(manifest, directory, self.context, batching)
-        env = BuildEnv(self._load_network, manifest.networks, manifest.mel, self.context, self.device)
+        env = BuildEnv(
+            self._load_network,
+            manifest.networks,
+            manifest.mel,
+            self.context,
+            self.device,
+            _universal_vocoders(directory),
+        )
+        self.env = env  # what this voice's blocks were built with (tests build single blocks from it)
         stack = env.build(parse_stack(manifest.stack))
         assert isinstance(stack, StreamableStack)
         self.stack: StreamableStack = stack

@@ -26,7 +26,7 @@ from blocks.encoders import CustomizedEncoders, Encoders
 from blocks.network import ExecutionContext, NetworkError, NetworkRunner, NetworkSpec, TensorSpec
 from blocks.registry import REGISTRY, BlockRegistry, parse_block, parse_stack, plan_stack, register_block
 from blocks.upsampler import Upsampler
-from blocks.vocoders import GriffinLim, NeuralVocoder, Vocoder
+from blocks.vocoders import GriffinLim, NeuralVocoder, UniversalVocoder, Vocoder
 
 for _cls in (
     SequenceBlockContainer,
@@ -39,6 +39,7 @@ for _cls in (
     AttentionDecoder,
     GriffinLim,
     NeuralVocoder,
+    UniversalVocoder,
     Gain,
     ChunkStats,
 ):
@@ -77,6 +78,7 @@ __all__ = [
     "StreamablePipeline",
     "StreamableStack",
     "TensorSpec",
+    "UniversalVocoder",
     "Upsampler",
     "Vocoder",
     "log_mel",

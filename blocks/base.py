@@ -162,9 +162,16 @@ class BuildEnv:
     mel: MelSettings
     context: ExecutionContext = ExecutionContext.DYNAMIC
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    #: Finds a universal vocoder by name: its runner and the mel settings it was trained for.
+    vocoders: Callable[[str, torch.device], tuple[NetworkRunner, MelSettings]] | None = None
 
     def networks(self, name: str, device: torch.device | None = None) -> NetworkRunner:
         return self.loader(name, device or self.device)
+
+    def universal_vocoder(self, name: str) -> tuple[NetworkRunner, MelSettings]:
+        if self.vocoders is None:
+            raise StackError("vocoder", f'no universal vocoders are installed here, so "{name}" cannot be used')
+        return self.vocoders(name, self.device)
 
     def encoder_names(self) -> list[str]:
         return [name for name, spec in self.specs.items() if spec.role == "encoder"]

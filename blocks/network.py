@@ -243,11 +243,14 @@ class NetworkRunner:
         parts = stream.push(inputs) + stream.finish()
         return _concat_outputs(parts, self.spec)
 
-    def windowed(self, chunk: int = 64, state: WindowState | None = None) -> WindowedStream:
+    def windowed(
+        self, chunk: int = 64, state: WindowState | None = None, max_chunk: int | None = None
+    ) -> WindowedStream:
         """A push-style runner for sequences that arrive in pieces (see :class:`WindowedStream`).
 
-        ``chunk`` is the output granularity in the dynamic context; the static context uses
-        windows of exactly ``static_length`` frames instead.
+        ``chunk`` is the output granularity in the dynamic context, doubling after each window
+        up to ``max_chunk`` if given (a quick first piece, then fewer, cheaper ones); the static
+        context uses windows of exactly ``static_length`` frames instead.
         """
         if self.spec.receptive_field is None:
             raise ValueError(f"network {self.name!r} declares no receptive_field, so it cannot be chunked")
@@ -255,7 +258,7 @@ class NetworkRunner:
             if self.spec.static_length is None:
                 raise ValueError(f"network {self.name!r} has no static_length for the static context")
             return WindowedStream(self, self.spec.static_length - 2 * self.spec.receptive_field, True, state)
-        return WindowedStream(self, chunk, False, state)
+        return WindowedStream(self, chunk, False, state, max_chunk)
 
     def _run_padded(self, inputs: Mapping[str, torch.Tensor], length: int, size: int) -> dict[str, torch.Tensor]:
         """Static context for a network whose context is unbounded: one padded call, no splitting."""
@@ -310,6 +313,7 @@ class WindowState:
     offset: int = 0  # absolute index of buffer frame 0
     emitted: int = 0  # absolute index of the next output frame
     total: int = 0  # frames received so far
+    windows: int = 0  # windows run so far (a growing schedule doubles the centre each time)
 
 
 class WindowedStream:
@@ -323,15 +327,27 @@ class WindowedStream:
     ``centre + 2 * receptive_field`` frames, padded and masked at the end.
     """
 
-    def __init__(self, runner: NetworkRunner, centre: int, fixed: bool, state: WindowState | None = None) -> None:
+    def __init__(
+        self,
+        runner: NetworkRunner,
+        centre: int,
+        fixed: bool,
+        state: WindowState | None = None,
+        max_centre: int | None = None,
+    ) -> None:
         if centre < 1:
             raise ValueError("window centre must be at least one frame")
         self.runner = runner
-        self.centre = centre
+        self.first_centre, self.max_centre = centre, max(centre, max_centre or centre)
         self.fixed = fixed
         self.context = runner.spec.receptive_field or 0
         self.state = state if state is not None else WindowState()
         self._seq = {t.name for t in runner._time_inputs()}
+
+    @property
+    def centre(self) -> int:
+        """Output frames of the next window: the first size, doubled per window run, up to the most."""
+        return min(self.first_centre << min(self.state.windows, 16), self.max_centre)
 
     def push(self, inputs: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         st = self.state
@@ -359,6 +375,7 @@ class WindowedStream:
                 break  # wait for a whole chunk and its right context
             outs.append(self._run_window(st.emitted, end))
             st.emitted = end
+            st.windows += 1
             self._trim()
         return outs
 

@@ -25,13 +25,14 @@ from blocks.base import (
     Features,
     PlanEnv,
     Request,
+    StackError,
     StreamableBlock,
     StreamKind,
 )
 from blocks.batching import BatchQueue
-from blocks.network import WindowState
+from blocks.network import NetworkRunner, WindowedStream, WindowState
 
-__all__ = ["GriffinLim", "NeuralVocoder", "Vocoder"]
+__all__ = ["GriffinLim", "NeuralVocoder", "UniversalVocoder", "Vocoder"]
 
 
 class Vocoder(StreamableBlock):
@@ -212,7 +213,10 @@ def _cat_audio(parts: list[torch.Tensor]) -> torch.Tensor:
 
 class NeuralVocoderConfig(BlockConfig):
     network: str = Field("vocoder", description="Exported vocoder: mel [1, T, n_mels] -> audio [1, T*hop].")
-    chunk_frames: int = Field(32, ge=1, le=MAX_FRAMES, description="Mel frames per call in the dynamic context.")
+    chunk_frames: int = Field(32, ge=1, le=MAX_FRAMES, description="Mel frames of the first call (dynamic context).")
+    max_chunk_frames: int | None = Field(
+        None, ge=1, le=MAX_FRAMES, description="Calls double in size up to this many frames; null: all chunk_frames."
+    )
 
 
 @dataclass
@@ -234,15 +238,19 @@ class NeuralVocoder(Vocoder):
     def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
         assert isinstance(config, NeuralVocoderConfig)
         out = super().plan(config, env)
+        cls._plan_network(config, env)
+        return out
+
+    @classmethod
+    def _plan_network(cls, config: NeuralVocoderConfig, env: PlanEnv) -> None:
         spec = env.require_network(config.network, "vocoder", cls.type_name)
         if spec.receptive_field is None:
             raise env.error(f'network "{config.network}" declares no receptive_field, so it cannot run in chunks')
-        return out
 
     def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
         super().__init__(config, env, children)
         assert isinstance(config, NeuralVocoderConfig)
-        self.runner = env.networks(config.network)
+        self.runner = self._runner(config, env)
         spec = self.runner.spec
         self.mel_input = next(t.name for t in spec.inputs if t.time_scale is not None and t.name != "mask")
         audio = next(t for t in spec.outputs if t.time_scale is not None)
@@ -252,6 +260,13 @@ class NeuralVocoder(Vocoder):
             )
         self.audio_output = audio.name
 
+    def _runner(self, config: NeuralVocoderConfig, env: BuildEnv) -> NetworkRunner:
+        return env.networks(config.network)
+
+    def _windows(self, state: NeuralVocoderState) -> WindowedStream:
+        assert isinstance(self.config, NeuralVocoderConfig)
+        return self.runner.windowed(self.config.chunk_frames, state.window, self.config.max_chunk_frames)
+
     def enable_batching(self, max_batch: int = 32) -> bool:
         return self.runner.enable_batching(max_batch)
 
@@ -259,11 +274,50 @@ class NeuralVocoder(Vocoder):
         return NeuralVocoderState()
 
     def process(self, state: NeuralVocoderState, mel: torch.Tensor) -> torch.Tensor:
-        assert isinstance(self.config, NeuralVocoderConfig)
-        stream = self.runner.windowed(self.config.chunk_frames, state.window)
-        return _cat_audio([o[self.audio_output][0] for o in stream.push({self.mel_input: mel})])
+        return _cat_audio([o[self.audio_output][0] for o in self._windows(state).push({self.mel_input: mel})])
 
     def finish(self, state: NeuralVocoderState) -> torch.Tensor:
-        assert isinstance(self.config, NeuralVocoderConfig)
-        stream = self.runner.windowed(self.config.chunk_frames, state.window)
-        return _cat_audio([o[self.audio_output][0] for o in stream.finish()])
+        return _cat_audio([o[self.audio_output][0] for o in self._windows(state).finish()])
+
+
+class UniversalVocoderConfig(NeuralVocoderConfig):
+    name: str = Field(
+        "chorus-vocoder",
+        pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$",
+        description="The universal vocoder to use (a package installed beside the addons, not in this addon).",
+    )
+    chunk_frames: int = Field(16, ge=1, le=MAX_FRAMES, description="Mel frames of the first call.")
+    max_chunk_frames: int | None = Field(128, ge=1, le=MAX_FRAMES, description="Calls double up to this many.")
+
+
+class UniversalVocoder(NeuralVocoder):
+    """A neural vocoder shared by every addon whose mel settings it was trained for.
+
+    The network comes from the named universal vocoder package, not from the addon, so one
+    server process (one deployment) serves many models with it. An addon whose mel settings
+    differ from the vocoder's is refused when built, naming the settings that differ; such an
+    addon names ``GriffinLim`` (which fits any settings) or brings its own ``NeuralVocoder``.
+    """
+
+    type_name = "UniversalVocoder"
+    Config = UniversalVocoderConfig
+
+    @classmethod
+    def _plan_network(cls, config: NeuralVocoderConfig, env: PlanEnv) -> None:
+        """The network is not the addon's: it is found, and its mel settings checked, when built."""
+
+    def _runner(self, config: NeuralVocoderConfig, env: BuildEnv) -> NetworkRunner:
+        assert isinstance(config, UniversalVocoderConfig)
+        runner, trained_for = env.universal_vocoder(config.name)
+        if trained_for != env.mel:
+            differ = [
+                f"{k} {getattr(env.mel, k)} (vocoder: {v})"
+                for k, v in trained_for.model_dump().items()
+                if getattr(env.mel, k) != v
+            ]
+            raise StackError(
+                "vocoder",
+                f'universal vocoder "{config.name}" was trained for other mel settings; this addon has '
+                f"{', '.join(differ)}. Name GriffinLim, or bring a NeuralVocoder of its own",
+            )
+        return runner

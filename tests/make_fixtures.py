@@ -2,13 +2,17 @@
 
     python -m tests.make_fixtures OUT_DIR
 
-Makes ``tiny-fast`` (duration-based), ``tiny-taco`` (attention-based) and ``tiny-neural``
-(duration-based with an exported neural vocoder). Deterministic: same seed, same bytes of output.
+Makes ``tiny-fast`` (duration-based), ``tiny-taco`` (attention-based), ``tiny-neural``
+(duration-based with an exported neural vocoder of its own), ``tiny-vocoder`` (a universal
+vocoder package for the fixtures' mel settings) and ``tiny-universal`` (tiny-fast using it).
+Deterministic: same seed, same bytes of output.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -86,9 +90,26 @@ def build_taco(out: Path) -> Path:
     )
 
 
+def build_universal(out: Path) -> dict[str, Path]:
+    """A tiny universal vocoder package, and tiny-fast naming it as its vocoder."""
+    from addons.models.vocos import VocosVocoder
+    from addons.recipes.vocoder import export_vocoder
+
+    torch.manual_seed(3)
+    model = VocosVocoder(MEL.n_mels, MEL.n_fft, MEL.hop_length, dim=16, hidden=32, layers=2, kernel_size=3)
+    package = export_vocoder(model, MEL, out / "tiny-vocoder", {"what": "random weights"}, name="tiny-vocoder")
+    addon = out / "tiny-universal"
+    shutil.copytree(out / "tiny-fast", addon, dirs_exist_ok=True)
+    manifest = json.loads((addon / "addon.json").read_text())
+    manifest.update(name="tiny-universal", vocoder={"type": "UniversalVocoder", "name": "tiny-vocoder"})
+    (addon / "addon.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return {"tiny-vocoder": package, "tiny-universal": addon}
+
+
 def build_all(out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
-    return {"tiny-fast": build_fast(out), "tiny-neural": build_fast(out, vocoder=True), "tiny-taco": build_taco(out)}
+    built = {"tiny-fast": build_fast(out), "tiny-neural": build_fast(out, vocoder=True), "tiny-taco": build_taco(out)}
+    return built | build_universal(out)
 
 
 if __name__ == "__main__":

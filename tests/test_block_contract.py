@@ -28,7 +28,7 @@ class Case:
 
 
 def _env(voice: addons.Voice) -> BuildEnv:
-    return BuildEnv(voice._load_network, voice.manifest.networks, voice.manifest.mel, voice.context, voice.device)
+    return voice.env
 
 
 def _build(voice: addons.Voice, spec: dict[str, object], role: type[Block]) -> Block:
@@ -117,6 +117,12 @@ CASES: dict[str, Callable[[Path], Case]] = {
         "tiny-fast", {"type": "GriffinLim", "chunk_frames": 8, "context_frames": 4, "n_iter": 4}, "mel", 256
     ),
     "NeuralVocoder": _case_stream("tiny-neural", {"type": "NeuralVocoder", "chunk_frames": 4}, "mel", 256),
+    "UniversalVocoder": _case_stream(
+        "tiny-universal",
+        {"type": "UniversalVocoder", "name": "tiny-vocoder", "chunk_frames": 3, "max_chunk_frames": 16},
+        "mel",
+        256,
+    ),
     "Gain": _audio_case({"type": "Gain", "db": -3.0}),
     "ChunkStats": _audio_case({"type": "ChunkStats"}),
 }

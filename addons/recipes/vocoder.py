@@ -41,13 +41,15 @@ from torch import nn
 from addons.espeak import get_espeak
 from addons.export import NetworkExport, export_network
 from addons.models.vocos import VocosVocoder
+from addons.netfile import load_program
 from addons.recipes.corpus import META_FILE, SILENCE, Corpus, Utterance
 from addons.recipes.evaluate import mcd
 from addons.recipes.training import CHECKPOINT, UsageError, main_with, recipe_parser
+from addons.vocoders import VocoderPackage
 from blocks import GriffinLim, MelSettings
 from blocks.audio import LOG_FLOOR, mel_filterbank
 from blocks.base import BuildEnv
-from blocks.network import NetworkRunner, NetworkSpec, TensorSpec
+from blocks.network import NetworkRunner, TensorSpec
 
 __all__ = [
     "NAME",
@@ -249,14 +251,16 @@ def vocoder_spec(model: VocosVocoder, settings: MelSettings) -> NetworkExport:
     )
 
 
-def export_vocoder(model: VocosVocoder, settings: MelSettings, directory: Path, trained: dict[str, Any]) -> Path:
+def export_vocoder(
+    model: VocosVocoder, settings: MelSettings, directory: Path, trained: dict[str, Any], name: str = NAME
+) -> Path:
     """Write ``vocoder.pt2`` (checked against eager within 1e-4) and ``vocoder.json`` into ``directory``."""
     net = vocoder_spec(model.eval(), settings)
     spec = net.spec(NETWORK_FILE)
     directory.mkdir(parents=True, exist_ok=True)
     export_network(net, spec, directory / NETWORK_FILE, tolerance=1e-4)
     doc = {
-        "name": NAME,
+        "name": name,
         "mel": settings.model_dump(mode="json"),
         "network": spec.model_dump(mode="json"),
         "trained": trained,
@@ -267,10 +271,9 @@ def export_vocoder(model: VocosVocoder, settings: MelSettings, directory: Path, 
 
 def load_vocoder(directory: Path) -> tuple[NetworkRunner, MelSettings]:
     """The exported vocoder in ``directory`` as a dynamic-context runner, and the mel settings it expects."""
-    doc = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-    spec = NetworkSpec.model_validate(doc["network"])
-    program = torch.export.load(str(directory / spec.file))
-    return NetworkRunner(doc["name"], spec, program.module()), MelSettings(**doc["mel"])
+    package = VocoderPackage.model_validate(json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8")))
+    program = load_program(directory / package.network.file, package.network, directory)  # runs nothing from the file
+    return NetworkRunner(package.name, package.network, program.module()), package.mel
 
 
 # -- evaluation ------------------------------------------------------------------------------------------
