@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # CPU wheel: any other version (or an unpinned torch) pulls gigabytes of CUDA packages here.
 TORCH := torch==2.13.0
 
-.PHONY: install test lint serve bench clean
+.PHONY: install test fuzz lint serve bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 
 test: install
 	$(PY) -m pytest -q
+
+# The HTTP API fuzzed from its own OpenAPI schema (also part of `make test`).
+fuzz: install
+	$(PY) -m pytest -q tests/test_fuzz.py
 
 lint: install
 	$(VENV)/bin/ruff check blocks addons serve_app tests

@@ -35,6 +35,7 @@ class AdmissionConfig:
     low_water_s: float = 0.2  # a listener with less audio buffered than this is behind
     first_audio_s: float = 1.5  # a stream waiting longer than this for its first audio is behind
     grow_after_s: float = 5.0  # healthy seconds at the limit before it rises by one
+    enabled: bool = True  # False: every stream is admitted up to the ceiling (no playback checks)
 
 
 @dataclass(eq=False)
@@ -95,6 +96,8 @@ class ModelAdmission:
         return sum(1 for t in self.tickets if t.first_audio is None)
 
     def _refusal(self, now: float) -> str:
+        if not self.config.enabled:
+            return "" if len(self.tickets) < self.config.ceiling else f"{len(self.tickets)} streams in progress"
         if any(t.behind(now, self.config) for t in self.tickets):
             return "a stream in progress is falling behind playback"
         if len(self.tickets) >= self.limit:
@@ -104,6 +107,8 @@ class ModelAdmission:
         return ""
 
     def _learn(self, now: float) -> None:
+        if not self.config.enabled:
+            return
         running = len(self.tickets)
         if running and any(t.behind(now, self.config) for t in self.tickets):
             if running - 1 < self.limit:

@@ -19,7 +19,7 @@ from ray.serve import Application
 
 import addons
 from addons.manifest import AddonManifest, StageDeployment
-from serve_app.deployments import DEFAULT_BATCHING, DecoderDeployment, EncodersDeployment, VocoderDeployment
+from serve_app.deployments import BATCH_SIZE, DEFAULT_BATCHING, DecoderDeployment, EncodersDeployment, VocoderDeployment
 from serve_app.http import API_KEYS_ENV, HttpPolicy, key_digests
 from serve_app.ingress import Ingress, ModelInfo
 from serve_app.options import DeploymentOptions, merge_deployment_options
@@ -35,7 +35,6 @@ _INGRESS: Any = Ingress
 UNIVERSAL_VOCODER = "universal-vocoder"
 INGRESS = "ingress"
 DECODER_REPLICAS = 2  # by default, where the cluster has room: a lost replica never takes a model down
-DECODER_CPUS = 0.25  # the decoder deployment's num_cpus unless options say otherwise
 # Ingress slots beyond the admission limit, so that refusals (and /health, /v1/models) reach the
 # replica and get its JSON 503 instead of queueing in Ray's proxy.
 INGRESS_HEADROOM = 32
@@ -69,6 +68,13 @@ class AppArgs(BaseModel):
     max_concurrent_streams: int = Field(
         64, ge=1, description="Speech requests in flight per ingress replica; the next gets 503 with Retry-After."
     )
+    admission: bool = Field(
+        True,
+        description=(
+            "Admission control: refuse a new stream (503 at_capacity) while a model cannot serve it in real "
+            "time; false admits every stream up to max_concurrent_streams (listeners may then stall)."
+        ),
+    )
     api_keys: list[SecretStr] = Field(
         default_factory=list,
         description=(
@@ -101,34 +107,63 @@ def _resolve_addons(names: list[str]) -> list[tuple[Path, AddonManifest]]:
     return resolved
 
 
-def _options(args: AppArgs, name: str, hint: StageDeployment | None) -> dict[str, Any]:
+# The first layer of every deployment's options (then the addon's hints, then AppArgs.deployments),
+# so that a hint naming only ``resources`` keeps these CPUs (Ray replaces ray_actor_options whole).
+STAGE_CPUS = 0.25
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "encoders": {"ray_actor_options": {"num_cpus": STAGE_CPUS}, "max_ongoing_requests": 2 * BATCH_SIZE},
+    "decoder": {"ray_actor_options": {"num_cpus": STAGE_CPUS}, "max_ongoing_requests": 32},
+    "vocoder": {"ray_actor_options": {"num_cpus": STAGE_CPUS}, "max_ongoing_requests": 64},
+    "ingress": {"ray_actor_options": {"num_cpus": STAGE_CPUS}},
+}
+
+
+def _options(args: AppArgs, name: str, stage: str, hint: StageDeployment | None) -> dict[str, Any]:
     hints = hint.model_dump(exclude_none=True, exclude={"context"}) if hint else None
-    return merge_deployment_options(None, hints, args.deployments.get(name))
+    return merge_deployment_options(DEFAULTS[stage], hints, args.deployments.get(name))
 
 
-def _decoder_options(args: AppArgs, name: str, hint: StageDeployment) -> dict[str, Any]:
-    """A decoder runs two replicas by default, so that a lost one never makes its model unavailable
-    (streams resume on the other, see :mod:`serve_app.streams`), unless the cluster has no room for two."""
-    options = _options(args, name, hint)
-    if "num_replicas" in options or "autoscaling_config" in options:
-        return options
-    replicas = DECODER_REPLICAS if _room_for(DECODER_REPLICAS, options.get("ray_actor_options", {})) else 1
-    return merge_deployment_options({"num_replicas": replicas}, options)
+def _replicas(options: dict[str, Any]) -> int:
+    """Replicas a deployment starts with."""
+    if "autoscaling_config" in options:
+        auto = options["autoscaling_config"]
+        return int(auto.get("initial_replicas") or auto.get("min_replicas") or 1)
+    replicas = options.get("num_replicas", 1)
+    return replicas if isinstance(replicas, int) else 1
 
 
-def _room_for(replicas: int, actor_options: dict[str, Any]) -> bool:
-    """Whether the running cluster (if this process is connected to one) holds ``replicas`` of this shape."""
+def _need(options: dict[str, Any]) -> dict[str, float]:
+    """What one replica reserves."""
+    actor = options.get("ray_actor_options", {})
+    return {"CPU": actor.get("num_cpus", 1.0), "GPU": actor.get("num_gpus", 0.0), **actor.get("resources", {})}
+
+
+def _add_decoder_replicas(all_options: dict[str, dict[str, Any]], decoders: list[str]) -> None:
+    """Give each decoder left at Ray's default a second replica, so that a lost one never makes its
+    model unavailable (streams resume on the other, see :mod:`serve_app.streams`), while the
+    running cluster (if this process is connected to one) has room for it beside everything else
+    this application starts (totals over the cluster's nodes). Offline, the cluster decides."""
     import ray
 
+    explicit = [d for d in decoders if "num_replicas" in all_options[d] or "autoscaling_config" in all_options[d]]
     if not ray.is_initialized():
-        return True  # building a config offline: the cluster decides (pending replicas are reported)
+        for name in set(decoders) - set(explicit):
+            all_options[name] = merge_deployment_options(all_options[name], {"num_replicas": DECODER_REPLICAS})
+        return
     total = ray.cluster_resources()
-    need = {
-        "CPU": actor_options.get("num_cpus", DECODER_CPUS),
-        "GPU": actor_options.get("num_gpus", 0),
-        **actor_options.get("resources", {}),
-    }
-    return all(replicas * amount <= total.get(key, 0) for key, amount in need.items() if amount)
+    used: dict[str, float] = {}
+    for options in all_options.values():
+        for key, amount in _need(options).items():
+            used[key] = used.get(key, 0.0) + _replicas(options) * amount
+    for name in decoders:
+        if name in explicit:
+            continue
+        need = _need(all_options[name])
+        extra = DECODER_REPLICAS - 1
+        if all(used.get(k, 0.0) + extra * v <= total.get(k, 0.0) + 1e-9 for k, v in need.items() if v):
+            for k, v in need.items():
+                used[k] = used.get(k, 0.0) + extra * v
+            all_options[name] = merge_deployment_options(all_options[name], {"num_replicas": DECODER_REPLICAS})
 
 
 def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
@@ -141,10 +176,19 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
     if unknown:
         raise ValueError(f"deployments has unknown names {unknown} (known: {', '.join(sorted(known))})")
     shared = {m.name: str(d) for d, m in found if not m.uses_own_vocoder}
+    ingress_defaults = {**DEFAULTS["ingress"], "max_ongoing_requests": args.max_concurrent_streams + INGRESS_HEADROOM}
+    options = {INGRESS: merge_deployment_options(ingress_defaults, None, args.deployments.get(INGRESS))}
+    if shared:
+        options[UNIVERSAL_VOCODER] = _options(args, UNIVERSAL_VOCODER, "vocoder", None)
+    for _, m in found:
+        options[f"{m.name}-encoders"] = _options(args, f"{m.name}-encoders", "encoders", m.deployment.encoders)
+        options[f"{m.name}-decoder"] = _options(args, f"{m.name}-decoder", "decoder", m.deployment.decoder)
+        if m.uses_own_vocoder:
+            options[f"{m.name}-vocoder"] = _options(args, f"{m.name}-vocoder", "vocoder", m.deployment.vocoder)
+    _add_decoder_replicas(options, [f"{m.name}-decoder" for _, m in found])
+
     universal = (
-        _VOCODER.options(name=UNIVERSAL_VOCODER, **_options(args, UNIVERSAL_VOCODER, None)).bind(
-            shared, args.device, args.batching
-        )
+        _VOCODER.options(name=UNIVERSAL_VOCODER, **options[UNIVERSAL_VOCODER]).bind(shared, args.device, args.batching)
         if shared
         else None
     )
@@ -153,10 +197,10 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
     for directory, m in found:
         hints = m.deployment
         context = hints.encoders.context or args.context
-        enc = _ENCODERS.options(name=f"{m.name}-encoders", **_options(args, f"{m.name}-encoders", hints.encoders))
-        dec = _DECODER.options(name=f"{m.name}-decoder", **_decoder_options(args, f"{m.name}-decoder", hints.decoder))
+        enc = _ENCODERS.options(name=f"{m.name}-encoders", **options[f"{m.name}-encoders"])
+        dec = _DECODER.options(name=f"{m.name}-decoder", **options[f"{m.name}-decoder"])
         if m.uses_own_vocoder:
-            voc = _VOCODER.options(name=f"{m.name}-vocoder", **_options(args, f"{m.name}-vocoder", hints.vocoder))
+            voc = _VOCODER.options(name=f"{m.name}-vocoder", **options[f"{m.name}-vocoder"])
             vocoder = voc.bind({m.name: str(directory)}, args.device, args.batching)
         else:
             vocoder = universal
@@ -166,9 +210,7 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
             vocoder,
         )
         models[m.name] = ModelInfo.of(m)
-    ingress_defaults = {"max_ongoing_requests": args.max_concurrent_streams + INGRESS_HEADROOM}
-    ingress_options = merge_deployment_options(ingress_defaults, None, args.deployments.get(INGRESS))
-    ingress = _INGRESS.options(name=INGRESS, **ingress_options)
+    ingress = _INGRESS.options(name=INGRESS, **options[INGRESS])
     return ingress.bind(models, handles, _http_policy(args))
 
 
@@ -178,5 +220,6 @@ def _http_policy(args: AppArgs) -> HttpPolicy:
     return HttpPolicy(
         max_body_bytes=args.max_body_bytes,
         max_concurrent_streams=args.max_concurrent_streams,
+        admission=args.admission,
         api_key_digests=key_digests(keys),
     )

@@ -65,7 +65,7 @@ class _Replica:
         return True
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=2 * BATCH_SIZE)
+@serve.deployment  # options: serve_app.app.DEFAULTS, then the addon's hints, then AppArgs.deployments
 class EncodersDeployment(_Replica):
     """The SequenceBlock side of one addon: a sentence's text -> its phoneme ids -> features.
 
@@ -89,7 +89,7 @@ class EncodersDeployment(_Replica):
         return await asyncio.to_thread(self.voice.encode_batch, batch)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+@serve.deployment  # options: serve_app.app.DEFAULTS, then the addon's hints, then AppArgs.deployments
 class DecoderDeployment(_Replica):
     """The StreamableBlock side of one addon: features -> a stream of mel chunks [F, n_mels]."""
 
@@ -138,7 +138,7 @@ class DecoderDeployment(_Replica):
             self.active -= 1
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+@serve.deployment  # options: serve_app.app.DEFAULTS, then the addon's hints, then AppArgs.deployments
 class VocoderDeployment(_Replica):
     """Mel -> audio for the addons it serves (the shared universal vocoder, or one addon's own).
 

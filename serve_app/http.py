@@ -83,6 +83,7 @@ class HttpPolicy(BaseModel):
 
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body accepted, bytes.")
     max_concurrent_streams: int = Field(64, ge=1, description="Speech requests in flight per ingress replica.")
+    admission: bool = Field(True, description="Refuse a stream a model cannot serve in real time.")
     api_key_digests: tuple[str, ...] = Field(
         (), description="SHA-256 hex digests of the accepted API keys; empty turns authentication off."
     )

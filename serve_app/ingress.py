@@ -127,7 +127,7 @@ app = FastAPI(title="Chorus", description="Many text-to-speech models side by si
 install(app, _replica_policy, stream_paths=(SPEECH_PATH,), open_paths=PROBE_PATHS)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+@serve.deployment  # options: serve_app.app.DEFAULTS, then the addon's hints, then AppArgs.deployments
 @serve.ingress(app)
 class Ingress:
     def __init__(
@@ -155,7 +155,7 @@ class Ingress:
         self.outcomes = Counter(
             "chorus_speech_requests", description="Speech requests by outcome.", tag_keys=OUTCOME_TAGS
         )
-        limits = AdmissionConfig(ceiling=self.http_policy.max_concurrent_streams)
+        limits = AdmissionConfig(ceiling=self.http_policy.max_concurrent_streams, enabled=self.http_policy.admission)
         self.admission = {name: ModelAdmission(limits) for name in models}
         self.load = {
             key: Gauge(f"chorus_{key}", description=text, tag_keys=tags)

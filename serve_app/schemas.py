@@ -4,7 +4,7 @@
 ``{"error": {"message", "type", "param", "code"}}`` (build them with ``error_response``;
 ``install_error_handlers`` makes FastAPI's validation errors a 400 in that shape, with
 ``param`` naming the offending field and a message built from the model's own schema:
-``speed: must be a number between 0.25 and 4.0, got 9``). The rest of the HTTP edge
+``speed: must be a number between 0.25 and 4.0, or null, got 9``). The rest of the HTTP edge
 (404/405/413/415/401/500 and admission) is in ``serve_app.http``. With ``stream_format="sse"`` the body is
 ``text/event-stream`` of ``data: <json>`` lines: ``speech.audio.delta`` events carrying
 base64 pieces of the encoded file, then one ``speech.audio.done`` with usage.

@@ -67,7 +67,12 @@ def start_local(
     from serve_app.app import build_app
 
     apps = [(app, build_app(app.args)) for app in config.applications]  # validate before starting Ray
-    init: dict[str, Any] = {"num_cpus": num_cpus, "include_dashboard": False, "log_to_driver": False}
+    init: dict[str, Any] = {
+        "address": "local",
+        "num_cpus": num_cpus,
+        "include_dashboard": False,
+        "log_to_driver": False,
+    }
     if metrics_port is not None:
         init["_metrics_export_port"] = metrics_port
     ray.init(**init)

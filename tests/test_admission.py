@@ -70,3 +70,14 @@ def test_waiting_too_long_for_first_audio_is_behind(clock: Clock) -> None:
     with pytest.raises(AtCapacity):
         model.admit(RATE)
     assert model.figures(clock.now)["starting"] == 1.0
+
+
+def test_turned_off_it_admits_every_stream_up_to_the_ceiling(clock: Clock) -> None:
+    model = ModelAdmission(AdmissionConfig(ceiling=5, start_slots=1, enabled=False))
+    tickets = [model.admit(RATE) for _ in range(5)]  # none has audio yet; none is refused for it
+    clock.now += 10.0  # every one of them is far behind: still not a reason when off
+    with pytest.raises(AtCapacity, match="5 streams in progress"):
+        model.admit(RATE)
+    tickets[0].close()
+    model.admit(RATE)
+    assert model.limit == 5

@@ -64,7 +64,7 @@ def server(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     (fragile / "addon.json").write_text(json.dumps(manifest))
 
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = AppArgs(addons=[str(fragile)], context="static", max_concurrent_streams=2, api_keys=[KEY])
@@ -139,8 +139,13 @@ FIELD_CASES = [
         "missing",
         "input: field required — text to speak, a string of 1-4096 characters",
     ),
-    ({**SHORT, "speed": 9}, "speed", "less_than_equal", "speed: must be a number between 0.25 and 4.0, got 9"),
-    ({**SHORT, "speed": "fast"}, "speed", "float_parsing", 'speed: must be a number between 0.25 and 4.0, got "fast"'),
+    ({**SHORT, "speed": 9}, "speed", "less_than_equal", "speed: must be a number between 0.25 and 4.0, or null, got 9"),
+    (
+        {**SHORT, "speed": "fast"},
+        "speed",
+        "float_parsing",
+        'speed: must be a number between 0.25 and 4.0, or null, got "fast"',
+    ),
     ({**SHORT, "model": 7}, "model", "string_type", "model: must be a non-empty string, got 7"),
     (
         {**SHORT, "input": "x" * 5000},

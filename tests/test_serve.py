@@ -46,7 +46,7 @@ def server(fixture_dir: Path) -> Iterator[str]:
     from serve_app.app import AppArgs, build_app
 
     port = free_port()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = AppArgs(

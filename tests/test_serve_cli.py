@@ -53,6 +53,8 @@ def test_chorus_serve_serves_until_interrupted(fixture_dir: Path) -> None:
             "-m",
             "serve_app.cli",
             "serve",
+            "--addon",
+            "tiny-fast",
             "--port",
             str(port),
             "--num-cpus",
@@ -88,5 +90,9 @@ def test_chorus_serve_serves_until_interrupted(fixture_dir: Path) -> None:
         assert "ray_" in httpx.get(f"{url}/metrics", timeout=30).text
     finally:
         os.killpg(proc.pid, signal.SIGINT)
-        code = proc.wait(timeout=60)
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # never leave a Ray instance behind
+            os.killpg(proc.pid, signal.SIGKILL)
+            code = proc.wait(timeout=30)
     assert code == 0

@@ -1,0 +1,104 @@
+"""Fuzz the HTTP API from its own OpenAPI schema (schemathesis), against the real Ray Serve app.
+
+Every operation in ``/openapi.json`` gets generated requests, valid and invalid; the server must
+never answer 5xx, every status must be one the schema documents, and every error must be JSON
+in OpenAI's shape. A quarter of the speech bodies are pointed at the deployed model with a short
+input, so real synthesis runs too without making the run slow. ``make fuzz`` runs this alone.
+
+(Plain ``@given`` over each operation's strategy, not schemathesis's pytest plugin: its lazy
+fixture loader does not run under pytest 9.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from serve_app.server import free_port
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+schemathesis = pytest.importorskip("schemathesis")
+hypothesis = pytest.importorskip("hypothesis")
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from schemathesis import GenerationMode, checks  # noqa: E402
+
+MODEL = "tiny-fast"
+SPEECH = "/v1/audio/speech"
+MAX_EXAMPLES = 40  # per operation, half valid and half invalid requests on average
+SPOKEN_CHARS = 24  # bodies sent to the real model keep this much input: synthesis stays quick
+
+
+@pytest.fixture(scope="module")
+def server(fixture_dir: Path) -> Iterator[str]:
+    from serve_app.app import AppArgs, build_app
+
+    port = free_port()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(AppArgs(addons=[str(fixture_dir / MODEL)])), name="chorus", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def operations(server: str) -> list[Any]:
+    """Every operation of the running app's own ``/openapi.json``."""
+    loaded = schemathesis.openapi.from_url(f"{server}/openapi.json", timeout=60)
+    found = [result.ok() for result in loaded.get_all_operations()]
+    assert any(op.path == SPEECH for op in found)
+    return found
+
+
+def _check(case: Any, response: Any) -> None:
+    """No 5xx, a documented status, a body matching its schema; any error JSON in OpenAI's shape."""
+    case.validate_response(
+        response,
+        checks=[checks.not_a_server_error, checks.status_code_conformance, checks.response_schema_conformance],
+    )
+    if response.status_code >= 400:
+        where = f"{case.method} {case.formatted_path} -> {response.status_code}"
+        content_type = response.headers.get("content-type", [""])[0]  # lowercase names, lists of values
+        assert content_type.startswith("application/json"), (where, content_type, response.text[:300])
+        body = response.json()
+        assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, (where, body)
+        assert isinstance(body["error"]["message"], str) and body["error"]["message"], (where, body)
+
+
+def _speak(case: Any) -> None:
+    """Point a speech body at the deployed model with a short input: real synthesis, quickly."""
+    if case.path == SPEECH and isinstance(case.body, dict):
+        case.body["model"] = MODEL
+        if isinstance(case.body.get("input"), str):
+            case.body["input"] = case.body["input"][:SPOKEN_CHARS]
+
+
+def test_no_server_errors_and_every_error_in_shape(operations: list[Any]) -> None:
+    modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+    for operation in operations:
+        cases = st.one_of(*(operation.as_strategy(generation_mode=mode) for mode in modes))
+
+        @given(case=cases, spoken=st.integers(0, 3))
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            phases=[Phase.generate],  # no shrinking: a failure is reported as found
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
+        def fuzz(case: Any, spoken: int) -> None:
+            if spoken == 0:  # a quarter of the speech bodies reach the model
+                _speak(case)
+            _check(case, case.call(timeout=60))
+
+        fuzz()
