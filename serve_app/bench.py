@@ -1,4 +1,6 @@
-"""``chorus bench serve``: streaming figures over HTTP beside the same figures in-process."""
+"""``chorus bench serve`` (streaming figures over HTTP beside in-process) and ``chorus bench capacity``
+(many listeners at once: first audio, playback stalls, refusals, throughput, beside the unbatched
+path and Ray's own floor)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import httpx
 
-__all__ = ["BenchRow", "format_table", "run_bench"]
+__all__ = ["BenchRow", "CapacityRow", "format_capacity", "format_table", "run_bench", "run_capacity"]
 
 TEXT = (
     "The morning train to the coast was late again. She packed three sandwiches and an old paperback. "
@@ -138,5 +140,197 @@ def format_table(rows: list[BenchRow]) -> str:
         lines.append(
             f"{r.path:<11} {r.streams:>7} {r.concurrency:>4} {r.ttfa_p50_ms:>6.0f} ms {r.ttfa_p90_ms:>5.0f} ms "
             f"{r.ttfa_p99_ms:>5.0f} ms {r.rtf:>7.3f} {r.throughput:>9.2f}"
+        )
+    return "\n".join(lines)
+
+
+# -- chorus bench capacity ----------------------------------------------------------------------
+
+CAPACITY_LEVELS = (1, 4, 8, 16, 32)
+ARRIVALS = ("burst", "steady")
+SYSTEMS = ("chorus", "unbatched", "floor")
+SYSTEM_NOTES = {
+    "chorus": "continuous batching + admission control (the defaults)",
+    "unbatched": "batching=0, admission off: every stream alone, every stream admitted",
+    "floor": "the real ingress over no-op stages: Ray's own cost for this hop structure",
+}
+STALL_S = 0.01  # a playback gap shorter than this is not counted as a stall
+
+
+@dataclass(frozen=True)
+class _Listener:
+    status: int
+    answered_s: float  # request to response headers
+    chunks: tuple[tuple[float, int], ...]  # (seconds since the request, bytes) per body piece
+
+    def ttfa(self) -> float | None:
+        return self.chunks[0][0] if self.chunks else None
+
+    def audio_s(self, rate: int) -> float:
+        return sum(n for _, n in self.chunks) / 2 / rate
+
+    def stalls(self, rate: int) -> list[float]:
+        """Playback gaps: playback starts with the first byte and plays whatever has arrived."""
+        if not self.chunks:
+            return []
+        gaps, clock, heard = [], self.chunks[0][0], self.chunks[0][1] / 2 / rate
+        for arrival, size in self.chunks[1:]:
+            if arrival > clock + heard:
+                gaps.append(arrival - (clock + heard))
+                clock = arrival - heard  # playback resumes where it ran dry
+            heard += size / 2 / rate
+        return gaps
+
+
+@dataclass(frozen=True)
+class CapacityRow:
+    system: str
+    arrival: str
+    streams: int
+    admitted: int
+    refused: int
+    refusal_ms_max: float
+    ttfa_p50_ms: float
+    ttfa_p99_ms: float
+    stalled_share: float  # of admitted streams, the share whose playback ran dry
+    worst_stall_ms: float
+    throughput: float  # audio-seconds per wall-clock second, admitted streams
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _quantile(values: list[float], q: int) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(sorted(values), n=100, method="inclusive")[q - 1]
+
+
+async def _listen(client: httpx.AsyncClient, url: str, body: dict[str, object], delay: float) -> _Listener:
+    await asyncio.sleep(delay)
+    start = time.perf_counter()
+    chunks: list[tuple[float, int]] = []
+    async with client.stream("POST", f"{url}/v1/audio/speech", json=body) as response:
+        answered = time.perf_counter() - start
+        if response.status_code != 200:
+            await response.aread()
+            return _Listener(response.status_code, answered, ())
+        async for data in response.aiter_bytes():
+            chunks.append((time.perf_counter() - start, len(data)))
+    return _Listener(200, answered, tuple(chunks))
+
+
+async def _capacity_level(
+    url: str, model: str, streams: int, arrival: str, spacing_s: float
+) -> tuple[list[_Listener], float]:
+    body: dict[str, object] = {"model": model, "input": TEXT, "response_format": "pcm"}
+    limits = httpx.Limits(max_connections=streams + 4, max_keepalive_connections=streams + 4)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        start = time.perf_counter()
+        delays = [i * spacing_s if arrival == "steady" else 0.0 for i in range(streams)]
+        listeners = await asyncio.gather(*(_listen(client, url, body, d) for d in delays))
+        return list(listeners), time.perf_counter() - start
+
+
+def _capacity_row(system: str, arrival: str, listeners: list[_Listener], wall: float, rate: int) -> CapacityRow:
+    ok = [x for x in listeners if x.status == 200]
+    refused = [x for x in listeners if x.status in (429, 503)]
+    if len(ok) + len(refused) != len(listeners):
+        bad = sorted({x.status for x in listeners} - {200, 429, 503})
+        raise RuntimeError(f"{system}: unexpected HTTP status {bad}")
+    ttfa = [t * 1000 for x in ok if (t := x.ttfa()) is not None]
+    stalls = [x.stalls(rate) for x in ok]
+    worst = max((max(s) for s in stalls if s), default=0.0)
+    return CapacityRow(
+        system,
+        arrival,
+        len(listeners),
+        len(ok),
+        len(refused),
+        max((x.answered_s * 1000 for x in refused), default=0.0),
+        _quantile(ttfa, 50),
+        _quantile(ttfa, 99),
+        sum(1 for s in stalls if any(g > STALL_S for g in s)) / len(ok) if ok else 0.0,
+        worst * 1000,
+        sum(x.audio_s(rate) for x in ok) / wall,
+    )
+
+
+def run_capacity(
+    addon: str | None,
+    levels: list[int],
+    arrivals: list[str],
+    systems: list[str],
+    on_row: Callable[[CapacityRow], None] | None = None,
+) -> list[CapacityRow]:
+    """For each system (served one after another on one local Ray), each arrival pattern and each
+    level: ``level`` listeners asking for TEXT at once ("burst"), or one every utterance length /
+    level seconds ("steady": about ``level`` listening at any time), over HTTP as pcm."""
+    import ray
+    from ray import serve
+
+    import addons
+    from serve_app.app import DEFAULTS, AppArgs, build_app
+    from serve_app.bench_floor import build_floor_app, profile_addon
+    from serve_app.server import free_port
+
+    directory = addons.find_addon(addon or addons.loader.DEFAULT_ADDON)
+    manifest = addons.read_manifest(directory)
+    rate = manifest.mel.sample_rate
+    profile = profile_addon(directory, TEXT) if "floor" in systems else None
+    utterance_s = _utterance_seconds(directory)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    rows: list[CapacityRow] = []
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        for system in systems:
+            if system == "floor":
+                assert profile is not None
+                app = build_floor_app(directory, profile, DEFAULTS)
+            else:
+                plain = system == "unbatched"
+                args = AppArgs(addons=[str(directory)], batching=0 if plain else 32, admission=not plain)
+                app = build_app(args)
+            serve.run(app, name=system, route_prefix=f"/{system}")
+            asyncio.run(_capacity_level(f"{url}/{system}", manifest.name, 1, "burst", 0.0))  # warm-up
+            for arrival in arrivals:
+                for level in levels:
+                    found, wall = asyncio.run(
+                        _capacity_level(f"{url}/{system}", manifest.name, level, arrival, utterance_s / level)
+                    )
+                    row = _capacity_row(system, arrival, found, wall, rate)
+                    rows.append(row)
+                    if on_row:
+                        on_row(row)
+                    time.sleep(1.0)  # let admission's view of the last level drain
+            serve.delete(system)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return rows
+
+
+def _utterance_seconds(directory: object) -> float:
+    import addons
+
+    voice = addons.load(directory)  # type: ignore[arg-type]
+    return sum(c.samples.size for c in voice.stream(TEXT)) / voice.sample_rate
+
+
+def format_capacity(rows: list[CapacityRow]) -> str:
+    head = (
+        f"{'system':<10} {'arrival':<7} {'streams':>7} {'admit':>5} {'refuse':>6} {'refusal':>8} "
+        f"{'TTFA p50':>9} {'p99':>8} {'stalled':>7} {'worst':>8} {'audio s/s':>9}"
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"{r.system:<10} {r.arrival:<7} {r.streams:>7} {r.admitted:>5} {r.refused:>6} "
+            f"{r.refusal_ms_max:>5.0f} ms {r.ttfa_p50_ms:>6.0f} ms {r.ttfa_p99_ms:>5.0f} ms "
+            f"{r.stalled_share:>6.0%} {r.worst_stall_ms:>5.0f} ms {r.throughput:>9.2f}"
         )
     return "\n".join(lines)

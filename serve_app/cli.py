@@ -51,7 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     bsynth.set_defaults(func=_bench_synth)
 
     serve = sub.add_parser("serve", help="serve every installed addon over HTTP (embedded local Ray Serve)")
-    serve.add_argument("--config", type=Path, help="a Serve config file (its applications' args are used)")
+    what = serve.add_mutually_exclusive_group()
+    what.add_argument("--config", type=Path, help="a Serve config file (its applications' args are used)")
+    what.add_argument(
+        "--addon", action="append", metavar="NAME", help="serve only this addon (name or directory; repeatable)"
+    )
     serve.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     serve.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may schedule (default: all)")
@@ -64,6 +68,22 @@ def _parser() -> argparse.ArgumentParser:
     bserve.add_argument("--requests", type=int, default=2, help="requests per stream slot at each level")
     bserve.add_argument("--json", action="store_true")
     bserve.set_defaults(func=_bench_serve)
+
+    bcap = bench_sub.add_parser(
+        "capacity", help="many listeners at once: first audio, stalls, refusals, throughput, beside baselines"
+    )
+    bcap.add_argument("--addon", default=None, help="addon name or directory")
+    bcap.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8, 16, 32], help="concurrent listeners")
+    bcap.add_argument("--arrivals", nargs="+", choices=["burst", "steady"], default=["burst", "steady"])
+    bcap.add_argument(
+        "--systems",
+        nargs="+",
+        choices=["chorus", "unbatched", "floor"],
+        default=["chorus", "unbatched", "floor"],
+        help="chorus: the defaults; unbatched: batching and admission off; floor: no-op stages (Ray's cost)",
+    )
+    bcap.add_argument("--json", action="store_true")
+    bcap.set_defaults(func=_bench_capacity)
 
     addon = sub.add_parser("addon", help="inspect addons")
     addon_sub = addon.add_subparsers(dest="addon_command", required=True)
@@ -204,6 +224,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         config = read_config(args.config)
+        if args.addon:
+            config.applications[0].args["addons"] = args.addon
         return run_server(config, args.host, args.port, args.num_cpus, args.metrics_port)
     except ValueError as exc:  # addon, args or config errors, found before Ray starts
         raise CliError(str(exc)) from None
@@ -219,6 +241,25 @@ def _bench_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     print(json.dumps([r.as_dict() for r in rows], indent=2) if args.json else format_table(rows))
+    return 0
+
+
+def _bench_capacity(args: argparse.Namespace) -> int:
+    from serve_app.bench import SYSTEM_NOTES, format_capacity, run_capacity
+
+    if min(args.levels) < 1 or max(args.levels) > 256:
+        raise CliError("--levels must be between 1 and 256")
+    if not args.json:
+        for system in args.systems:
+            print(f"# {system}: {SYSTEM_NOTES[system]}")
+        print(format_capacity([]))
+    show = None if args.json else lambda row: print(format_capacity([row]).splitlines()[1], flush=True)
+    try:
+        rows = run_capacity(args.addon, args.levels, args.arrivals, args.systems, on_row=show)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
     return 0
 
 
