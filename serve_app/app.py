@@ -19,6 +19,7 @@ from ray.serve import Application
 
 import addons
 from addons.manifest import AddonManifest, StageDeployment
+from serve_app.autoscaling import POLICY_FUNCTION
 from serve_app.deployments import BATCH_SIZE, DEFAULT_BATCHING, DecoderDeployment, EncodersDeployment, VocoderDeployment
 from serve_app.http import API_KEYS_ENV, HttpPolicy, key_digests
 from serve_app.ingress import Ingress, ModelInfo
@@ -120,7 +121,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 def _options(args: AppArgs, name: str, stage: str, hint: StageDeployment | None) -> dict[str, Any]:
     hints = hint.model_dump(exclude_none=True, exclude={"context"}) if hint else None
-    return merge_deployment_options(DEFAULTS[stage], hints, args.deployments.get(name))
+    options = merge_deployment_options(DEFAULTS[stage], hints, args.deployments.get(name))
+    auto = options.get("autoscaling_config")
+    if auto is not None:  # Chorus's policy names become Ray's policy function
+        policy = auto.pop("policy", None) or ("load" if stage in ("decoder", "vocoder") else "requests")
+        if policy == "load":
+            auto["policy"] = {"policy_function": POLICY_FUNCTION}
+    return options
 
 
 def _replicas(options: dict[str, Any]) -> int:

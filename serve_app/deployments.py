@@ -26,6 +26,7 @@ import addons
 from addons.voice import AudioStage
 from blocks import Request
 from blocks.batching import DEADLINE
+from serve_app.autoscaling import BusyMeter
 
 T = TypeVar("T")
 
@@ -44,6 +45,8 @@ DEFAULT_BATCHING = 32  # streams sharing one forward pass, at most; 0 turns cont
 
 class _Replica:
     _pool: ThreadPoolExecutor | None = None
+    _meter: BusyMeter | None = None
+    active = 0  # streams in progress (decoders count them)
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
         """``fn(*args)`` in this replica's stream threads, its network calls carrying ``deadline``."""
@@ -51,7 +54,26 @@ class _Replica:
             self._pool = ThreadPoolExecutor(STREAM_THREADS, thread_name_prefix=f"chorus-{type(self).__name__}")
         context = contextvars.copy_context()
         context.run(DEADLINE.set, deadline)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(context.run, fn, *args))
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, partial(context.run, self._timed, fn, *args)
+        )
+
+    def _timed(self, fn: Callable[..., T], *args: Any) -> T:
+        meter = self._busy_meter()
+        meter.enter()
+        try:
+            return fn(*args)
+        finally:
+            meter.leave()
+
+    def _busy_meter(self) -> BusyMeter:
+        if self._meter is None:
+            self._meter = BusyMeter()
+        return self._meter
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metrics (see :mod:`serve_app.autoscaling`)."""
+        return {"busy": self._busy_meter().report(), "streams": float(self.active)}
 
     def pid(self) -> int:
         """This replica's process id (fault-injection tests, diagnostics)."""

@@ -107,6 +107,13 @@ class AutoscalingOptions(_Layer):
     )
     upscaling_factor: float | None = Field(default=None, gt=0, description="Multiplier on each upscaling decision.")
     downscaling_factor: float | None = Field(default=None, gt=0, description="Multiplier on each downscaling decision.")
+    policy: Literal["load", "requests"] | None = Field(
+        default=None,
+        description=(
+            "What to scale on: 'load', how busy the replicas are (serve_app.autoscaling; the default for "
+            "decoders and vocoders), or 'requests', Ray's ongoing requests per replica (the default elsewhere)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_bounds(self) -> AutoscalingOptions:
@@ -224,6 +231,6 @@ def merge_deployment_options(
 def _check_with_ray_defaults(config: dict[str, Any]) -> None:
     """Unset bounds take Ray's defaults (max_replicas=1), so let Ray judge the whole."""
     try:
-        AutoscalingConfig(**config)
+        AutoscalingConfig(**{k: v for k, v in config.items() if k != "policy"})  # ours: see serve_app.app
     except ValidationError as exc:
         raise ValueError(f"merged autoscaling_config is invalid:\n{exc}") from exc

@@ -1,0 +1,119 @@
+"""Autoscaling on load (busy share of replicas), and the deployment option layers build_app applies."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from serve_app import autoscaling
+from serve_app.autoscaling import POLICY_FUNCTION, TARGET_BUSY, BusyMeter, desired_replicas, load_policy
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(autoscaling.time, "monotonic", c)
+    return c
+
+
+def test_busy_share_counts_overlapping_work_once(clock: Clock) -> None:
+    meter = BusyMeter()
+    clock.now += 1.0  # idle
+    meter.enter()
+    clock.now += 0.5
+    meter.enter()  # a second stream's work overlaps the first's
+    clock.now += 0.5
+    meter.leave()
+    meter.leave()
+    clock.now += 2.0  # idle
+    assert meter.report() == pytest.approx(1.0 / 4.0)
+    meter.enter()  # work in progress counts up to the report, and on into the next window
+    clock.now += 1.0
+    assert meter.report() == pytest.approx(1.0)
+    clock.now += 1.0
+    meter.leave()
+    clock.now += 1.0
+    assert meter.report() == pytest.approx(0.5)
+
+
+def test_replicas_follow_the_summed_busy_share() -> None:
+    assert desired_replicas({}, 3) == 3  # no report yet: keep
+    assert desired_replicas({"a": 0.9, "b": 0.9}, 2) == pytest.approx(1.8 / TARGET_BUSY)
+    assert desired_replicas({"a": 0.05, "b": 0.0}, 2) == 1.0
+    ctx = SimpleNamespace(aggregated_metrics={"busy": {"r1": 0.95, "r2": 0.85}}, current_num_replicas=2)
+    replicas, state = load_policy(ctx)
+    assert replicas > 2 and state == {}
+
+
+def test_replicas_report_busy_share_through_serve() -> None:
+    from serve_app.deployments import _Replica
+
+    replica = _Replica()
+    replica._timed(time.sleep, 0.05)
+    stats = replica.record_autoscaling_stats()
+    assert set(stats) == {"busy", "streams"} and 0 < stats["busy"] <= 1
+
+
+def _app_options(application: Any) -> dict[str, dict[str, Any]]:
+    """Deployment name -> options, for every deployment bound in the graph."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def visit(node: Any) -> None:
+        deployment = getattr(node, "_bound_deployment", None)
+        if deployment is None:
+            return
+        found[deployment.name] = {
+            "ray_actor_options": deployment.ray_actor_options,
+            "autoscaling_config": deployment._deployment_config.autoscaling_config,
+            "num_replicas": deployment._deployment_config.num_replicas,
+            "max_ongoing_requests": deployment.max_ongoing_requests,
+        }
+        for arg in list(deployment._replica_config.init_args) + list(deployment._replica_config.init_kwargs.values()):
+            for item in arg.values() if isinstance(arg, dict) else [arg]:
+                for sub in item if isinstance(item, tuple) else [item]:
+                    visit(sub)
+
+    visit(application)
+    return found
+
+
+def test_hints_and_overrides_keep_the_default_cpus_and_decoders_scale_on_load(
+    fixture_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serve_app.app import AppArgs, build_app
+
+    args = AppArgs(
+        addons=[str(fixture_dir / "tiny-fast")],
+        deployments={
+            "tiny-fast-decoder": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 4}},
+            "tiny-fast-encoders": {
+                "ray_actor_options": {"resources": {"gpu_node": 0.01}},
+                "autoscaling_config": {"min_replicas": 1, "max_replicas": 2},
+            },
+            "universal-vocoder": {"autoscaling_config": {"max_replicas": 3, "policy": "requests"}},
+        },
+    )
+    options = _app_options(build_app(args))
+    assert set(options) == {"ingress", "tiny-fast-encoders", "tiny-fast-decoder", "universal-vocoder"}
+    enc = options["tiny-fast-encoders"]
+    assert enc["ray_actor_options"]["num_cpus"] == 0.25  # the code default survives a resources-only override
+    assert enc["ray_actor_options"]["resources"] == {"gpu_node": 0.01}
+    assert enc["autoscaling_config"].policy.policy_function != POLICY_FUNCTION  # Ray's own, by default
+    dec = options["tiny-fast-decoder"]
+    assert dec["autoscaling_config"].policy.policy_function == POLICY_FUNCTION
+    assert dec["autoscaling_config"].max_replicas == 4
+    voc = options["universal-vocoder"]
+    assert voc["autoscaling_config"].policy.policy_function != POLICY_FUNCTION  # asked for requests
+    assert options["ingress"]["ray_actor_options"]["num_cpus"] == 0.25
