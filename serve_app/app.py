@@ -20,7 +20,7 @@ from ray.serve import Application
 import addons
 from addons.manifest import AddonManifest, StageDeployment
 from serve_app.autoscaling import POLICY_FUNCTION
-from serve_app.deployments import BATCH_SIZE, DEFAULT_BATCHING, DecoderDeployment, EncodersDeployment, VocoderDeployment
+from serve_app.deployments import DEFAULT_BATCHING, DEFAULTS, DecoderDeployment, EncodersDeployment, VocoderDeployment
 from serve_app.http import API_KEYS_ENV, HttpPolicy, key_digests
 from serve_app.ingress import Ingress, ModelInfo
 from serve_app.options import DeploymentOptions, merge_deployment_options
@@ -106,17 +106,6 @@ def _resolve_addons(names: list[str]) -> list[tuple[Path, AddonManifest]]:
     if len(set(taken)) != len(taken):
         raise ValueError(f"two addons share a model name: {taken}")
     return resolved
-
-
-# The first layer of every deployment's options (then the addon's hints, then AppArgs.deployments),
-# so that a hint naming only ``resources`` keeps these CPUs (Ray replaces ray_actor_options whole).
-STAGE_CPUS = 0.25
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "encoders": {"ray_actor_options": {"num_cpus": STAGE_CPUS}, "max_ongoing_requests": 2 * BATCH_SIZE},
-    "decoder": {"ray_actor_options": {"num_cpus": STAGE_CPUS}, "max_ongoing_requests": 32},
-    "vocoder": {"ray_actor_options": {"num_cpus": STAGE_CPUS}, "max_ongoing_requests": 64},
-    "ingress": {"ray_actor_options": {"num_cpus": STAGE_CPUS}},
-}
 
 
 def _options(args: AppArgs, name: str, stage: str, hint: StageDeployment | None) -> dict[str, Any]:

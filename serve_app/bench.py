@@ -272,8 +272,9 @@ def run_capacity(
     from ray import serve
 
     import addons
-    from serve_app.app import DEFAULTS, AppArgs, build_app
+    from serve_app.app import AppArgs, build_app
     from serve_app.bench_floor import build_floor_app, profile_addon
+    from serve_app.deployments import DEFAULTS
     from serve_app.server import free_port
 
     directory = addons.find_addon(addon or addons.loader.DEFAULT_ADDON)

@@ -41,6 +41,16 @@ BATCH_SIZE = 8
 # Streams a replica steps at once (each waits in a worker thread while its batch runs).
 STREAM_THREADS = 64
 DEFAULT_BATCHING = 32  # streams sharing one forward pass, at most; 0 turns continuous batching off
+# The first layer of every deployment's options (then the addon's hints, then AppArgs.deployments:
+# see serve_app.app), so that a hint naming only ``resources`` keeps these CPUs (Ray replaces
+# ray_actor_options whole); also the decorators' own, for a deployment bound directly.
+STAGE_CPUS = 0.25
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "encoders": {"ray_actor_options": {"num_cpus": STAGE_CPUS}, "max_ongoing_requests": 2 * BATCH_SIZE},
+    "decoder": {"ray_actor_options": {"num_cpus": STAGE_CPUS}, "max_ongoing_requests": 32},
+    "vocoder": {"ray_actor_options": {"num_cpus": STAGE_CPUS}, "max_ongoing_requests": 64},
+    "ingress": {"ray_actor_options": {"num_cpus": STAGE_CPUS}, "max_ongoing_requests": 64},
+}
 
 
 class _Replica:
@@ -87,7 +97,7 @@ class _Replica:
         return True
 
 
-@serve.deployment  # options: serve_app.app.DEFAULTS, then the addon's hints, then AppArgs.deployments
+@serve.deployment(**DEFAULTS["encoders"])
 class EncodersDeployment(_Replica):
     """The SequenceBlock side of one addon: a sentence's text -> its phoneme ids -> features.
 
@@ -111,7 +121,7 @@ class EncodersDeployment(_Replica):
         return await asyncio.to_thread(self.voice.encode_batch, batch)
 
 
-@serve.deployment  # options: serve_app.app.DEFAULTS, then the addon's hints, then AppArgs.deployments
+@serve.deployment(**DEFAULTS["decoder"])
 class DecoderDeployment(_Replica):
     """The StreamableBlock side of one addon: features -> a stream of mel chunks [F, n_mels]."""
 
@@ -160,7 +170,7 @@ class DecoderDeployment(_Replica):
             self.active -= 1
 
 
-@serve.deployment  # options: serve_app.app.DEFAULTS, then the addon's hints, then AppArgs.deployments
+@serve.deployment(**DEFAULTS["vocoder"])
 class VocoderDeployment(_Replica):
     """Mel -> audio for the addons it serves (the shared universal vocoder, or one addon's own).
 

@@ -28,6 +28,7 @@ from addons.manifest import AddonManifest
 from addons.voice import resolve_options
 from serve_app.admission import AdmissionConfig, AtCapacity, ModelAdmission
 from serve_app.audio_format import AudioEncoder, UnsupportedFormatError, make_encoder
+from serve_app.deployments import DEFAULTS
 from serve_app.http import HttpPolicy, install
 from serve_app.schemas import (
     SSE_MEDIA_TYPE,
@@ -127,7 +128,7 @@ app = FastAPI(title="Chorus", description="Many text-to-speech models side by si
 install(app, _replica_policy, stream_paths=(SPEECH_PATH,), open_paths=PROBE_PATHS)
 
 
-@serve.deployment  # options: serve_app.app.DEFAULTS, then the addon's hints, then AppArgs.deployments
+@serve.deployment(**DEFAULTS["ingress"])
 @serve.ingress(app)
 class Ingress:
     def __init__(

@@ -35,7 +35,14 @@ FAST_SCALING = {
         "downscale_delay_s": 600,
         "metrics_interval_s": 0.2,
         "look_back_period_s": 1,
+        "policy": "requests",  # Ray's: streams in flight per replica
     },
+    "graceful_shutdown_timeout_s": 0.5,
+    "graceful_shutdown_wait_loop_s": 0.1,
+}
+# Chorus's own policy: how busy the replicas are (serve_app.autoscaling).
+LOAD_SCALING = {
+    "autoscaling_config": {**FAST_SCALING["autoscaling_config"], "max_replicas": 2, "policy": "load"},
     "graceful_shutdown_timeout_s": 0.5,
     "graceful_shutdown_wait_loop_s": 0.1,
 }
@@ -51,7 +58,11 @@ def server(fixture_dir: Path) -> Iterator[str]:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = AppArgs(
             addons=[str(fixture_dir / "tiny-fast"), str(fixture_dir / "tiny-taco")],
-            deployments={"tiny-fast-decoder": FAST_SCALING, "tiny-taco-decoder": FAST_SCALING},
+            deployments={
+                "tiny-fast-decoder": FAST_SCALING,
+                "tiny-taco-decoder": FAST_SCALING,
+                "universal-vocoder": LOAD_SCALING,
+            },
         )
         serve.run(build_app(args), name="chorus", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
@@ -66,8 +77,9 @@ def _replicas(deployment: str) -> int:
 
 
 def test_load_on_one_model_scales_only_its_decoder(server: str) -> None:
+    """And the shared vocoder, doing most of the work, scales on its replicas' busy share."""
     # First in the module, so that both models still sit at their minimum of one replica.
-    assert _replicas("tiny-fast-decoder") == _replicas("tiny-taco-decoder") == 1
+    assert _replicas("tiny-fast-decoder") == _replicas("tiny-taco-decoder") == _replicas("universal-vocoder") == 1
     stop = threading.Event()
 
     def load() -> None:
@@ -79,9 +91,10 @@ def test_load_on_one_model_scales_only_its_decoder(server: str) -> None:
         t.start()
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and _replicas("tiny-fast-decoder") < 2:
+        while time.monotonic() < deadline and min(_replicas("tiny-fast-decoder"), _replicas("universal-vocoder")) < 2:
             time.sleep(0.25)
         assert _replicas("tiny-fast-decoder") >= 2
+        assert _replicas("universal-vocoder") == 2
         assert _replicas("tiny-taco-decoder") == 1
     finally:
         stop.set()
