@@ -22,7 +22,7 @@ from addons.manifest import AddonError, format_validation_error
 from addons.netfile import NetworkFileError, load_program
 from blocks import ExecutionContext, MelSettings, NetworkRunner, NetworkSpec
 
-__all__ = ["PACKAGE_FILE", "VocoderPackage", "find_vocoder", "load_universal"]
+__all__ = ["PACKAGE_FILE", "VocoderPackage", "check_vocoder", "find_vocoder", "load_universal"]
 
 PACKAGE_FILE = "vocoder.json"
 
@@ -77,3 +77,22 @@ def load_universal(name: str, device: torch.device, near: Path | None = None) ->
             runner = NetworkRunner(name, package.network, module, ExecutionContext.DYNAMIC, device)
             _loaded[key] = (runner, package.mel)
         return _loaded[key]
+
+
+def check_vocoder(directory: Path) -> str:
+    """Read the package in ``directory`` as a server would, run it on a few frames; say what it is.
+    An :class:`AddonError` names what is wrong."""
+    directory = directory.resolve()
+    if not (directory / PACKAGE_FILE).is_file():
+        raise AddonError(f"{directory}: not a universal vocoder (no {PACKAGE_FILE})")
+    runner, mel = load_universal(directory.name, torch.device("cpu"), directory)  # found beside itself
+    frames = 32
+    try:
+        audio = runner.run({runner.spec.inputs[0].name: torch.full((1, frames, mel.n_mels), -11.5)})
+    except Exception as exc:  # a network that loads but does not run: still the package's fault
+        raise AddonError(f"{directory}: the vocoder failed a test run: {exc}") from None
+    samples = next(iter(audio.values())).shape[-1]
+    return (
+        f"universal vocoder {directory.name} ({mel.sample_rate} Hz, {mel.n_mels} mels, "
+        f"{runner.spec.receptive_field} frames of context), {frames} frames -> {samples} samples"
+    )

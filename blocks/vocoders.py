@@ -287,7 +287,7 @@ class UniversalVocoderConfig(NeuralVocoderConfig):
         description="The universal vocoder to use (a package installed beside the addons, not in this addon).",
     )
     chunk_frames: int = Field(16, ge=1, le=MAX_FRAMES, description="Mel frames of the first call.")
-    max_chunk_frames: int | None = Field(128, ge=1, le=MAX_FRAMES, description="Calls double up to this many.")
+    max_chunk_frames: int | None = Field(256, ge=1, le=MAX_FRAMES, description="Calls double up to this many.")
 
 
 class UniversalVocoder(NeuralVocoder):

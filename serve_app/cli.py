@@ -265,7 +265,10 @@ def _bench_capacity(args: argparse.Namespace) -> int:
 
 def _addon_validate(args: argparse.Namespace) -> int:
     import addons
+    from addons.vocoders import PACKAGE_FILE
 
+    if (args.directory / PACKAGE_FILE).is_file() and not (args.directory / "addon.json").is_file():
+        return _vocoder_validate(args.directory)
     try:
         manifest = addons.read_manifest(args.directory)
         contexts = ["dynamic"] + (["static"] if any(s.static_length for s in manifest.networks.values()) else [])
@@ -279,6 +282,18 @@ def _addon_validate(args: argparse.Namespace) -> int:
         f"{args.directory}: ok — {manifest.name} {manifest.version} ({manifest.language}), "
         f"{len(manifest.networks)} networks, test synthesis {mel.shape[0]} frames / {audio.size} samples"
     )
+    return 0
+
+
+def _vocoder_validate(directory: Path) -> int:
+    from addons.manifest import AddonError
+    from addons.vocoders import check_vocoder
+
+    try:
+        summary = check_vocoder(directory)
+    except AddonError as exc:
+        raise CliError(str(exc)) from None
+    print(f"{directory}: ok — {summary}")
     return 0
 
 

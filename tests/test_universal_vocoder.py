@@ -100,3 +100,24 @@ def test_a_broken_package_is_refused(
     with pytest.raises(AddonError, match=message):
         find_vocoder("tiny-vocoder", tmp_path / "some-addon")
         load_universal("tiny-vocoder", __import__("torch").device("cpu"), tmp_path / "some-addon")
+
+
+def test_addon_validate_checks_a_vocoder_package(fixture_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    def validate(directory: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "serve_app.cli", "addon", "validate", str(directory)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+
+    good = validate(fixture_dir / "tiny-vocoder")
+    assert good.returncode == 0 and "universal vocoder tiny-vocoder" in good.stdout, good.stderr
+    broken = tmp_path / "tiny-vocoder"
+    shutil.copytree(fixture_dir / "tiny-vocoder", broken)
+    (broken / "vocoder.pt2").write_bytes(b"not a zip archive")
+    bad = validate(broken)
+    assert bad.returncode == 2 and "vocoder.pt2" in bad.stderr and "Traceback" not in bad.stderr

@@ -339,7 +339,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
     """Run the evaluation described in the module docstring; returns per-sentence rows by voice name."""
     start = time.perf_counter()
     corpus = Corpus.load(args.corpus)
-    utts = corpus.held_out[: args.n]
+    utts = corpus.held_out[args.offset : args.offset + args.n]
     teachers = [_teacher(u, corpus.mel) for u in utts]
     floor = "teacher mel + Griffin-Lim (vocoder floor)"
     results = {
@@ -369,6 +369,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--corpus", type=Path, default=Path("data/corpus"))
     p.add_argument("--addons", type=Path, nargs="+", required=True, help="Addon directories to score.")
     p.add_argument("--n", type=int, default=20, help="Held-out sentences to use.")
+    p.add_argument("--offset", type=int, default=0, help="Skip this many held-out sentences first.")
     p.add_argument("--out", type=Path, default=Path("docs/voices"))
     p.add_argument("--cepstra", type=int, default=25, help="Cepstral coefficients c0..c(n-1); c0 is left out.")
     p.add_argument("--plots", type=int, default=2, help="Sentences to plot.")

@@ -296,14 +296,16 @@ def _streamed(runner: NetworkRunner, mel: torch.Tensor, chunk: int) -> torch.Ten
 
 
 def evaluate_vocoders(
-    corpus_dir: Path, vocoder_dir: Path, n: int, cepstra: int, chunk: int
+    corpus_dir: Path, vocoder_dir: Path, n: int, cepstra: int, chunk: int, offset: int = 0
 ) -> dict[str, dict[str, float]]:
     """MCD (mean, dB) against the teacher and RTF at the current thread count, by vocoder name."""
     corpus = Corpus.load(corpus_dir)
     runner, settings = load_vocoder(vocoder_dir)
     if settings != corpus.mel:
         raise UsageError(f"{vocoder_dir} was trained for other mel settings than the corpus's")
-    utts = corpus.held_out[:n]
+    utts = corpus.held_out[offset : offset + n]
+    if not utts:
+        raise UsageError(f"no held-out sentences from --offset {offset} (there are {len(corpus.held_out)})")
     teachers = teacher_audio(utts, settings)
     vocoders = {
         "Griffin-Lim (32 iterations)": lambda mel: _griffin_lim(mel, settings),
@@ -351,6 +353,7 @@ def _evaluate_main(argv: Sequence[str]) -> int:
     p.add_argument("--corpus", type=Path, default=Path("data/corpus"))
     p.add_argument("--export", type=Path, default=Path(f"addons/bundled/{NAME}"), help="Exported vocoder directory.")
     p.add_argument("--n", type=int, default=20, help="Held-out sentences to use.")
+    p.add_argument("--offset", type=int, default=0, help="Skip this many held-out sentences first.")
     p.add_argument("--cepstra", type=int, default=25, help="Cepstral coefficients c0..c(n-1); c0 is left out.")
     p.add_argument("--chunk", type=int, default=32, help="Frames per call when streamed.")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (RTF is measured at this count).")
@@ -363,7 +366,7 @@ def _evaluate_main(argv: Sequence[str]) -> int:
         if not (args.export / CONFIG_FILE).is_file():
             raise UsageError(f"--export {args.export}: no {CONFIG_FILE} (train and export first)")
         torch.set_num_threads(args.threads)
-        results = evaluate_vocoders(args.corpus, args.export, args.n, args.cepstra, args.chunk)
+        results = evaluate_vocoders(args.corpus, args.export, args.n, args.cepstra, args.chunk, args.offset)
     except UsageError as exc:
         print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return 2
