@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from addons.loader import addon_dirs
 from addons.manifest import AddonError, format_validation_error
 from addons.netfile import NetworkFileError, load_program
-from blocks import ExecutionContext, MelSettings, NetworkRunner, NetworkSpec
+from blocks import ExecutionContext, LazyModule, MelSettings, NetworkRunner, NetworkSpec
 
 __all__ = ["PACKAGE_FILE", "VocoderPackage", "check_vocoder", "find_vocoder", "load_universal"]
 
@@ -69,12 +69,18 @@ def load_universal(name: str, device: torch.device, near: Path | None = None) ->
     with _lock:
         if key not in _loaded:
             path = directory / package.network.file
-            try:
-                program = load_program(path, package.network, directory)
+            try:  # checked now; its weights are read again when it first runs (not at all elsewhere)
+                load_program(path, package.network, directory)
             except NetworkFileError as exc:
                 raise AddonError(f"{path}: {exc}") from None
-            module = program.module().to(device)
-            runner = NetworkRunner(name, package.network, module, ExecutionContext.DYNAMIC, device)
+
+            def build(path: Path = path, spec: NetworkSpec = package.network) -> torch.nn.Module:
+                try:
+                    return load_program(path, spec, directory).module().to(device)
+                except NetworkFileError as exc:
+                    raise AddonError(f"{path}: {exc}") from None
+
+            runner = NetworkRunner(name, package.network, LazyModule(build), ExecutionContext.DYNAMIC, device)
             _loaded[key] = (runner, package.mel)
         return _loaded[key]
 

@@ -22,6 +22,7 @@ from blocks import (
     ChunkwiseBlock,
     ExecutionContext,
     Features,
+    LazyModule,
     MelSettings,
     NetworkRunner,
     NetworkSpec,
@@ -101,17 +102,26 @@ class NetworkLoader:
             if key not in self._programs:
                 spec = self.manifest.networks[name]
                 path = self.directory / spec.file
-                try:
+                try:  # checked now; its weights are read again when the network first runs
                     program = load_program(path, spec, self.directory)
                     self._check_static(name, spec, max_length(program, spec))
                 except NetworkFileError as exc:
                     raise AddonError(f"{path}: {exc}") from None
-                module = program.module().to(device)
-                runner = NetworkRunner(name, spec, module, self.context, device)
+                del program
+                runner = NetworkRunner(name, spec, LazyModule(self._builder(path, spec, device)), self.context, device)
                 if self.batching:
-                    runner.enable_batching(self.batching)
+                    runner.batch_when_used(self.batching)
                 self._programs[key] = runner
             return self._programs[key]
+
+    def _builder(self, path: Path, spec: NetworkSpec, device: torch.device) -> Callable[[], torch.nn.Module]:
+        def build() -> torch.nn.Module:
+            try:
+                return load_program(path, spec, self.directory).module().to(device)
+            except NetworkFileError as exc:  # changed on disk since it was checked
+                raise AddonError(f"{path}: {exc}") from None
+
+        return build
 
     def _check_static(self, name: str, spec: NetworkSpec, longest: int | None) -> None:
         length = spec.static_length if self.context is ExecutionContext.STATIC else None
@@ -258,7 +268,7 @@ class Voice:
         self.audio = AudioStage(manifest, env)
         self.vocoder = self.audio.vocoder
         if batching:
-            self.vocoder.enable_batching(batching)
+            self.vocoder.enable_batching(batching, when_used=True)
 
     # -- identity -----------------------------------------------------------------------------
     @property

@@ -23,7 +23,7 @@ from blocks.containers import SequenceBlockContainer, StreamablePipeline, Stream
 from blocks.decoder import Decoder
 from blocks.effects import ChunkStats, ChunkwiseBlock, Gain
 from blocks.encoders import CustomizedEncoders, Encoders
-from blocks.network import ExecutionContext, NetworkError, NetworkRunner, NetworkSpec, TensorSpec
+from blocks.network import ExecutionContext, LazyModule, NetworkError, NetworkRunner, NetworkSpec, TensorSpec
 from blocks.registry import REGISTRY, BlockRegistry, parse_block, parse_stack, plan_stack, register_block
 from blocks.upsampler import Upsampler
 from blocks.vocoders import GriffinLim, NeuralVocoder, UniversalVocoder, Vocoder
@@ -63,6 +63,7 @@ __all__ = [
     "Features",
     "Gain",
     "GriffinLim",
+    "LazyModule",
     "MelSettings",
     "NetworkError",
     "NetworkRunner",

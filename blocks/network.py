@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -155,6 +156,31 @@ class NetworkSpec(BaseModel):
         return any(t.name == "mask" for t in self.inputs)
 
 
+class LazyModule:
+    """A module built on its first call (thread-safe): a process that never runs a network (a
+    replica serving another stage) never holds its weights."""
+
+    def __init__(self, build: Callable[[], Callable[..., object]]) -> None:
+        self._build: Callable[[], Callable[..., object]] | None = build
+        self._module: Callable[..., object] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._module is not None
+
+    def __call__(self, *args: torch.Tensor) -> object:
+        if self._module is None:
+            with self._lock:
+                if self._module is None:
+                    assert self._build is not None
+                    self._module, self._build = self._build(), None
+        return self._module(*args)
+
+
+_BATCHING_LOCK = threading.Lock()
+
+
 @dataclass
 class NetworkRunner:
     """Calls one exported network in the configured context, on the configured device."""
@@ -165,10 +191,27 @@ class NetworkRunner:
     context: ExecutionContext = ExecutionContext.DYNAMIC
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_queue: BatchQueue[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]] | None = None
+    #: > 0: turn batching on (up to this many) at the first call, see :meth:`batch_when_used`
+    batching_wanted: int = 0
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the network's weights are in memory (a :class:`LazyModule` not yet called: no)."""
+        return not isinstance(self.module, LazyModule) or self.module.loaded
+
+    def batch_when_used(self, max_batch: int = 32) -> None:
+        """:meth:`enable_batching` at the first call: its probe runs the network, which would
+        otherwise load it in a process that may never use it."""
+        self.batching_wanted = max_batch
 
     # -- plain calls -------------------------------------------------------------------------
     def call(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One forward pass on exactly these tensors (``mask`` included if the network takes it)."""
+        if self.batching_wanted:
+            with _BATCHING_LOCK:
+                if self.batching_wanted:
+                    self.enable_batching(self.batching_wanted)
+                    self.batching_wanted = 0
         args = []
         for t in self.spec.inputs:
             if t.name not in inputs:

@@ -57,8 +57,9 @@ class Vocoder(StreamableBlock):
             raise env.error(f'{cls.type_name} consumes a "mel" stream, upstream gives {got}')
         return PlanEnv(env.keys, StreamKind.AUDIO, env.networks, env.path)
 
-    def enable_batching(self, max_batch: int = 32) -> bool:
-        """Share work between streams vocoding at once (see :mod:`blocks.batching`); whether on."""
+    def enable_batching(self, max_batch: int = 32, when_used: bool = False) -> bool:
+        """Share work between streams vocoding at once (see :mod:`blocks.batching`); whether on
+        (``when_used``: decided at the first call, for a process that may never vocode: True)."""
         return False
 
     def start(self) -> Any:
@@ -119,7 +120,7 @@ class GriffinLim(Vocoder):
         self.inverse_fb = _inverse_filterbank(self.mel)
         self._queue: BatchQueue[_Window, tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    def enable_batching(self, max_batch: int = 32) -> bool:
+    def enable_batching(self, max_batch: int = 32, when_used: bool = False) -> bool:
         self._queue = BatchQueue(self._griffin_lim_batch, lambda w: (tuple(w[0].shape), w[2]), max_batch)
         return True
 
@@ -267,7 +268,10 @@ class NeuralVocoder(Vocoder):
         assert isinstance(self.config, NeuralVocoderConfig)
         return self.runner.windowed(self.config.chunk_frames, state.window, self.config.max_chunk_frames)
 
-    def enable_batching(self, max_batch: int = 32) -> bool:
+    def enable_batching(self, max_batch: int = 32, when_used: bool = False) -> bool:
+        if when_used:
+            self.runner.batch_when_used(max_batch)
+            return True
         return self.runner.enable_batching(max_batch)
 
     def start(self) -> NeuralVocoderState:
