@@ -30,7 +30,7 @@ from blocks.base import (
     StreamKind,
 )
 from blocks.batching import BatchQueue
-from blocks.network import NetworkRunner, WindowedStream, WindowState
+from blocks.network import ExecutionContext, NetworkRunner, WindowedStream, WindowState
 
 __all__ = ["GriffinLim", "NeuralVocoder", "UniversalVocoder", "Vocoder"]
 
@@ -61,6 +61,12 @@ class Vocoder(StreamableBlock):
         """Share work between streams vocoding at once (see :mod:`blocks.batching`); whether on
         (``when_used``: decided at the first call, for a process that may never vocode: True)."""
         return False
+
+    @property
+    def first_frames(self) -> int:
+        """Mel frames a new stream's first :meth:`process` call needs to return any audio (a
+        caller sending mel in pieces makes the first piece at least this long: one round trip)."""
+        return 1
 
     def start(self) -> Any:
         raise NotImplementedError
@@ -119,6 +125,12 @@ class GriffinLim(Vocoder):
         super().__init__(config, env, children)
         self.inverse_fb = _inverse_filterbank(self.mel)
         self._queue: BatchQueue[_Window, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def first_frames(self) -> int:
+        cfg = self.config
+        assert isinstance(cfg, GriffinLimConfig)
+        return cfg.chunk_frames + cfg.context_frames
 
     def enable_batching(self, max_batch: int = 32, when_used: bool = False) -> bool:
         self._queue = BatchQueue(self._griffin_lim_batch, lambda w: (tuple(w[0].shape), w[2]), max_batch)
@@ -267,6 +279,14 @@ class NeuralVocoder(Vocoder):
     def _windows(self, state: NeuralVocoderState) -> WindowedStream:
         assert isinstance(self.config, NeuralVocoderConfig)
         return self.runner.windowed(self.config.chunk_frames, state.window, self.config.max_chunk_frames)
+
+    @property
+    def first_frames(self) -> int:
+        assert isinstance(self.config, NeuralVocoderConfig)
+        context = self.runner.spec.receptive_field or 0
+        if self.runner.context is ExecutionContext.STATIC and self.runner.spec.static_length is not None:
+            return self.runner.spec.static_length - context
+        return self.config.chunk_frames + context
 
     def enable_batching(self, max_batch: int = 32, when_used: bool = False) -> bool:
         if when_used:

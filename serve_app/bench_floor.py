@@ -33,6 +33,7 @@ class FloorProfile:
 
     n_mels: int
     hop_length: int
+    first_chunk: int = MIN_MEL_CHUNK  # the decoder's first mel chunk, as DecoderDeployment sizes it
     features: dict[str, list[Shapes]] = field(default_factory=dict)  # sentence -> shapes per part
     frames: dict[str, list[int]] = field(default_factory=dict)  # sentence -> mel frames per part
     state: Any = None  # the vocoder's packed state after a chunk, zero-filled, as the ingress carries it
@@ -66,7 +67,7 @@ def profile_addon(directory: Path, text: str) -> FloorProfile:
     voice = addons.load(directory)
     manifest = addons.read_manifest(directory)
     _, options = resolve_options(manifest)
-    profile = FloorProfile(manifest.mel.n_mels, manifest.mel.hop_length)
+    profile = FloorProfile(manifest.mel.n_mels, manifest.mel.hop_length, max(MIN_MEL_CHUNK, voice.vocoder.first_frames))
     for sentence in Frontend.split_sentences(Frontend.normalize(text)):
         parts = [s.ids for s in voice.sentences(sentence)]
         features = voice.encode_batch(parts) if parts else []
@@ -74,7 +75,7 @@ def profile_addon(directory: Path, text: str) -> FloorProfile:
         profile.frames[sentence] = [sum(len(c) for c in voice.decode(f, Request(options=options))) for f in features]
     stage = AudioStage.load(directory, manifest, "cpu")
     live = stage.start()
-    stage.process(live, np.zeros((MIN_MEL_CHUNK, manifest.mel.n_mels), np.float32), Request(options=options))
+    stage.process(live, np.zeros((profile.first_chunk, manifest.mel.n_mels), np.float32), Request(options=options))
     profile.state = _zero_like(stage.pack(live))
     return profile
 
@@ -98,12 +99,12 @@ class FloorEncoders(_Replica):
 @serve.deployment
 class FloorDecoder(_Replica):
     def __init__(self, profile: FloorProfile) -> None:
-        self.n_mels = profile.n_mels
+        self.n_mels, self.first_chunk = profile.n_mels, profile.first_chunk
 
     async def decode(
         self, features: dict[str, np.ndarray], options: dict[str, Any], deadline: float | None = None
     ) -> AsyncIterator[np.ndarray]:
-        left, size = int(features[_FRAMES_KEY]), MIN_MEL_CHUNK
+        left, size = int(features[_FRAMES_KEY]), self.first_chunk
         while left > 0:
             n = min(size, left)
             await asyncio.sleep(0)

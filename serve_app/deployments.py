@@ -129,6 +129,8 @@ class DecoderDeployment(_Replica):
         self, addon_dir: str, context: str = "dynamic", device: str = "auto", batching: int = DEFAULT_BATCHING
     ) -> None:
         self.voice = addons.load(Path(addon_dir), context=context, device=device, batching=batching)
+        # The first chunk carries what the vocoder needs for its first audio: one round trip, not two.
+        self.first_chunk = max(MIN_MEL_CHUNK, self.voice.vocoder.first_frames)
         self.active = 0  # streams in progress
         self.frames = 0  # mel frames produced since start
 
@@ -139,7 +141,8 @@ class DecoderDeployment(_Replica):
     async def decode(
         self, features: dict[str, np.ndarray], options: dict[str, Any], deadline: float | None = None
     ) -> AsyncIterator[np.ndarray]:
-        """Mel chunks of one sentence, growing from MIN_MEL_CHUNK to MAX_MEL_CHUNK frames.
+        """Mel chunks of one sentence, growing from the first chunk (at least MIN_MEL_CHUNK frames, and
+        what the vocoder needs for its first audio) to MAX_MEL_CHUNK frames.
 
         ``options`` are resolved already (see ``addons.voice.resolve_options``). ``deadline``
         (Unix seconds) is when the listener's buffer runs dry at the start of this sentence
@@ -150,7 +153,7 @@ class DecoderDeployment(_Replica):
         frame_s = self.voice.hop_length / self.voice.sample_rate
         start = time.time() if deadline is None else deadline
         pending: list[np.ndarray] = []
-        held, produced, target = 0, 0, MIN_MEL_CHUNK
+        held, produced, target = 0, 0, self.first_chunk
         self.active += 1
         try:
             while True:

@@ -78,7 +78,7 @@ def test_defaults() -> None:
     assert (req.voice_name, req.response_format, req.speed, req.stream_format) == (
         "default",
         "mp3",
-        1.0,
+        None,  # the voice preset's speed, else the addon's default: resolved per model
         "audio",
     )
     assert SpeechRequest.model_validate({**VALID, "voice": {"id": "v2"}}).voice_name == "v2"

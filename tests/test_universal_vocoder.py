@@ -121,3 +121,17 @@ def test_addon_validate_checks_a_vocoder_package(fixture_dir: Path, tmp_path: Pa
     (broken / "vocoder.pt2").write_bytes(b"not a zip archive")
     bad = validate(broken)
     assert bad.returncode == 2 and "vocoder.pt2" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "context"),
+    [("tiny-universal", "dynamic"), ("tiny-neural", "dynamic"), ("tiny-neural", "static"), ("tiny-fast", "dynamic")],
+)
+def test_first_frames_is_what_the_first_call_needs(fixture_dir: Path, name: str, context: str) -> None:
+    import torch
+
+    voice = addons.load(fixture_dir / name, context=context)
+    need = voice.vocoder.first_frames
+    mel = torch.full((1, need, voice.manifest.mel.n_mels), -5.0)
+    assert voice.vocoder.process(voice.vocoder.start(), mel[:, : need - 1]).shape[1] == 0
+    assert voice.vocoder.process(voice.vocoder.start(), mel).shape[1] > 0
