@@ -253,6 +253,7 @@ class Voice:
         self.device = torch.device(device)
         self.frontend = Frontend(manifest.frontend)
         self._load_network = NetworkLoader(manifest, directory, self.context, batching)
+        self._batch_exact: bool | None = None  # padded encoder batches equal single passes (probed once)
         env = BuildEnv(
             self._load_network,
             manifest.networks,
@@ -269,6 +270,16 @@ class Voice:
         self.vocoder = self.audio.vocoder
         if batching:
             self.vocoder.enable_batching(batching, when_used=True)
+
+    def load_networks(self, roles: set[str]) -> list[str]:
+        """Read the weights of this addon's networks with these roles now (a server process warming
+        up its own stage); the others stay unread until they first run. Returns their names."""
+        names = [n for n, spec in self.manifest.networks.items() if spec.role in roles]
+        for name in names:
+            self._load_network(name, self.device).load()
+        if "vocoder" in roles and isinstance(getattr(self.vocoder, "runner", None), NetworkRunner):
+            self.vocoder.runner.load()  # type: ignore[attr-defined]
+        return names
 
     # -- identity -----------------------------------------------------------------------------
     @property
@@ -342,13 +353,36 @@ class Voice:
     def encode_batch(self, batch: list[np.ndarray], request: Request | None = None) -> list[dict[str, np.ndarray]]:
         """:meth:`encode` for several sentences in one padded, masked pass (dynamic context).
 
-        Masked networks make each item's features equal to encoding it alone. The static
-        context compiles batch 1, so there items run one by one.
+        Each item's features equal encoding it alone, to the bit: where a padded pass would not
+        (see :meth:`_padded_batches_exact`), and in the static context (compiled for batch 1),
+        items run one by one.
         """
         request = self._request(request)
         first = self.stack.stack[0]
         if len(batch) < 2 or self.context is ExecutionContext.STATIC or not isinstance(first, StreamablePipeline):
             return [self.encode(ids, request) for ids in batch]
+        if not self._padded_batches_exact(request):
+            return [self.encode(ids, request) for ids in batch]
+        return self._encode_padded(batch, request)
+
+    def _padded_batches_exact(self, request: Request) -> bool:
+        """Whether a padded batch gives each sentence the features it gets alone, to the bit, on
+        this machine (kernels may sum in another order for another shape); probed once."""
+        if self._batch_exact is None:
+            gen = np.random.default_rng(0)
+            symbols = max(2, len(self.manifest.frontend.phonemes))
+            items = [gen.integers(1, symbols, n) for n in (7, 12, 5, 12)]
+            alone = [self.encode(ids, request) for ids in items]
+            together = self._encode_padded(items, request)
+            self._batch_exact = all(
+                a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+                for a, b in zip(alone, together, strict=True)
+            )
+        return self._batch_exact
+
+    def _encode_padded(self, batch: list[np.ndarray], request: Request) -> list[dict[str, np.ndarray]]:
+        first = self.stack.stack[0]
+        assert isinstance(first, StreamablePipeline)
         lengths = [len(ids) for ids in batch]
         ids = torch.zeros(len(batch), max(lengths), dtype=torch.int64)
         mask = torch.zeros(len(batch), max(lengths))

@@ -169,13 +169,16 @@ class LazyModule:
     def loaded(self) -> bool:
         return self._module is not None
 
-    def __call__(self, *args: torch.Tensor) -> object:
+    def load(self) -> Callable[..., object]:
         if self._module is None:
             with self._lock:
                 if self._module is None:
                     assert self._build is not None
                     self._module, self._build = self._build(), None
-        return self._module(*args)
+        return self._module
+
+    def __call__(self, *args: torch.Tensor) -> object:
+        return self.load()(*args)
 
 
 _BATCHING_LOCK = threading.Lock()
@@ -198,6 +201,16 @@ class NetworkRunner:
     def loaded(self) -> bool:
         """Whether the network's weights are in memory (a :class:`LazyModule` not yet called: no)."""
         return not isinstance(self.module, LazyModule) or self.module.loaded
+
+    def load(self) -> None:
+        """Read the weights now (and decide batching), rather than at the first call: a server
+        warms its own stage up before its first request."""
+        if isinstance(self.module, LazyModule):
+            self.module.load()
+        with _BATCHING_LOCK:
+            if self.batching_wanted:
+                self.enable_batching(self.batching_wanted)
+                self.batching_wanted = 0
 
     def batch_when_used(self, max_batch: int = 32) -> None:
         """:meth:`enable_batching` at the first call: its probe runs the network, which would

@@ -310,7 +310,7 @@ class UniversalVocoderConfig(NeuralVocoderConfig):
         pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$",
         description="The universal vocoder to use (a package installed beside the addons, not in this addon).",
     )
-    chunk_frames: int = Field(16, ge=1, le=MAX_FRAMES, description="Mel frames of the first call.")
+    chunk_frames: int = Field(32, ge=1, le=MAX_FRAMES, description="Mel frames of the first call.")
     max_chunk_frames: int | None = Field(256, ge=1, le=MAX_FRAMES, description="Calls double up to this many.")
 
 

@@ -106,6 +106,7 @@ class EncodersDeployment(_Replica):
 
     def __init__(self, addon_dir: str, context: str = "dynamic", device: str = "auto") -> None:
         self.voice = addons.load(Path(addon_dir), context=context, device=device)
+        self.voice.load_networks({"encoder"})  # only its own weights, read before the first request
 
     async def encode(self, sentence: str) -> list[dict[str, np.ndarray]]:
         """Features for each speakable part of ``sentence`` ([] if nothing in it is speakable)."""
@@ -129,6 +130,7 @@ class DecoderDeployment(_Replica):
         self, addon_dir: str, context: str = "dynamic", device: str = "auto", batching: int = DEFAULT_BATCHING
     ) -> None:
         self.voice = addons.load(Path(addon_dir), context=context, device=device, batching=batching)
+        self.voice.load_networks({"decoder", "decoder_step"})
         # The first chunk carries what the vocoder needs for its first audio: one round trip, not two.
         self.first_chunk = max(MIN_MEL_CHUNK, self.voice.vocoder.first_frames)
         self.active = 0  # streams in progress
@@ -188,6 +190,9 @@ class VocoderDeployment(_Replica):
             self.stages[name] = AudioStage.load(
                 Path(directory), manifest, addons.loader.resolve_device(device), batching
             )
+            runner = getattr(self.stages[name].vocoder, "runner", None)
+            if runner is not None:
+                runner.load()  # its weights, read before the first request
 
     def _stage(self, model: str) -> AudioStage:
         if model not in self.stages:

@@ -153,3 +153,17 @@ def test_concurrent_streams_batched_equal_unbatched(fixture_dir: Path, name: str
     got = _in_threads(lambda i: np.concatenate([c.samples for c in batched.stream(TEXTS[i % len(TEXTS)])]), 4)
     for i, audio in enumerate(got):
         assert np.array_equal(audio, want[i % len(TEXTS)]), (name, context, i)
+
+
+@pytest.mark.parametrize("name", ["tiny-fast", "tiny-taco"])
+def test_encoder_batches_equal_single_sentences_to_the_bit(fixture_dir: Path, name: str) -> None:
+    voice = addons.load(fixture_dir / name)
+    ids = [
+        s.ids
+        for t in ("Short one.", "A somewhat longer sentence, with a comma.", "Mid length here.")
+        for s in voice.sentences(t)
+    ]
+    alone = [voice.encode(i) for i in ids]
+    together = voice.encode_batch(ids)
+    for a, b in zip(alone, together, strict=True):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -56,3 +56,13 @@ def test_batched_voice_still_equals_plain_after_lazy_loading(fixture_dir: Path) 
     want = np.concatenate([c.samples for c in plain.stream(text)])
     got = np.concatenate([c.samples for c in batched.stream(text)])
     assert np.array_equal(want, got)
+
+
+@pytest.mark.parametrize("name", ["tiny-fast", "tiny-taco", "tiny-neural"])
+def test_a_replica_warms_up_its_own_stage_only(fixture_dir: Path, name: str) -> None:
+    directory = fixture_dir / name
+    roles = {n: s.role for n, s in read_manifest(directory).networks.items()}
+    voice = addons.load(directory, batching=8)
+    names = voice.load_networks({"decoder", "decoder_step"})
+    assert names and {roles[n] for n in names} <= {"decoder", "decoder_step"}
+    assert {n for n, on in _loaded(voice).items() if on} == set(names)
