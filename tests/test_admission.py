@@ -6,16 +6,9 @@ import pytest
 
 from serve_app import admission as adm
 from serve_app.admission import AdmissionConfig, AtCapacity, ModelAdmission
+from tests.helpers import Clock
 
 RATE = 1000  # samples per second, to keep the arithmetic readable
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

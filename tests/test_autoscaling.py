@@ -11,14 +11,7 @@ import pytest
 
 from serve_app import autoscaling
 from serve_app.autoscaling import POLICY_FUNCTION, TARGET_BUSY, BusyMeter, desired_replicas, load_policy
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import Clock
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from serve_app.server import free_port, read_config
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,13 +33,7 @@ def test_bad_serve_config_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_text("applications:\n  - import_path: other:app\n")
     with pytest.raises(ValueError, match="chorus serve runs serve_app:build_app"):
         read_config(bad)
-    result = subprocess.run(
-        [sys.executable, "-m", "serve_app.cli", "serve", "--config", str(bad)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+    result = run_cli("serve", "--config", str(bad), timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import addons
 from addons.manifest import AddonError, read_manifest
 from addons.vocoders import find_vocoder, load_universal
 from addons.voice import AudioStage
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "A shared vocoder. It speaks for many voices."
@@ -64,13 +63,7 @@ def test_a_missing_package_is_a_clear_error(installed: Path, edit_addon: Callabl
     addon = edit_addon("tiny-universal", lambda m: m["vocoder"].update(name="no-such-vocoder"))
     with pytest.raises(AddonError, match='universal vocoder "no-such-vocoder" not found'):
         addons.load(addon)
-    result = subprocess.run(
-        [sys.executable, "-m", "serve_app.cli", "addon", "validate", str(addon)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
+    result = run_cli("addon", "validate", str(addon))
     assert result.returncode == 2 and "no-such-vocoder" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -105,21 +98,12 @@ def test_a_broken_package_is_refused(
 def test_addon_validate_checks_a_vocoder_package(fixture_dir: Path, tmp_path: Path) -> None:
     import shutil
 
-    def validate(directory: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "serve_app.cli", "addon", "validate", str(directory)],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=120,
-        )
-
-    good = validate(fixture_dir / "tiny-vocoder")
+    good = run_cli("addon", "validate", str(fixture_dir / "tiny-vocoder"))
     assert good.returncode == 0 and "universal vocoder tiny-vocoder" in good.stdout, good.stderr
     broken = tmp_path / "tiny-vocoder"
     shutil.copytree(fixture_dir / "tiny-vocoder", broken)
     (broken / "vocoder.pt2").write_bytes(b"not a zip archive")
-    bad = validate(broken)
+    bad = run_cli("addon", "validate", str(broken))
     assert bad.returncode == 2 and "vocoder.pt2" in bad.stderr and "Traceback" not in bad.stderr
 
 
