@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from addons.manifest import MANIFEST_NAME, AddonError, AddonManifest, read_manifest
+from addons.stages import STAGES
 from addons.voice import Voice
 from blocks import ExecutionContext
 
@@ -58,15 +60,17 @@ def load(
     context: str = "dynamic",
     device: str | torch.device = "cpu",
     batching: int = 0,
+    stages: Iterable[str] = STAGES,
 ) -> Voice:
     """Load an addon as a :class:`Voice`; ``context`` is ``"dynamic"`` or ``"static"``, ``device`` may be ``"auto"``;
-    ``batching`` > 0 lets that many concurrent streams share each forward pass."""
+    ``batching`` > 0 lets that many concurrent streams share each forward pass; ``stages``: which
+    of ``encoders``, ``decoder``, ``audio`` to build (a server process builds only its own)."""
     try:
         ctx = ExecutionContext(context)
     except ValueError:
         raise AddonError(f'unknown context "{context}" (known: dynamic, static)') from None
     directory = find_addon(name_or_path if name_or_path is not None else DEFAULT_ADDON)
-    return Voice(read_manifest(directory), directory, ctx, resolve_device(device), batching)
+    return Voice(read_manifest(directory), directory, ctx, resolve_device(device), batching, stages)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -61,7 +61,8 @@ def profile_addon(directory: Path, text: str) -> FloorProfile:
     """Run the addon in process on ``text`` once and record what each hop carries."""
     import addons
     from addons.frontend import Frontend
-    from addons.voice import AudioStage, resolve_options
+    from addons.stages import AudioStage
+    from addons.voice import resolve_options
     from blocks import Request
 
     voice = addons.load(directory)
@@ -73,7 +74,7 @@ def profile_addon(directory: Path, text: str) -> FloorProfile:
         features = voice.encode_batch(parts) if parts else []
         profile.features[sentence] = [_shapes(f) for f in features]
         profile.frames[sentence] = [sum(len(c) for c in voice.decode(f, Request(options=options))) for f in features]
-    stage = AudioStage.load(directory, manifest, "cpu")
+    stage = AudioStage.load_from(directory, manifest, "cpu")
     live = stage.start()
     stage.process(live, np.zeros((profile.first_chunk, manifest.mel.n_mels), np.float32), Request(options=options))
     profile.state = _zero_like(stage.pack(live))
@@ -99,12 +100,16 @@ class FloorEncoders(_Replica):
 @serve.deployment
 class FloorDecoder(_Replica):
     def __init__(self, profile: FloorProfile) -> None:
-        self.n_mels, self.first_chunk = profile.n_mels, profile.first_chunk
+        self.n_mels = profile.n_mels
 
     async def decode(
-        self, features: dict[str, np.ndarray], options: dict[str, Any], deadline: float | None = None
+        self,
+        features: dict[str, np.ndarray],
+        options: dict[str, Any],
+        deadline: float | None = None,
+        first_frames: int = 0,
     ) -> AsyncIterator[np.ndarray]:
-        left, size = int(features[_FRAMES_KEY]), self.first_chunk
+        left, size = int(features[_FRAMES_KEY]), max(MIN_MEL_CHUNK, first_frames)
         while left > 0:
             n = min(size, left)
             await asyncio.sleep(0)
@@ -118,10 +123,10 @@ class FloorDecoder(_Replica):
 @serve.deployment
 class FloorVocoder(_Replica):
     def __init__(self, profile: FloorProfile) -> None:
-        self.hop, self.state = profile.hop_length, profile.state
+        self.hop, self.state, self.first_frames = profile.hop_length, profile.state, profile.first_chunk
 
     async def start(self, model: str) -> Any:
-        return self.state
+        return {"state": self.state, "first_frames": self.first_frames}
 
     async def process(
         self, model: str, state: Any, mel: np.ndarray, options: dict[str, Any], deadline: float | None = None

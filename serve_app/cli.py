@@ -148,20 +148,16 @@ def _synth(args: argparse.Namespace) -> int:
     mels: list[np.ndarray] = []
     frames = samples = 0
     try:
-        state = voice.audio_start()
         with sf.SoundFile(
             partial, "w", samplerate=voice.sample_rate, channels=1, subtype="PCM_16", format="WAV"
         ) as wav:
-            for mel in voice.stream_mel(text, **options):
-                frames += mel.frames.shape[0]
-                if args.mel_out or args.mel_plot:
-                    mels.append(mel.frames)
-                audio = voice.audio_process(state, mel.frames)
-                samples += audio.size
-                wav.write(audio)
-            audio = voice.audio_finish(state)
-            samples += audio.size
-            wav.write(audio)
+            for chunk in voice.stream(text, with_mel=True, **options):
+                if chunk.mel is not None:
+                    frames += chunk.mel.shape[0]
+                    if args.mel_out or args.mel_plot:
+                        mels.append(chunk.mel)
+                samples += chunk.samples.size
+                wav.write(chunk.samples)
         os.replace(partial, args.out)
     except addons.TextError as exc:
         raise CliError(str(exc)) from None

@@ -23,7 +23,7 @@ import ray
 from ray import serve
 
 import addons
-from addons.voice import AudioStage
+from addons.stages import AudioStage
 from blocks import Request
 from blocks.batching import DEADLINE
 from serve_app.autoscaling import BusyMeter
@@ -105,13 +105,13 @@ class EncodersDeployment(_Replica):
     """
 
     def __init__(self, addon_dir: str, context: str = "dynamic", device: str = "auto") -> None:
-        self.voice = addons.load(Path(addon_dir), context=context, device=device)
-        self.voice.load_networks({"encoder"})  # only its own weights, read before the first request
+        self.stage = addons.load(Path(addon_dir), context=context, device=device, stages=["encoders"]).encoders
+        self.stage.load()  # its own weights (and only those), read before the first request
 
     async def encode(self, sentence: str) -> list[dict[str, np.ndarray]]:
         """Features for each speakable part of ``sentence`` ([] if nothing in it is speakable)."""
         try:
-            parts = await asyncio.to_thread(lambda: [s.ids for s in self.voice.sentences(sentence)])
+            parts = await asyncio.to_thread(lambda: [s.ids for s in self.stage.sentences(sentence)])
         except addons.TextError:
             return []
         results: list[dict[str, np.ndarray]] = await asyncio.gather(*(self._encode_batched(ids) for ids in parts))
@@ -119,7 +119,7 @@ class EncodersDeployment(_Replica):
 
     @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=0.003)
     async def _encode_batched(self, batch: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        return await asyncio.to_thread(self.voice.encode_batch, batch)
+        return await asyncio.to_thread(self.stage.encode_batch, batch)
 
 
 @serve.deployment(**DEFAULTS["decoder"])
@@ -129,10 +129,10 @@ class DecoderDeployment(_Replica):
     def __init__(
         self, addon_dir: str, context: str = "dynamic", device: str = "auto", batching: int = DEFAULT_BATCHING
     ) -> None:
-        self.voice = addons.load(Path(addon_dir), context=context, device=device, batching=batching)
-        self.voice.load_networks({"decoder", "decoder_step"})
-        # The first chunk carries what the vocoder needs for its first audio: one round trip, not two.
-        self.first_chunk = max(MIN_MEL_CHUNK, self.voice.vocoder.first_frames)
+        voice = addons.load(Path(addon_dir), context=context, device=device, batching=batching, stages=["decoder"])
+        self.stage = voice.decoder
+        self.stage.load()
+        self.frame_s = voice.hop_length / voice.sample_rate
         self.active = 0  # streams in progress
         self.frames = 0  # mel frames produced since start
 
@@ -141,21 +141,26 @@ class DecoderDeployment(_Replica):
         return {"active": self.active, "frames": self.frames, "pid": os.getpid()}
 
     async def decode(
-        self, features: dict[str, np.ndarray], options: dict[str, Any], deadline: float | None = None
+        self,
+        features: dict[str, np.ndarray],
+        options: dict[str, Any],
+        deadline: float | None = None,
+        first_frames: int = 0,
     ) -> AsyncIterator[np.ndarray]:
         """Mel chunks of one sentence, growing from the first chunk (at least MIN_MEL_CHUNK frames, and
-        what the vocoder needs for its first audio) to MAX_MEL_CHUNK frames.
+        ``first_frames``, what the vocoder needs for its first audio: one round trip, not two) to
+        MAX_MEL_CHUNK frames.
 
         ``options`` are resolved already (see ``addons.voice.resolve_options``). ``deadline``
         (Unix seconds) is when the listener's buffer runs dry at the start of this sentence
         (now, if nothing was heard yet); each chunk's network calls are ranked by it, plus the
         audio already produced, so streams ahead of playback yield to newer ones.
         """
-        chunks = self.voice.decode(features, Request(options=options))
-        frame_s = self.voice.hop_length / self.voice.sample_rate
+        chunks = self.stage.decode(features, Request(options=options))
+        frame_s = self.frame_s
         start = time.time() if deadline is None else deadline
         pending: list[np.ndarray] = []
-        held, produced, target = 0, 0, self.first_chunk
+        held, produced, target = 0, 0, max(MIN_MEL_CHUNK, first_frames)
         self.active += 1
         try:
             while True:
@@ -187,12 +192,10 @@ class VocoderDeployment(_Replica):
         self.stages: dict[str, AudioStage] = {}
         for name, directory in addon_dirs.items():
             manifest = addons.read_manifest(Path(directory))
-            self.stages[name] = AudioStage.load(
+            self.stages[name] = AudioStage.load_from(
                 Path(directory), manifest, addons.loader.resolve_device(device), batching
             )
-            runner = getattr(self.stages[name].vocoder, "runner", None)
-            if runner is not None:
-                runner.load()  # its weights, read before the first request
+            self.stages[name].load()  # its weights, read before the first request
 
     def _stage(self, model: str) -> AudioStage:
         if model not in self.stages:
@@ -200,9 +203,10 @@ class VocoderDeployment(_Replica):
         return self.stages[model]
 
     async def start(self, model: str) -> dict[str, Any]:
-        """A new stream's state, as plain data (dicts of numpy arrays) the caller carries."""
+        """A new stream: ``state``, as plain data (dicts of numpy arrays) the caller carries, and
+        ``first_frames``, the mel the first :meth:`process` call needs to return audio."""
         stage = self._stage(model)
-        return stage.pack(stage.start())  # type: ignore[no-any-return]
+        return {"state": stage.pack(stage.start()), "first_frames": stage.first_frames}
 
     async def process(
         self,

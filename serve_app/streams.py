@@ -123,6 +123,7 @@ class _Stream:
         self.handles, self.model, self.options, self.resumes = handles, model, options, resumes
         self.sample_rate = sample_rate
         self.state: Any = None
+        self.first_frames = 0  # mel the vocoder needs for its first audio: the decoder's first chunk
         self.first_audio: float | None = None  # Unix time the listener got the first samples
         self.samples = 0  # samples sent so far
 
@@ -142,7 +143,8 @@ class _Stream:
 
     async def start(self) -> None:
         vocoder = self.handles.vocoder
-        self.state = await _call(self.resumes, "vocoder", lambda: vocoder.start.remote(self.model))
+        started = await _call(self.resumes, "vocoder", lambda: vocoder.start.remote(self.model))
+        self.state, self.first_frames = started["state"], int(started["first_frames"])
 
     async def finish(self) -> np.ndarray:
         vocoder, state = self.handles.vocoder, self.state
@@ -160,7 +162,7 @@ class _Stream:
             self.state, produced = begin, 0
             try:
                 decode = self.handles.decoder.decode.options(stream=True)
-                async for mel in decode.remote(features, self.options, self.deadline()):
+                async for mel in decode.remote(features, self.options, self.deadline(), self.first_frames):
                     audio = await self._vocode(mel)
                     skip = min(max(sent - produced, 0), audio.size)
                     produced += audio.size

@@ -37,9 +37,7 @@ def _build(voice: addons.Voice, spec: dict[str, object], role: type[Block]) -> B
 
 def _features(voice: addons.Voice) -> dict[str, torch.Tensor]:
     (sentence,) = list(voice.sentences(TEXT))
-    feats = {"phoneme_ids": torch.as_tensor(sentence.ids)[None]}
-    first = voice.stack.stack[0]
-    return first.encode(feats, Request(options={"speed": 1.0}))  # type: ignore[attr-defined]
+    return {k: torch.as_tensor(v)[None] for k, v in voice.encode(sentence.ids).items()}
 
 
 def _frames(voice: addons.Voice) -> torch.Tensor:

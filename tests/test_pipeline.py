@@ -60,7 +60,7 @@ def test_customized_encoders_swap_changes_nothing(
         m["stack"][0]["sequence_block"]["type"] = "CustomizedEncoders"
 
     swapped = addons.load(edit_addon(name, rename))
-    assert type(swapped.stack.stack[0].sequence_block).__name__ == "CustomizedEncoders"
+    assert type(swapped.encoders.block).__name__ == "CustomizedEncoders"
     a = addons.load(fixture_dir / name).synthesize(LONG)
     b = swapped.synthesize(LONG)
     np.testing.assert_array_equal(a[1], b[1])
@@ -163,7 +163,7 @@ def test_customized_encoders_on_cuda_match_cpu(fixture_dir: Path, edit_addon: Ca
 
     cpu = addons.load(fixture_dir / "tiny-fast").synthesize(LONG)[1]
     gpu_voice = addons.load(edit_addon("tiny-fast", to_cuda))
-    assert all(r.device.type == "cuda" for r in gpu_voice.stack.stack[0].sequence_block.runners)  # type: ignore[attr-defined]
+    assert all(r.device.type == "cuda" for r in gpu_voice.encoders.block.runners)  # type: ignore[attr-defined]
     np.testing.assert_allclose(gpu_voice.synthesize(LONG)[1], cpu, atol=1e-4)
 
 
@@ -197,7 +197,7 @@ def test_audio_stage_loads_alone_and_matches_the_voice(fixture_dir: Path) -> Non
 
     voice = addons.load(fixture_dir / "tiny-neural")
     audio, mel = voice.synthesize("Hello there.")
-    stage = AudioStage.load(fixture_dir / "tiny-neural", voice.manifest)
+    stage = AudioStage.load_from(fixture_dir / "tiny-neural", voice.manifest)
     request = Request(options={"gain_db": 0.0})
     state = stage.start()
     alone = np.concatenate(

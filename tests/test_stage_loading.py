@@ -1,52 +1,87 @@
-"""Each stage's process holds only its own networks: weights are read when a network first runs.
+"""Planning splits an addon into stages; each builds only its own blocks and holds only its own networks.
 
-An encoders replica never runs the decoder or the vocoder, a decoder replica never the encoders
-or the vocoder, so neither ever holds their weights (files are still checked when the voice loads).
+An encoders replica never resolves the decoder's or the vocoder's networks, a decoder replica
+never the encoders' or the vocoder's, so neither checks nor holds their files or weights.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import addons
-from addons.manifest import read_manifest
-from addons.voice import AudioStage, resolve_options
-from blocks import NeuralVocoder, Request
+from addons.manifest import AddonError, read_manifest
+from addons.stages import AudioStage
+from addons.voice import resolve_options
+from blocks import Request, parse_stack
+from blocks.stages import split_stack
+
+ROLES = {"encoders": {"encoder"}, "decoder": {"decoder", "decoder_step"}, "audio": {"vocoder"}}
 
 
 def _loaded(voice: addons.Voice) -> dict[str, bool]:
-    found = {name: runner.loaded for (name, _), runner in voice._load_network._programs.items()}
-    if type(voice.vocoder) is NeuralVocoder:  # the addon's own (a universal one is shared by the process)
-        found["(vocoder)"] = voice.vocoder.runner.loaded
-    return found
+    return {name: runner.loaded for (name, _), runner in voice._load_network._programs.items()}
 
 
-@pytest.mark.parametrize("name", ["tiny-neural", "tiny-universal", "tiny-taco"])
-def test_each_stage_loads_only_what_it_runs(fixture_dir: Path, name: str) -> None:
+@pytest.mark.parametrize("name", ["tiny-fast", "tiny-neural", "tiny-universal", "tiny-taco"])
+def test_each_stage_builds_only_its_own_networks(fixture_dir: Path, name: str) -> None:
     directory = fixture_dir / name
     manifest = read_manifest(directory)
     roles = {n: s.role for n, s in manifest.networks.items()}
-    encoders = addons.load(directory, batching=8)  # as the encoders replica holds it
-    assert not any(_loaded(encoders).values())
-    features = encoders.encode_batch([s.ids for s in encoders.sentences("Only the encoders run here.")])
-    assert {n for n, on in _loaded(encoders).items() if on} == {n for n, r in roles.items() if r == "encoder"}
+    for stage in ("encoders", "decoder", "audio"):
+        voice = addons.load(directory, batching=8, stages=[stage])  # as that stage's replica holds it
+        built = {n for n in voice._stage(stage).networks if n in roles}
+        assert {roles[n] for n in built} <= ROLES[stage], (stage, built)
+        assert set(_loaded(voice)) == built  # nothing else was even resolved
+        assert not any(_loaded(voice).values())  # and weights wait for the first run or load()
+        other = next(s for s in ("encoders", "decoder", "audio") if s != stage)
+        with pytest.raises(AddonError, match=f"the {other} stage was not built here"):
+            voice._stage(other)
 
-    decoder = addons.load(directory, batching=8)  # as the decoder replica holds it
-    options = resolve_options(manifest)[1]
-    mel = np.concatenate(list(decoder.decode(features[0], Request(options=options))))
-    assert mel.shape[0] > 0
+
+@pytest.mark.parametrize("name", ["tiny-neural", "tiny-universal", "tiny-taco"])
+def test_stages_alone_give_the_voices_audio(fixture_dir: Path, name: str) -> None:
+    directory = fixture_dir / name
+    manifest = read_manifest(directory)
+    text = "Only the encoders run here. Then the decoder."
+    want, _ = addons.load(directory).synthesize(text)
+
+    encoders = addons.load(directory, batching=8, stages=["encoders"])
+    features = encoders.encode_batch([s.ids for s in encoders.sentences(text)])
+    assert {manifest.networks[n].role for n, on in _loaded(encoders).items() if on} <= ROLES["encoders"]
+
+    decoder = addons.load(directory, batching=8, stages=["decoder"])
+    request = Request(options=resolve_options(manifest)[1])
+    mel = [np.concatenate(list(decoder.decode(f, request))) for f in features]
     ran = {n for n, on in _loaded(decoder).items() if on}
-    assert ran and all(roles[n] in ("decoder", "decoder_step") for n in ran)
+    assert ran and all(manifest.networks[n].role in ROLES["decoder"] for n in ran)
 
-    audio = AudioStage.load(directory, manifest, "cpu", batching=8)  # the vocoder replica
+    audio = AudioStage.load_from(directory, manifest, "cpu", batching=8)  # the vocoder replica
     state = audio.start()
-    out = audio.process(state, mel, Request(options=options))
-    assert out.size + audio.finish(state, Request(options=options)).size > 0
-    if hasattr(audio.vocoder, "runner"):
-        assert audio.vocoder.runner.loaded
+    got = [audio.process(state, m, request) for m in mel] + [audio.finish(state, request)]
+    np.testing.assert_allclose(np.concatenate(got), want, atol=1e-5)
+
+
+def test_split_rule_takes_the_first_pipelines_sequence_block() -> None:
+    stack = parse_stack(
+        [
+            {
+                "type": "StreamablePipeline",
+                "sequence_block": {"type": "Encoders"},
+                "streamable_block": {"type": "StreamableStack", "stack": [{"type": "Upsampler"}, {"type": "Decoder"}]},
+            },
+            {"type": "ChunkStats"},
+        ]
+    )
+    plan = split_stack(stack)
+    assert plan.encoders is not None and plan.encoders.cls.type_name == "Encoders"
+    assert [c.cls.type_name for c in plan.decoder.children] == ["StreamableStack", "ChunkStats"]
+    no_pipeline = parse_stack([{"type": "Upsampler"}, {"type": "Decoder"}])
+    assert split_stack(no_pipeline).encoders is None and split_stack(no_pipeline).decoder is no_pipeline
 
 
 def test_batched_voice_still_equals_plain_after_lazy_loading(fixture_dir: Path) -> None:
@@ -63,6 +98,27 @@ def test_a_replica_warms_up_its_own_stage_only(fixture_dir: Path, name: str) -> 
     directory = fixture_dir / name
     roles = {n: s.role for n, s in read_manifest(directory).networks.items()}
     voice = addons.load(directory, batching=8)
-    names = voice.load_networks({"decoder", "decoder_step"})
-    assert names and {roles[n] for n in names} <= {"decoder", "decoder_step"}
+    names = voice.load_networks(["decoder"])
+    assert names and {roles[n] for n in names} <= ROLES["decoder"]
     assert {n for n, on in _loaded(voice).items() if on} == set(names)
+
+
+def test_the_cli_applies_the_voice_presets_gain(edit_addon: Callable[..., Path], tmp_path: Path) -> None:
+    """One loop: ``chorus synth --voice`` gives what ``Voice.stream`` gives (the preset's gain too)."""
+    import soundfile as sf
+
+    from tests.helpers import run_cli
+
+    def add_quiet(m: dict[str, Any]) -> None:
+        m["voices"]["quiet"] = {"gain_db": -9.0}
+
+    directory = edit_addon("tiny-fast", add_quiet)
+    out = tmp_path / "out.wav"
+    text = "The preset's gain applies here too."
+    result = run_cli("synth", "--addon", str(directory), "--voice", "quiet", "--text", text, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    want = np.concatenate([c.samples for c in addons.load(directory).stream(text, voice="quiet")])
+    loud = np.concatenate([c.samples for c in addons.load(directory).stream(text)])
+    got, _ = sf.read(out, dtype="float32")
+    np.testing.assert_allclose(got, want, atol=1.5 / 32768)
+    assert np.abs(got - loud).max() > 10 / 32768

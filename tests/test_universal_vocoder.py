@@ -45,8 +45,8 @@ def test_one_loaded_copy_serves_every_addon(
     fixture_dir: Path, installed: Path, edit_addon: Callable[..., Path]
 ) -> None:
     other = edit_addon("tiny-universal", lambda m: m.update(name="tiny-universal-two"))
-    a = AudioStage.load(fixture_dir / "tiny-universal", read_manifest(fixture_dir / "tiny-universal"), "cpu")
-    b = AudioStage.load(other, read_manifest(other), "cpu")
+    a = AudioStage.load_from(fixture_dir / "tiny-universal", read_manifest(fixture_dir / "tiny-universal"), "cpu")
+    b = AudioStage.load_from(other, read_manifest(other), "cpu")
     assert a.vocoder.runner is b.vocoder.runner  # type: ignore[attr-defined]
 
 

@@ -128,7 +128,7 @@ def _blocks(block: Block) -> Iterator[Block]:
 
 def _tap(voice: addons.Voice) -> _AttentionTap | None:
     """Install a tap on the voice's attention decoder, if it has one."""
-    for block in _blocks(voice.stack):
+    for block in _blocks(voice.decoder.block):
         if isinstance(block, AttentionDecoder):
             tap = _AttentionTap(block.runner)
             block.runner = tap  # type: ignore[assignment]

@@ -1,0 +1,426 @@
+"""An addon's stages: the objects every driver runs (``Voice`` in process, ``chorus synth``, the server).
+
+Planning splits the stack (:func:`blocks.stages.split_stack`); each stage builds only its own
+blocks, so it resolves, checks and holds only its own networks. Between stages only plain data
+travels, so a stage can sit in another process:
+
+========== ================================== ====================================== ==============
+stage      in                                 out                                    honours
+========== ================================== ====================================== ==============
+encoders   sentence ids ``[T]`` (int64)       :data:`PlainFeatures`                  —
+decoder    :data:`PlainFeatures`              mel chunks ``[F, n_mels]`` float32     ``speed``
+audio      mel chunks + a plain stream state  audio ``[S]`` float32 (final samples)  ``gain_db``
+========== ================================== ====================================== ==============
+
+Request options reach every stage already resolved (:func:`addons.voice.resolve_options`).
+:func:`run_stages` is the one synthesis loop in process; ``serve_app.streams`` runs the same
+calls on remote replicas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import threading
+from abc import ABC
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from addons.frontend import Frontend, Sentence
+from addons.manifest import AddonError, AddonManifest
+from addons.netfile import NetworkFileError, load_program, max_length
+from blocks import (
+    BuildEnv,
+    ChunkwiseBlock,
+    ExecutionContext,
+    Features,
+    LazyModule,
+    MelSettings,
+    NetworkRunner,
+    NetworkSpec,
+    Request,
+    SequenceBlock,
+    StackError,
+    StreamableBlock,
+    Vocoder,
+    parse_block,
+    parse_stack,
+)
+from blocks.base import BlockNode
+from blocks.stages import split_stack
+
+__all__ = [
+    "STAGES",
+    "AudioStage",
+    "DecoderStage",
+    "EncoderStage",
+    "NetworkLoader",
+    "PlainFeatures",
+    "Stage",
+    "run_stages",
+]
+
+#: One sentence's features, without the batch axis: ``phoneme_ids`` [T] and what the encoders add
+#: (``encoding`` [T, D], ``durations`` [T] frames, ``memory`` [T, D], ...), all numpy arrays.
+PlainFeatures = dict[str, np.ndarray]
+
+STAGES = ("encoders", "decoder", "audio")
+STATE_TYPE = "__state_type__"
+
+
+class NetworkLoader:
+    """Loads an addon's exported networks on first use, once per (network, device).
+
+    Files are read by :func:`addons.netfile.load_program`, which runs nothing from them and
+    checks each against its declared signature; a refused file is an :class:`AddonError`.
+    """
+
+    def __init__(self, manifest: AddonManifest, directory: Path, context: ExecutionContext, batching: int = 0) -> None:
+        self.manifest, self.directory, self.context = manifest, directory, context
+        self.batching = batching  # > 0: streams calling a network at once share a pass, at most this many
+        self._programs: dict[tuple[str, str], NetworkRunner] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str, device: torch.device) -> NetworkRunner:
+        key = (name, str(device))
+        with self._lock:
+            if key not in self._programs:
+                spec = self.manifest.networks[name]
+                path = self.directory / spec.file
+                try:  # checked now; its weights are read again when the network first runs
+                    program = load_program(path, spec, self.directory)
+                    self._check_static(name, spec, max_length(program, spec))
+                except NetworkFileError as exc:
+                    raise AddonError(f"{path}: {exc}") from None
+                del program
+                runner = NetworkRunner(name, spec, LazyModule(self._builder(path, spec, device)), self.context, device)
+                if self.batching:
+                    runner.batch_when_used(self.batching)
+                self._programs[key] = runner
+            return self._programs[key]
+
+    def _builder(self, path: Path, spec: NetworkSpec, device: torch.device) -> Callable[[], torch.nn.Module]:
+        def build() -> torch.nn.Module:
+            try:
+                return load_program(path, spec, self.directory).module().to(device)
+            except NetworkFileError as exc:  # changed on disk since it was checked
+                raise AddonError(f"{path}: {exc}") from None
+
+        return build
+
+    def _check_static(self, name: str, spec: NetworkSpec, longest: int | None) -> None:
+        length = spec.static_length if self.context is ExecutionContext.STATIC else None
+        if length is not None and longest is not None and length > longest:
+            raise NetworkFileError(
+                f"networks.{name}.static_length {spec.static_length} exceeds the {longest} frames "
+                "the network was exported for"
+            )
+
+
+def universal_vocoders(directory: Path) -> Callable[[str, torch.device], tuple[NetworkRunner, MelSettings]]:
+    """How the addon in ``directory`` finds universal vocoders (beside it, then where addons are)."""
+
+    def find(name: str, device: torch.device) -> tuple[NetworkRunner, MelSettings]:
+        from addons.vocoders import load_universal  # addons.vocoders finds packages through the loader
+
+        return load_universal(name, device, directory)
+
+    return find
+
+
+def build_env(
+    manifest: AddonManifest,
+    directory: Path,
+    context: ExecutionContext,
+    device: torch.device,
+    loader: NetworkLoader | None = None,
+) -> BuildEnv:
+    """What an addon's blocks are built with (networks through ``loader``, shared by its stages)."""
+    return BuildEnv(
+        loader or NetworkLoader(manifest, directory, context),
+        manifest.networks,
+        manifest.mel,
+        context,
+        device,
+        universal_vocoders(directory),
+    )
+
+
+class Stage(ABC):
+    """One part of an addon's synthesis, built alone: only its blocks, only their networks.
+
+    ``networks`` are the runners its blocks asked for while being built (a universal vocoder's
+    too), so :meth:`load` reads exactly this stage's weights and nothing else.
+    """
+
+    name: ClassVar[str]
+    #: Resolved request options this stage reads (the others pass it by).
+    honours: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, env: BuildEnv) -> None:
+        self.networks: dict[str, NetworkRunner] = {}
+        self.env = dataclasses.replace(env, loader=self._record(env.loader), vocoders=self._record_vocoder(env))
+
+    def load(self) -> list[str]:
+        """Read this stage's weights now (a server warming up), not at the first request."""
+        for runner in self.networks.values():
+            runner.load()
+        return sorted(self.networks)
+
+    def _record(self, loader: Callable[[str, torch.device], NetworkRunner]) -> Callable[..., NetworkRunner]:
+        def load(name: str, device: torch.device) -> NetworkRunner:
+            runner = loader(name, device)
+            self.networks[name] = runner
+            return runner
+
+        return load
+
+    def _record_vocoder(self, env: BuildEnv) -> Callable[[str, torch.device], tuple[NetworkRunner, MelSettings]] | None:
+        find = env.vocoders
+        if find is None:
+            return None
+
+        def load(name: str, device: torch.device) -> tuple[NetworkRunner, MelSettings]:
+            runner, mel = find(name, device)
+            self.networks[f"{name} (universal vocoder)"] = runner
+            return runner, mel
+
+        return load
+
+
+class EncoderStage(Stage):
+    """Text -> features: the front-end (sentences, phoneme ids), then the stack's encoders.
+
+    Out: :data:`PlainFeatures` per sentence. Concurrent sentences may share one padded pass
+    (:meth:`encode_batch`), equal to encoding each alone to the bit.
+    """
+
+    name = "encoders"
+
+    def __init__(self, manifest: AddonManifest, env: BuildEnv, node: BlockNode | None) -> None:
+        super().__init__(env)
+        self.manifest = manifest
+        self.context = env.context
+        self.frontend = Frontend(manifest.frontend)
+        block = self.env.build(node) if node is not None else None
+        assert block is None or isinstance(block, SequenceBlock)
+        self.block: SequenceBlock | None = block
+        self._batch_exact: bool | None = None  # padded batches equal single passes (probed once)
+
+    def sentences(self, text: str) -> Iterator[Sentence]:
+        """The speakable sentences of ``text``, prepared lazily (raises ``TextError`` if none)."""
+        return self.frontend.sentences(text)
+
+    def encode(self, ids: np.ndarray, request: Request | None = None) -> PlainFeatures:
+        """One sentence's phoneme ``ids`` [T] -> its features."""
+        features: Features = {"phoneme_ids": torch.as_tensor(np.asarray(ids, dtype=np.int64))[None]}
+        if self.block is not None:
+            features = {**features, **self.block(features, request or Request())}
+        return {k: v[0].numpy() for k, v in features.items()}
+
+    def encode_batch(self, batch: list[np.ndarray], request: Request | None = None) -> list[PlainFeatures]:
+        """:meth:`encode` for several sentences in one padded, masked pass (dynamic context).
+
+        Each item's features equal encoding it alone, to the bit: where a padded pass would not
+        (see :meth:`padded_batches_exact`), and in the static context (compiled for batch 1),
+        items run one by one.
+        """
+        request = request or Request()
+        if len(batch) < 2 or self.block is None or self.context is ExecutionContext.STATIC:
+            return [self.encode(ids, request) for ids in batch]
+        if not self.padded_batches_exact(request):
+            return [self.encode(ids, request) for ids in batch]
+        return self._encode_padded(batch, request)
+
+    def padded_batches_exact(self, request: Request) -> bool:
+        """Whether a padded batch gives each sentence the features it gets alone, to the bit, on
+        this machine (kernels may sum in another order for another shape); probed once."""
+        if self._batch_exact is None:
+            gen = np.random.default_rng(0)
+            symbols = max(2, len(self.manifest.frontend.phonemes))
+            items = [gen.integers(1, symbols, n) for n in (7, 12, 5, 12)]
+            alone = [self.encode(ids, request) for ids in items]
+            together = self._encode_padded(items, request)
+            self._batch_exact = all(
+                a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+                for a, b in zip(alone, together, strict=True)
+            )
+        return self._batch_exact
+
+    def _encode_padded(self, batch: list[np.ndarray], request: Request) -> list[PlainFeatures]:
+        assert self.block is not None
+        lengths = [len(ids) for ids in batch]
+        ids = torch.zeros(len(batch), max(lengths), dtype=torch.int64)
+        mask = torch.zeros(len(batch), max(lengths))
+        for i, item in enumerate(batch):
+            ids[i, : lengths[i]] = torch.as_tensor(np.asarray(item, dtype=np.int64))
+            mask[i, : lengths[i]] = 1.0
+        features = {"phoneme_ids": ids, **self.block({"phoneme_ids": ids, "mask": mask}, request)}
+        return [{k: v[i, : lengths[i]].numpy() for k, v in features.items() if k != "mask"} for i in range(len(batch))]
+
+
+class DecoderStage(Stage):
+    """Features -> mel: the stack's streamable blocks (upsampler, decoders, nested pipelines,
+    effects on mel). Chunks are ``[F, n_mels]`` float32 natural-log mel, pulled lazily."""
+
+    name = "decoder"
+    honours = ("speed",)
+
+    def __init__(self, env: BuildEnv, node: BlockNode) -> None:
+        super().__init__(env)
+        block = self.env.build(node)
+        assert isinstance(block, StreamableBlock)
+        self.block: StreamableBlock = block
+
+    def decode(self, features: PlainFeatures, request: Request | None = None) -> Iterator[np.ndarray]:
+        """One sentence's mel chunks; work is done as they are pulled."""
+        feats: Features = {k: torch.as_tensor(v)[None] for k, v in features.items()}
+        for chunk in self.block.stream(None, feats, request or Request()):
+            yield chunk[0].numpy()
+
+
+class AudioStage(Stage):
+    """Mel to final audio for one addon: its vocoder, its effects, then the voice's gain.
+
+    Push-style, so the mel may arrive from another process: ``state = start()``,
+    ``process(state, mel)``, ``finish(state)``; the state holds only tensors and ints and
+    crosses processes as :meth:`pack`/:meth:`unpack` plain data.
+    """
+
+    name = "audio"
+    honours = ("gain_db",)
+
+    def __init__(self, manifest: AddonManifest, env: BuildEnv) -> None:
+        super().__init__(env)
+        try:
+            vocoder = self.env.build(parse_block(manifest.vocoder, Vocoder, "vocoder"))
+        except StackError as exc:  # e.g. a universal vocoder trained for other mel settings
+            raise AddonError(f"{manifest.name}: {exc}") from None
+        assert isinstance(vocoder, Vocoder)
+        self.vocoder = vocoder
+        self.effects: list[ChunkwiseBlock] = []
+        for i, spec in enumerate(manifest.effects):
+            effect = self.env.build(parse_block(spec, ChunkwiseBlock, f"effects[{i}]"))
+            assert isinstance(effect, ChunkwiseBlock)
+            self.effects.append(effect)
+
+    @classmethod
+    def load_from(
+        cls, directory: Path, manifest: AddonManifest, device: str | torch.device = "cpu", batching: int = 0
+    ) -> AudioStage:
+        """The audio stage alone (a vocoder server), batching concurrent streams up to ``batching``."""
+        loader = NetworkLoader(manifest, directory, ExecutionContext.DYNAMIC, batching)
+        stage = cls(manifest, build_env(manifest, directory, ExecutionContext.DYNAMIC, torch.device(device), loader))
+        if batching:
+            stage.vocoder.enable_batching(batching)
+        return stage
+
+    @property
+    def first_frames(self) -> int:
+        """Mel frames the first :meth:`process` call needs to return audio (see ``Vocoder.first_frames``)."""
+        return self.vocoder.first_frames
+
+    def start(self) -> Any:
+        return self.vocoder.start()
+
+    def process(self, state: Any, mel: np.ndarray, request: Request) -> np.ndarray:
+        """Mel ``[F, n_mels]`` -> the audio that is now final (1-D float32; may lag the mel)."""
+        return self._post(self.vocoder.process(state, torch.as_tensor(mel)[None]), request)
+
+    def finish(self, state: Any, request: Request) -> np.ndarray:
+        """The audio still held back at the end of the mel stream."""
+        return self._post(self.vocoder.finish(state), request)
+
+    @staticmethod
+    def pack(state: Any) -> Any:
+        """A stream state as plain data (dicts, numpy arrays, numbers) to carry between servers."""
+        if isinstance(state, torch.Tensor):
+            return state.numpy()
+        if dataclasses.is_dataclass(state) and not isinstance(state, type):
+            kind = f"{type(state).__module__}:{type(state).__qualname__}"
+            return {
+                STATE_TYPE: kind,
+                **{f.name: AudioStage.pack(getattr(state, f.name)) for f in dataclasses.fields(state)},
+            }
+        if isinstance(state, dict):
+            return {k: AudioStage.pack(v) for k, v in state.items()}
+        return state
+
+    @staticmethod
+    def unpack(plain: Any) -> Any:
+        """The inverse of :meth:`pack`; only state classes of :mod:`blocks` are rebuilt."""
+        if isinstance(plain, np.ndarray):
+            return torch.from_numpy(plain)
+        if isinstance(plain, dict) and STATE_TYPE in plain:
+            module, _, name = str(plain[STATE_TYPE]).partition(":")
+            if module.split(".")[0] != "blocks":
+                raise ValueError(f"refusing to rebuild state of type {plain[STATE_TYPE]!r}")
+            cls = getattr(importlib.import_module(module), name)
+            return cls(**{k: AudioStage.unpack(v) for k, v in plain.items() if k != STATE_TYPE})
+        if isinstance(plain, dict):
+            return {k: AudioStage.unpack(v) for k, v in plain.items()}
+        return plain
+
+    def _post(self, audio: torch.Tensor, request: Request) -> np.ndarray:
+        for effect in self.effects:
+            audio = effect.apply(audio, request)
+        gain_db = float(request.options.get("gain_db", 0.0))
+        if gain_db:
+            audio = torch.clamp(audio * 10.0 ** (gain_db / 20.0), -1.0, 1.0)
+        return audio[0].numpy().astype(np.float32, copy=False)
+
+
+def build_stages(
+    manifest: AddonManifest, env: BuildEnv, which: Iterable[str] = STAGES
+) -> dict[str, EncoderStage | DecoderStage | AudioStage]:
+    """Plan the addon's stack and build the named stages (each only its own blocks)."""
+    which = list(which)
+    unknown = sorted(set(which) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})")
+    plan = split_stack(parse_stack(manifest.stack))
+    built: dict[str, EncoderStage | DecoderStage | AudioStage] = {}
+    for name in STAGES:
+        if name not in which:
+            continue
+        if name == "encoders":
+            built[name] = EncoderStage(manifest, env, plan.encoders)
+        elif name == "decoder":
+            built[name] = DecoderStage(env, plan.decoder)
+        else:
+            built[name] = AudioStage(manifest, env)
+    return built
+
+
+@dataclasses.dataclass(frozen=True)
+class StageOutput:
+    """One step of :func:`run_stages`: the mel just decoded and the audio now final (may be empty).
+
+    The last step (``mel`` None) carries the audio the vocoder held back at the end.
+    """
+
+    sentence: int
+    mel: np.ndarray | None
+    audio: np.ndarray
+
+
+def run_stages(
+    encoders: EncoderStage, decoder: DecoderStage, audio: AudioStage | None, text: str, request: Request
+) -> Iterator[StageOutput]:
+    """The synthesis loop: sentence by sentence, encode, decode chunk by chunk, vocode each chunk.
+
+    Work is done as steps are pulled. Without ``audio`` only mel is produced (every ``audio``
+    empty). Raises ``TextError`` when ``text`` has nothing speakable.
+    """
+    empty = np.zeros(0, dtype=np.float32)
+    state = audio.start() if audio is not None else None
+    for index, sentence in enumerate(encoders.sentences(text)):
+        for mel in decoder.decode(encoders.encode(sentence.ids, request), request):
+            out = audio.process(state, mel, request) if audio is not None else empty
+            yield StageOutput(index, mel, out)
+    if audio is not None:
+        yield StageOutput(-1, None, audio.finish(state, request))
