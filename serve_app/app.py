@@ -19,6 +19,7 @@ from ray.serve import Application
 
 import addons
 from addons.manifest import AddonManifest, StageDeployment
+from serve_app.aliases import Aliases, OpenAINames
 from serve_app.autoscaling import POLICY_FUNCTION
 from serve_app.deployments import DEFAULT_BATCHING, DEFAULTS, DecoderDeployment, EncodersDeployment, VocoderDeployment
 from serve_app.http import API_KEYS_ENV, HttpPolicy, key_digests
@@ -74,6 +75,13 @@ class AppArgs(BaseModel):
         description=(
             "Admission control: refuse a new stream (503 at_capacity) while a model cannot serve it in real "
             "time; false admits every stream up to max_concurrent_streams (listeners may then stall)."
+        ),
+    )
+    openai: OpenAINames = Field(
+        default_factory=OpenAINames,
+        description=(
+            "OpenAI's model and voice names (tts-1, alloy, ...) mapped to served models and voices, over "
+            "the defaults (every OpenAI model name -> the default model, every OpenAI voice -> 'default')."
         ),
     )
     api_keys: list[SecretStr] = Field(
@@ -206,8 +214,10 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
             vocoder,
         )
         models[m.name] = ModelInfo.of(m)
+    default_model = addons.loader.DEFAULT_ADDON if addons.loader.DEFAULT_ADDON in models else next(iter(models))
+    aliases = Aliases.build(args.openai, models, default_model)
     ingress = _INGRESS.options(name=INGRESS, **options[INGRESS])
-    return ingress.bind(models, handles, _http_policy(args))
+    return ingress.bind(models, handles, _http_policy(args), aliases)
 
 
 def _http_policy(args: AppArgs) -> HttpPolicy:

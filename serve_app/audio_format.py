@@ -5,10 +5,11 @@ One encoder per response: ``make_encoder(fmt, sample_rate)``, then ``header()`` 
 return is one complete file of ``media_type``; every call may return ``b""``.
 
 Samples are mono float32 in [-1, 1] (values outside are clipped). Converting them to
-16-bit integers is encoding, so it belongs here; resampling does not, which is why Opus
-refuses sample rates it cannot carry instead of converting them.
+16-bit integers is encoding, so it belongs here. Codecs that cannot carry the voice's rate
+(Opus) get it converted by FFmpeg's own resampler inside the encoder (PyAV), not by Chorus.
 
-Format notes (checked against libsndfile 1.2.2 through soundfile 0.14):
+Format notes (wav, pcm, mp3, flac checked against libsndfile 1.2.2 through soundfile 0.14;
+opus and aac against FFmpeg through PyAV):
 
 * ``wav``: 44-byte PCM header whose RIFF and data sizes are ``0xFFFFFFFF``, the
   "unknown length" convention of streaming servers. libsndfile, Python's ``wave`` and
@@ -20,14 +21,18 @@ Format notes (checked against libsndfile 1.2.2 through soundfile 0.14):
   length from the first frame and truncates the audio. A streamed MP3 starts with one
   silent frame (libsndfile's placeholder for that header) and carries no gapless info,
   so decoders return up to about four frames more than were encoded.
-* ``opus``: Ogg Opus; only 8, 12, 16, 24 and 48 kHz. Pages are flushed every
-  ``OPUS_PAGE_LATENCY_MS`` instead of libsndfile's default of one second.
+* ``opus``: Ogg Opus (libopus through FFmpeg). Opus carries only 8, 12, 16, 24 and 48 kHz,
+  so other rates are resampled to the next one up (22,050 Hz -> 24 kHz); decoders get
+  exactly the encoded duration back (the Ogg pre-skip and end trim are set). Pages are
+  flushed every ``OGG_PAGE_MS`` instead of the muxer's default of one second.
 * ``flac``: frames stream, but STREAMINFO cannot be rewritten on a stream, so it says
   "length unknown" (total samples 0), which the FLAC format allows and ffmpeg/libFLAC
   accept. soundfile cannot read such a file (its read path seeks, and libsndfile refuses
   to seek in a FLAC of unknown length). Pass ``buffered=True`` to get a complete header at
   the price of all output arriving from ``finish()``.
-* ``aac``: not available; libsndfile has no AAC encoder.
+* ``aac``: AAC-LC in ADTS frames (FFmpeg's native encoder), streamable and what OpenAI's
+  ``aac`` is. ADTS cannot say how much priming and padding the encoder added, so decoders
+  return about 1,024 samples of it at the start and up to one frame (1,024 samples) at the end.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from __future__ import annotations
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import soundfile as sf
@@ -49,19 +54,17 @@ __all__ = [
     "make_encoder",
 ]
 
-OPUS_SAMPLE_RATES = (8000, 12000, 16000, 24000, 48000)
-OPUS_PAGE_LATENCY_MS = 100.0
+OGG_PAGE_MS = 100
+AAC_BIT_RATE = 64_000
+OPUS_BIT_RATE = 32_000
 # libsndfile maps compression level 0..1 onto its bit-rate range (MPEG-2: 160..8 kb/s,
 # MPEG-1: 320..32 kb/s); 0.6 gave 64 kb/s at 16-24 kHz and 160 kb/s at 44.1-48 kHz.
 MP3_COMPRESSION_LEVEL = 0.6
-# sndfile.h: SFC_SET_OGG_PAGE_LATENCY_MS; soundfile does not wrap this command.
-_SFC_SET_OGG_PAGE_LATENCY_MS = 0x1302
 # "Unknown length": libsndfile, wave and ffmpeg then read the data chunk to end of file.
 _UNKNOWN_SIZE = 0xFFFFFFFF
 
-UNSUPPORTED_FORMATS: dict[str, str] = {
-    "aac": "no AAC encoder is available (libsndfile has none); use mp3 or opus",
-}
+#: Formats clients may ask for that this build cannot encode, with the reason (none today).
+UNSUPPORTED_FORMATS: dict[str, str] = {}
 
 
 class UnsupportedFormatError(ValueError):
@@ -268,27 +271,101 @@ class Mp3Encoder(_SoundfileEncoder):
         return {"compression_level": MP3_COMPRESSION_LEVEL, "bitrate_mode": "CONSTANT"}
 
 
-class OpusEncoder(_SoundfileEncoder):
-    """Opus in Ogg, pages flushed every ``OPUS_PAGE_LATENCY_MS``."""
+class _ChunkSink:
+    """A write-only, non-seekable file for FFmpeg's muxer: what it writes is handed out as it comes."""
 
-    media_type = "audio/ogg"
-    _format, _subtype = "OGG", "OPUS"
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self._buf += bytes(data)
+        return len(data)
+
+    def take(self) -> bytes:
+        out = bytes(self._buf)
+        self._buf.clear()
+        return out
+
+
+class _FfmpegEncoder(AudioEncoder):
+    """Base for codecs FFmpeg encodes (through PyAV): resampled where the codec needs another
+    rate, muxed into a streamable container. The header comes out of the first ``encode``."""
+
+    _container: ClassVar[str]
+    _codec: ClassVar[str]
+    _bit_rate: ClassVar[int]
+    _container_options: ClassVar[dict[str, str]] = {}
 
     def __init__(self, sample_rate: int, buffered: bool = False) -> None:
-        if sample_rate not in OPUS_SAMPLE_RATES:
-            raise UnsupportedFormatError(
-                "opus",
-                f"Opus carries only {', '.join(map(str, OPUS_SAMPLE_RATES))} Hz "
-                f"and this voice produces {sample_rate} Hz; use wav, pcm, flac or mp3",
-            )
-        super().__init__(sample_rate, buffered)
+        import av
 
-    def _configure(self) -> None:
-        # Without this libsndfile holds about one second of audio per Ogg page.
-        from soundfile import _ffi, _snd  # soundfile has no wrapper for the command
+        super().__init__(sample_rate)
+        self._sink = _ChunkSink()
+        self._hold = buffered
+        self._held = bytearray()
+        self._out = av.open(self._sink, mode="w", format=self._container, options=dict(self._container_options))
+        rates = av.codec.Codec(self._codec, "w").audio_rates or (sample_rate,)
+        rate = sample_rate if sample_rate in rates else min((r for r in rates if r > sample_rate), default=max(rates))
+        stream = self._out.add_stream(self._codec, rate=rate, layout="mono")
+        assert isinstance(stream, av.AudioStream)
+        stream.bit_rate = self._bit_rate
+        self._stream = stream
+        self._resampler = av.AudioResampler(format=stream.codec_context.format.name, layout="mono", rate=rate)
+        self._pts = 0
 
-        latency = _ffi.new("double*", OPUS_PAGE_LATENCY_MS)
-        _snd.sf_command(self._file._file, _SFC_SET_OGG_PAGE_LATENCY_MS, latency, _ffi.sizeof("double"))
+    @property
+    def codec_rate(self) -> int:
+        """The sample rate inside the file (the voice's, or the next one the codec carries)."""
+        return int(self._stream.codec_context.sample_rate)
+
+    def header(self) -> bytes:
+        return b""
+
+    def encode(self, samples: np.ndarray) -> bytes:
+        import av
+
+        chunk = np.clip(_as_mono_float32(samples), -1.0, 1.0)
+        if chunk.size:
+            frame = av.AudioFrame.from_ndarray(chunk[None], format="flt", layout="mono")
+            frame.sample_rate, frame.pts = self.sample_rate, self._pts
+            self._pts += chunk.size
+            self._mux(self._resampler.resample(frame))
+        return self._take()
+
+    def finish(self) -> bytes:
+        self._mux(self._resampler.resample(None))
+        for packet in self._stream.encode(None):
+            self._out.mux(packet)
+        self._out.close()
+        return self._take(final=True)
+
+    def _mux(self, frames: list[Any]) -> None:
+        for frame in frames:
+            for packet in self._stream.encode(frame):
+                self._out.mux(packet)
+
+    def _take(self, final: bool = False) -> bytes:
+        self._held += self._sink.take()
+        if self._hold and not final:
+            return b""
+        out = bytes(self._held)
+        self._held.clear()
+        return out
+
+
+class OpusEncoder(_FfmpegEncoder):
+    """Opus in Ogg, resampled to a rate Opus carries, pages flushed every ``OGG_PAGE_MS``."""
+
+    media_type = "audio/ogg"
+    _container, _codec, _bit_rate = "ogg", "libopus", OPUS_BIT_RATE
+    _container_options: ClassVar[dict[str, str]] = {"page_duration": str(OGG_PAGE_MS * 1000)}
+
+
+class AacEncoder(_FfmpegEncoder):
+    """AAC-LC in ADTS frames (streamable; see the module notes on priming)."""
+
+    media_type = "audio/aac"
+    _container, _codec, _bit_rate = "adts", "aac", AAC_BIT_RATE
 
 
 _ENCODERS: dict[str, type[AudioEncoder]] = {
@@ -297,6 +374,7 @@ _ENCODERS: dict[str, type[AudioEncoder]] = {
     "flac": FlacEncoder,
     "mp3": Mp3Encoder,
     "opus": OpusEncoder,
+    "aac": AacEncoder,
 }
 SUPPORTED_FORMATS: tuple[str, ...] = tuple(_ENCODERS)
 
@@ -307,15 +385,14 @@ def make_encoder(fmt: str, sample_rate: int, *, buffered: bool = False) -> Audio
     ``buffered=True`` holds a codec's whole output until ``finish()`` so that headers
     recording the length are complete (FLAC total samples, MP3 gapless tag); wav and pcm
     ignore it because their streamed form already decodes everywhere.
-    Raises ``UnsupportedFormatError`` for unknown formats, for ``aac``, and for Opus at
-    a sample rate it cannot carry.
+    Raises ``UnsupportedFormatError`` for unknown formats.
     """
     if fmt in UNSUPPORTED_FORMATS:
         raise UnsupportedFormatError(fmt, UNSUPPORTED_FORMATS[fmt])
     encoder_cls = _ENCODERS.get(fmt)
     if encoder_cls is None:
         raise UnsupportedFormatError(fmt, f"unknown format; supported: {', '.join(_ENCODERS)}")
-    if issubclass(encoder_cls, _SoundfileEncoder):
+    if issubclass(encoder_cls, (_SoundfileEncoder, _FfmpegEncoder)):
         return encoder_cls(sample_rate, buffered=buffered)
     return encoder_cls(sample_rate)
 

@@ -27,6 +27,7 @@ from addons.frontend import Frontend
 from addons.manifest import AddonManifest
 from addons.voice import resolve_options
 from serve_app.admission import AdmissionConfig, AtCapacity, ModelAdmission
+from serve_app.aliases import Aliases, OpenAINames
 from serve_app.audio_format import AudioEncoder, UnsupportedFormatError, make_encoder
 from serve_app.deployments import DEFAULTS
 from serve_app.http import HttpPolicy, install
@@ -136,10 +137,12 @@ class Ingress:
         models: dict[str, ModelInfo],
         handles: dict[str, tuple[Any, Any, Any]],
         http_policy: HttpPolicy | None = None,
+        aliases: Aliases | None = None,
     ) -> None:
         self.models = models
         self.handles = handles
         self.http_policy = http_policy or HttpPolicy()
+        self.aliases = aliases or Aliases.build(OpenAINames(), models, next(iter(models)))
         tags = ("model",)
         self.ttfa = Histogram(
             "chorus_time_to_first_audio_seconds",
@@ -218,6 +221,7 @@ class Ingress:
     @app.post("/v1/audio/speech")
     async def speech(self, body: SpeechRequest) -> Response:
         start = time.perf_counter()
+        body, headers = self._map_names(body)
         try:
             info, resolved, encoder = self._prepare(body)
             audio = self._synthesize(body.model, body.input, resolved)
@@ -231,8 +235,24 @@ class Ingress:
         rate = info.manifest.mel.sample_rate
         encoded = _Encoded(encoder, first, audio)
         if body.stream_format == "sse":
-            return StreamingResponse(self._sse(body, encoded, start, rate), media_type=SSE_MEDIA_TYPE)
-        return StreamingResponse(self._audio(body, encoded, start, rate), media_type=encoder.media_type)
+            return StreamingResponse(self._sse(body, encoded, start, rate), media_type=SSE_MEDIA_TYPE, headers=headers)
+        return StreamingResponse(
+            self._audio(body, encoded, start, rate), media_type=encoder.media_type, headers=headers
+        )
+
+    def _map_names(self, body: SpeechRequest) -> tuple[SpeechRequest, dict[str, str]]:
+        """OpenAI's model and voice names mapped to served ones (see :mod:`serve_app.aliases`), and
+        the response headers that say what was used and whether ``instructions`` were followed."""
+        model = self.aliases.model(body.model)
+        info = self.models.get(model)
+        if info is None:
+            return body, {}
+        voice = self.aliases.voice(body.voice_name, info.manifest.voices)
+        headers = {"X-Chorus-Model": model, "X-Chorus-Voice": voice}
+        if body.instructions and body.instructions.strip():
+            # No Chorus voice conditions on a text prompt yet; say so rather than pretend.
+            headers["X-Chorus-Instructions"] = f"ignored; model {model} cannot follow instructions"
+        return body.model_copy(update={"model": model, "voice": voice}), headers
 
     def _prepare(self, body: SpeechRequest) -> tuple[ModelInfo, dict[str, Any], AudioEncoder]:
         info = self.models.get(body.model)

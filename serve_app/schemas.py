@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 SSE_MEDIA_TYPE = "text/event-stream"
-ResponseFormat = Literal["mp3", "opus", "flac", "wav", "pcm"]
+ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 MAX_INPUT_CHARS = 4096  # OpenAI's limit; a longer text is a client error there too
 
 
@@ -68,7 +68,10 @@ class VoiceId(_Strict):
 class SpeechRequest(_Strict):
     """Body of ``POST /v1/audio/speech``, field for field as OpenAI's."""
 
-    model: str = Field(min_length=1, description="Name of a deployed Chorus model (addon), e.g. 'chorus-fast'.")
+    model: str = Field(
+        min_length=1,
+        description="A deployed Chorus model (addon), e.g. 'chorus-fast', or an OpenAI name mapped to one ('tts-1').",
+    )
     input: str = Field(
         min_length=1,
         max_length=MAX_INPUT_CHARS,
@@ -86,7 +89,8 @@ class SpeechRequest(_Strict):
         description=(
             "Audio encoding. Defaults to mp3 as OpenAI does, so clients written for it "
             "(which save 'speech.mp3' without asking) keep working; wav and pcm cost "
-            "the server nothing and keep exact length. aac is not available."
+            "the server nothing and keep exact length; opus is Ogg Opus (resampled to a rate "
+            "Opus carries), aac is ADTS."
         ),
     )
     speed: float | None = Field(
@@ -107,8 +111,8 @@ class SpeechRequest(_Strict):
         max_length=MAX_INPUT_CHARS,
         description=(
             "Style instructions. Accepted so OpenAI clients that always send them keep "
-            "working; voices that cannot follow instructions ignore them, as OpenAI's "
-            "tts-1 does."
+            "working; a voice that cannot follow them ignores them, as OpenAI's tts-1 does, "
+            "and the response says so in the X-Chorus-Instructions header."
         ),
     )
 

@@ -28,9 +28,9 @@ def tone(seconds: float, sr: int = SR) -> np.ndarray:
     return (0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
 
 
-def encode_chunked(fmt: str, x: np.ndarray, chunk: int = 2400, **kw: bool) -> tuple[bytes, int]:
+def encode_chunked(fmt: str, x: np.ndarray, chunk: int = 2400, sr: int = SR, **kw: bool) -> tuple[bytes, int]:
     """Encode ``x`` in chunks; return all bytes and how many came before ``finish()``."""
-    enc = make_encoder(fmt, SR, **kw)
+    enc = make_encoder(fmt, sr, **kw)
     before = enc.header()
     for i in range(0, len(x), chunk):
         before += enc.encode(x[i : i + chunk])
@@ -80,18 +80,44 @@ def test_pcm_clips_out_of_range_samples() -> None:
     assert y.tolist() == [32767, -32767, 0]
 
 
-@pytest.mark.parametrize("fmt", ["flac", "mp3", "opus"])
+@pytest.mark.parametrize("fmt", ["flac", "mp3", "opus", "aac"])
 def test_codecs_stream_before_finish(fmt: str) -> None:
     data, before = encode_chunked(fmt, tone(2.0))
     assert before > len(data) // 2, f"{fmt}: only {before} of {len(data)} bytes before finish"
 
 
-def test_opus_round_trips_to_exact_length() -> None:
-    x = tone(1.5)
-    data, _ = encode_chunked("opus", x)
+def _decode(data: bytes) -> tuple[np.ndarray, int]:
+    import av
+
+    with av.open(io.BytesIO(data)) as f:
+        frames = [fr.to_ndarray().reshape(-1) for fr in f.decode(audio=0)]
+        rate = f.streams.audio[0].codec_context.sample_rate
+    return np.concatenate(frames), rate
+
+
+@pytest.mark.parametrize("sr", [24000, 22050, 16000, 44100])
+def test_opus_round_trips_to_exact_duration(sr: int) -> None:
+    x = tone(1.5, sr)
+    data, _ = encode_chunked("opus", x, sr=sr)
     assert data[:4] == b"OggS" and b"OpusHead" in data[:64]
-    y, sr = sf.read(io.BytesIO(data))
-    assert sr == SR and len(y) == len(x)
+    y, rate = _decode(data)
+    assert rate in (8000, 12000, 16000, 24000, 48000) and rate >= min(sr, 48000)
+    assert len(y) == round(len(x) * rate / sr)  # pre-skip and end trim: the exact duration
+    if sr == rate:  # the same rate: the tone comes back (lossy codec: loosely)
+        assert abs(np.abs(y).max() - np.abs(x).max()) < 0.1
+
+
+@pytest.mark.parametrize("sr", [24000, 22050])
+def test_aac_is_adts_and_carries_the_audio(sr: int) -> None:
+    x = tone(1.5, sr)
+    data, _ = encode_chunked("aac", x, sr=sr)
+    assert data[0] == 0xFF and data[1] & 0xF0 == 0xF0  # an ADTS sync word
+    y, rate = _decode(data)
+    assert rate == sr
+    # ADTS cannot signal priming: up to two frames more than was encoded, never less.
+    assert len(x) <= len(y) <= len(x) + 2 * 1024
+    lag = int(np.argmax(np.correlate(y[: len(x)], x[:2048], "valid")[:2048]))
+    assert np.corrcoef(y[lag : lag + len(x) - 2048], x[: len(x) - 2048])[0, 1] > 0.9
 
 
 def test_mp3_streamed_length_is_close() -> None:
@@ -136,7 +162,7 @@ def test_iter_encoded_yields_only_non_empty_parts() -> None:
 
 @pytest.mark.parametrize(
     ("fmt", "sr", "match"),
-    [("aac", SR, "AAC"), ("ogg", SR, "unknown format"), ("opus", 22050, "22050 Hz")],
+    [("ogg", SR, "unknown format"), ("m4a", SR, "supported: wav, pcm, flac, mp3, opus, aac")],
 )
 def test_unsupported_formats_say_why(fmt: str, sr: int, match: str) -> None:
     with pytest.raises(UnsupportedFormatError, match=match):

@@ -157,7 +157,7 @@ FIELD_CASES = [
         {**SHORT, "response_format": "ogg"},
         "response_format",
         "literal_error",
-        'response_format: must be one of "mp3", "opus", "flac", "wav", "pcm", got "ogg"',
+        'response_format: must be one of "mp3", "opus", "aac", "flac", "wav", "pcm", got "ogg"',
     ),
     (
         {**SHORT, "voice": {"name": "x"}},
