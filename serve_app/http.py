@@ -180,7 +180,7 @@ class ApiKeyMiddleware:
         self.app, self.policy, self.open_paths = app, policy, frozenset(open_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        digests = self.policy().api_key_digests if scope["type"] == "http" else ()
+        digests = self.policy().api_key_digests if scope["type"] in ("http", "websocket") else ()
         if not digests or _route_path(scope) in self.open_paths:
             await self.app(scope, receive, send)
             return
@@ -191,6 +191,9 @@ class ApiKeyMiddleware:
             message, code = "invalid API key (the key is not accepted by this server)", "invalid_api_key"
         else:
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":  # refused before the handshake: HTTP 403, reason in the close
+            await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
             return
         headers = {"WWW-Authenticate": "Bearer"}
         await error_response(401, message, code=code, headers=headers)(scope, receive, send)

@@ -13,11 +13,12 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import numpy as np
 import ray
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Response, WebSocket
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -31,6 +32,7 @@ from serve_app.aliases import Aliases, OpenAINames
 from serve_app.audio_format import AudioEncoder, UnsupportedFormatError, make_encoder
 from serve_app.deployments import DEFAULTS
 from serve_app.http import HttpPolicy, install
+from serve_app.realtime import Opened, OpenMessage, ProtocolError, SpeechSocket
 from serve_app.schemas import (
     SSE_MEDIA_TYPE,
     ErrorBody,
@@ -50,6 +52,10 @@ RETRY_AFTER_S = "1"
 MID_STREAM_FAILURE = "synthesis failed mid-stream; the audio so far is incomplete, retry the request"
 SPEECH_PATH = "/v1/audio/speech"
 PROBE_PATHS = ("/health", "/ready")  # open to health checkers even when API keys are on
+# The listening page (serve_app/static): plain files, open like the probes (they hold no data;
+# the page sends the API key the user types with its own requests).
+PAGE_FILES = {"index.html": "text/html", "page.js": "text/javascript", "page.css": "text/css"}
+PAGE_PATHS = ("/", *(f"/static/{name}" for name in PAGE_FILES))
 logger = logging.getLogger("ray.serve")
 OVERLOAD = (BackPressureError, DeploymentUnavailableError, *LOST_REPLICA)  # lost: after MAX_RESUMES tries
 OUTCOME_TAGS: Any = ("model", "outcome")  # Ray's stub types tag_keys as a 1-tuple
@@ -126,7 +132,7 @@ def _replica_policy() -> HttpPolicy:
 
 
 app = FastAPI(title="Chorus", description="Many text-to-speech models side by side.")
-install(app, _replica_policy, stream_paths=(SPEECH_PATH,), open_paths=PROBE_PATHS)
+install(app, _replica_policy, stream_paths=(SPEECH_PATH,), open_paths=PROBE_PATHS + PAGE_PATHS)
 
 
 @serve.deployment(**DEFAULTS["ingress"])
@@ -188,6 +194,17 @@ class Ingress:
         ]
         return JSONResponse({"object": "list", "data": data})
 
+    @app.get("/", include_in_schema=False)
+    async def page(self) -> Response:
+        """The listening page: type text, pick model and voice, hear it stream."""
+        return _page_file("index.html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def page_asset(self, name: str) -> Response:
+        if name not in PAGE_FILES:
+            return SpeechError(404, f"no file '{name}' here", code="not_found").response()
+        return _page_file(name)
+
     @app.get("/health")
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
@@ -224,7 +241,7 @@ class Ingress:
         body, headers = self._map_names(body)
         try:
             info, resolved, encoder = self._prepare(body)
-            audio = self._synthesize(body.model, body.input, resolved)
+            audio = self._synthesize(body.model, Frontend.split_sentences(Frontend.normalize(body.input)), resolved)
             first = await self._first_chunk(audio)
         except SpeechError as exc:
             # An unknown model is the client's text: not a tag (Ray's metrics take ASCII only, and few values).
@@ -239,6 +256,11 @@ class Ingress:
         return StreamingResponse(
             self._audio(body, encoded, start, rate), media_type=encoder.media_type, headers=headers
         )
+
+    # -- incremental text over a WebSocket (see serve_app.realtime) --------------------------------
+    @app.websocket("/v1/audio/speech/stream")
+    async def speech_stream(self, ws: WebSocket) -> None:
+        await SpeechSocket(ws, _SocketBackend(self)).run()
 
     def _map_names(self, body: SpeechRequest) -> tuple[SpeechRequest, dict[str, str]]:
         """OpenAI's model and voice names mapped to served ones (see :mod:`serve_app.aliases`), and
@@ -279,11 +301,12 @@ class Ingress:
         except OVERLOAD as exc:
             raise SpeechError(503, f"overloaded, retry shortly ({type(exc).__name__})", code="overloaded") from None
 
-    async def _synthesize(self, model: str, text: str, options: dict[str, Any]) -> AsyncIterator[np.ndarray]:
-        """Audio chunks for ``text``, if the model has room for one more listener; resumed on
-        another replica if one dies under the stream."""
+    async def _synthesize(
+        self, model: str, sentences: list[str] | AsyncIterator[str], options: dict[str, Any]
+    ) -> AsyncIterator[np.ndarray]:
+        """Audio chunks for ``sentences`` (a list, or sentences still being written), if the model
+        has room for one more listener; resumed on another replica if one dies under the stream."""
         encoders, decoder, vocoder = self.handles[model]
-        sentences = Frontend.split_sentences(Frontend.normalize(text))
         handles = StageHandles(encoders, decoder, vocoder)
         resumed = lambda stage: self.outcomes.inc(tags={"model": model, "outcome": f"resumed_{stage}"})  # noqa: E731
         rate = self.models[model].manifest.mel.sample_rate
@@ -335,3 +358,39 @@ class Ingress:
         self.outcomes.inc(tags={"model": model, "outcome": "ok"})
         if samples:
             self.rtf.observe((time.perf_counter() - start) / (samples / rate), tags={"model": model})
+
+
+def _page_file(name: str) -> Response:
+    data = (resources.files("serve_app") / "static" / name).read_bytes()
+    return Response(data, media_type=PAGE_FILES[name], headers={"Cache-Control": "no-cache"})
+
+
+class _SocketBackend:
+    """The ingress as a WebSocket connection sees it (serve_app.realtime.SpeechBackend)."""
+
+    def __init__(self, ingress: Ingress) -> None:
+        self.ingress = ingress
+
+    def open_context(self, message: OpenMessage) -> Opened:
+        body = SpeechRequest(model=message.model, input="-", voice=message.voice, speed=message.speed)
+        body, _ = self.ingress._map_names(body)
+        info = self.ingress.models.get(body.model)
+        if info is None:
+            known = ", ".join(sorted(self.ingress.models))
+            raise ProtocolError(f"model '{message.model}' not found (available: {known})", "model_not_found", "model")
+        try:
+            _, resolved = resolve_options(info.manifest, voice=body.voice_name, speed=body.speed)
+        except ValueError as exc:
+            raise ProtocolError(str(exc), "invalid_option", "voice" if "voice" in str(exc) else "speed") from None
+        return Opened(body.model, body.voice_name, resolved, info.manifest.mel.sample_rate)
+
+    async def synthesize(
+        self, model: str, sentences: AsyncIterator[str], options: dict[str, Any]
+    ) -> AsyncIterator[np.ndarray]:
+        try:
+            async for audio in self.ingress._synthesize(model, sentences, options):
+                yield audio
+        except SpeechError as exc:
+            raise ProtocolError(exc.message, exc.code or "synthesis_failed", exc.param) from None
+        except OVERLOAD as exc:
+            raise ProtocolError(f"overloaded, retry shortly ({type(exc).__name__})", "overloaded") from None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -85,33 +85,59 @@ async def _call(resumes: _Resumes, stage: str, make: Callable[[], Awaitable[T]])
 async def synthesize(
     handles: StageHandles,
     model: str,
-    sentences: list[str],
+    sentences: Iterable[str] | AsyncIterable[str],
     options: dict[str, Any],
     sample_rate: int,
     on_resume: Callable[[str], None] | None = None,
 ) -> AsyncIterator[np.ndarray]:
-    """Audio chunks for ``sentences``; the next sentence is encoded while this one is decoded."""
+    """Audio chunks for ``sentences``, one vocoder stream across them; the next sentence is encoded
+    while this one is decoded. ``sentences`` may arrive over time (an async iterable: text a client
+    is still writing); the stream ends when they do."""
+    source = _async_iter(sentences)
     stream = _Stream(handles, model, options, _Resumes(on_resume=on_resume), sample_rate)
-    pending = [stream.encoding(s) for s in sentences[:1]]
+    first = await anext(source, None)
+    if first is None:
+        raise NoSpeakableText("input has no speakable characters")
+    pending: asyncio.Future[list[dict[str, np.ndarray]] | None] | None = asyncio.ensure_future(_encoded(stream, first))
     await stream.start()
     spoken = False
     try:
-        for index in range(len(sentences)):
-            features_list = await pending.pop(0)
-            if index + 1 < len(sentences):
-                pending.append(stream.encoding(sentences[index + 1]))
+        while pending is not None:
+            features_list = await pending
+            if features_list is None:  # the sentences have ended
+                break
+            # The next sentence is read (it may still be on its way) and encoded meanwhile.
+            pending = asyncio.ensure_future(_next_encoded(stream, source))
             for features in features_list:
                 spoken = True
                 async for audio in stream.sentence(features):
                     yield audio
     finally:
-        for task in pending:
-            task.cancel()
+        if pending is not None:
+            pending.cancel()
     if not spoken:
         raise NoSpeakableText("input has no speakable characters")
     tail = await stream.finish()
     if tail.size:
         yield stream.sent(tail)
+
+
+async def _async_iter(sentences: Iterable[str] | AsyncIterable[str]) -> AsyncIterator[str]:
+    if isinstance(sentences, AsyncIterable):
+        async for sentence in sentences:
+            yield sentence
+    else:
+        for sentence in sentences:
+            yield sentence
+
+
+async def _encoded(stream: _Stream, sentence: str) -> list[dict[str, np.ndarray]] | None:
+    return await stream.encoding(sentence)
+
+
+async def _next_encoded(stream: _Stream, source: AsyncIterator[str]) -> list[dict[str, np.ndarray]] | None:
+    sentence = await anext(source, None)
+    return None if sentence is None else await stream.encoding(sentence)
 
 
 class _Stream:

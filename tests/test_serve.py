@@ -336,3 +336,130 @@ def test_http_pcm_equals_in_process(server: str, fixture_dir: Path, model: str, 
     if voice == "fast" and model == "tiny-fast":  # the preset's speed (1.5) applies over HTTP as in process
         default = b"".join(encoder.encode(chunk.samples) for chunk in local.stream(text))
         assert len(got.content) < len(default)
+
+
+def _ws_audio(socket: Any, context: str = "default") -> tuple[bytes, float | None]:
+    """A context's audio up to its ``done``, and when its first audio arrived (monotonic)."""
+    audio, first = b"", None
+    while True:
+        message = json.loads(socket.recv(timeout=60))
+        if message["type"] == "audio" and message["context_id"] == context:
+            first = first or time.monotonic()
+            audio += base64.b64decode(message["audio"])
+        elif message["type"] == "error":
+            raise AssertionError(message)
+        elif message["type"] == "done" and message["context_id"] == context:
+            return audio, first
+
+
+@pytest.mark.parametrize("model", ["tiny-fast", "tiny-taco"])
+def test_websocket_text_in_pieces_equals_a_plain_request(server: str, model: str) -> None:
+    """Text a few characters at a time, with pauses: the audio of a plain request for the whole text."""
+    from websockets.sync.client import connect
+
+    text = "Text arrives a few characters at a time. The listener hears it as it comes! Does it match?"
+    want = _speech(server, model=model, input=text, response_format="pcm")
+    assert want.status_code == 200
+    with connect(server.replace("http", "ws") + "/v1/audio/speech/stream") as socket:
+        socket.send(json.dumps({"type": "open", "model": model}))
+        assert json.loads(socket.recv(timeout=30))["type"] == "opened"
+        for i in range(0, len(text), 4):
+            socket.send(json.dumps({"type": "text", "text": text[i : i + 4]}))
+            time.sleep(0.01)
+        socket.send(json.dumps({"type": "close"}))
+        audio, _ = _ws_audio(socket)
+    assert audio == want.content
+
+
+def test_websocket_cancel_stops_within_a_second_and_bad_messages_keep_it_open(server: str) -> None:
+    from websockets.sync.client import connect
+
+    with connect(server.replace("http", "ws") + "/v1/audio/speech/stream") as socket:
+        socket.send("{not json")
+        assert json.loads(socket.recv(timeout=30))["error"]["code"] == "invalid_json"
+        socket.send(json.dumps({"type": "open", "model": "tts-1", "voice": "alloy"}))
+        opened = json.loads(socket.recv(timeout=30))
+        assert (opened["model"], opened["voice"]) == ("tiny-fast", "default")
+        socket.send(json.dumps({"type": "text", "text": SENTENCES}))
+        assert json.loads(socket.recv(timeout=30))["type"] == "audio"
+        socket.send(json.dumps({"type": "cancel"}))
+        start = time.monotonic()
+        while json.loads(socket.recv(timeout=30))["type"] != "cancelled":
+            pass
+        assert time.monotonic() - start < 1.0
+        socket.send(json.dumps({"type": "open", "model": "tiny-fast", "context_id": "next"}))
+        socket.send(json.dumps({"type": "text", "context_id": "next", "text": "Still here."}))
+        socket.send(json.dumps({"type": "close", "context_id": "next"}))
+        audio, _ = _ws_audio(socket, "next")
+        assert len(audio) > 0
+
+
+def _browser() -> Any:
+    """Headless Chromium from Debian (installed by `make test`), or a skip that says what is missing."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    driver, browser = shutil.which("chromedriver"), shutil.which("chromium")
+    if driver is None or browser is None:
+        pytest.skip("needs chromium and chromium-driver (Debian packages; `make test` installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--autoplay-policy=no-user-gesture-required",
+    ):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_the_page_plays_streamed_audio_in_a_real_browser(server: str, fixture_dir: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    text = "A page to listen on. It plays while the rest is still being spoken."
+    want = _speech(server, model="tiny-taco", input=text, response_format="pcm")
+    browser = _browser()
+    try:
+        browser.get(f"{server}/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "idle")
+        Select(browser.find_element(By.ID, "model")).select_by_value("tiny-taco")
+        box = browser.find_element(By.ID, "text")
+        box.clear()
+        box.send_keys(text)
+        browser.find_element(By.ID, "play").click()
+        wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error"))
+        assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done", browser.find_element(
+            By.ID, "status"
+        ).text
+        decoded = int(browser.find_element(By.ID, "samples").text)
+        assert decoded == len(want.content) // 2  # every streamed sample reached Web Audio
+        assert int(browser.find_element(By.ID, "first-audio").text) > 0
+        # The audio clock runs: what was scheduled is being played.
+        played = browser.execute_script("return state.ctx ? state.ctx.currentTime : -1")
+        assert played > 0
+        assert browser.find_element(By.ID, "download").get_attribute("href").startswith("blob:")
+    finally:
+        browser.quit()
+
+
+def test_python_client_pipes_a_token_generator(server: str) -> None:
+    from serve_app.client import SpeechStream
+
+    text = "Tokens from a generator. Spoken as they come."
+    want = _speech(server, model="tiny-fast", input=text, response_format="pcm").content
+
+    def tokens() -> Iterator[str]:
+        for i in range(0, len(text), 3):
+            time.sleep(0.005)
+            yield text[i : i + 3]
+
+    with SpeechStream(server.replace("http", "ws"), model="tiny-fast") as stream:
+        got = b"".join(stream.speak(tokens()))
+        assert stream.sample_rate > 0
+        again = b"".join(stream.speak(iter([text])))  # the next turn on the same connection
+    assert got == want and again == want
