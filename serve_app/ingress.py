@@ -135,6 +135,44 @@ app = FastAPI(title="Chorus", description="Many text-to-speech models side by si
 install(app, _replica_policy, stream_paths=(SPEECH_PATH,), open_paths=PROBE_PATHS + PAGE_PATHS)
 
 
+def _page_file(name: str) -> Response:
+    data = (resources.files("serve_app") / "static" / name).read_bytes()
+    return Response(data, media_type=PAGE_FILES[name], headers={"Cache-Control": "no-cache"})
+
+
+class _SocketBackend:
+    """The ingress as a WebSocket connection sees it (serve_app.realtime.SpeechBackend)."""
+
+    def __init__(self, ingress: "Ingress") -> None:
+        self.ingress = ingress
+
+    def open_context(self, message: OpenMessage) -> Opened:
+        body = SpeechRequest(model=message.model, input="-", voice=message.voice, speed=message.speed)
+        body, _ = self.ingress._map_names(body)
+        info = self.ingress.models.get(body.model)
+        if info is None:
+            known = ", ".join(sorted(self.ingress.models))
+            raise ProtocolError(f"model '{message.model}' not found (available: {known})", "model_not_found", "model")
+        try:
+            _, resolved = resolve_options(info.manifest, voice=body.voice_name, speed=body.speed)
+        except ValueError as exc:
+            raise ProtocolError(str(exc), "invalid_option", "voice" if "voice" in str(exc) else "speed") from None
+        return Opened(body.model, body.voice_name, resolved, info.manifest.mel.sample_rate)
+
+    async def synthesize(
+        self, model: str, sentences: AsyncIterator[str], options: dict[str, Any]
+    ) -> AsyncIterator[np.ndarray]:
+        try:
+            async for audio in self.ingress._synthesize(model, sentences, options):
+                yield audio
+        except SpeechError as exc:
+            raise ProtocolError(exc.message, exc.code or "synthesis_failed", exc.param) from None
+        except OVERLOAD as exc:
+            raise ProtocolError(f"overloaded, retry shortly ({type(exc).__name__})", "overloaded") from None
+
+
+# Everything the ingress's routes use is defined above it: serve.ingress pickles the app (and
+# with it the globals its routes reference) when the class is decorated.
 @serve.deployment(**DEFAULTS["ingress"])
 @serve.ingress(app)
 class Ingress:
@@ -358,39 +396,3 @@ class Ingress:
         self.outcomes.inc(tags={"model": model, "outcome": "ok"})
         if samples:
             self.rtf.observe((time.perf_counter() - start) / (samples / rate), tags={"model": model})
-
-
-def _page_file(name: str) -> Response:
-    data = (resources.files("serve_app") / "static" / name).read_bytes()
-    return Response(data, media_type=PAGE_FILES[name], headers={"Cache-Control": "no-cache"})
-
-
-class _SocketBackend:
-    """The ingress as a WebSocket connection sees it (serve_app.realtime.SpeechBackend)."""
-
-    def __init__(self, ingress: Ingress) -> None:
-        self.ingress = ingress
-
-    def open_context(self, message: OpenMessage) -> Opened:
-        body = SpeechRequest(model=message.model, input="-", voice=message.voice, speed=message.speed)
-        body, _ = self.ingress._map_names(body)
-        info = self.ingress.models.get(body.model)
-        if info is None:
-            known = ", ".join(sorted(self.ingress.models))
-            raise ProtocolError(f"model '{message.model}' not found (available: {known})", "model_not_found", "model")
-        try:
-            _, resolved = resolve_options(info.manifest, voice=body.voice_name, speed=body.speed)
-        except ValueError as exc:
-            raise ProtocolError(str(exc), "invalid_option", "voice" if "voice" in str(exc) else "speed") from None
-        return Opened(body.model, body.voice_name, resolved, info.manifest.mel.sample_rate)
-
-    async def synthesize(
-        self, model: str, sentences: AsyncIterator[str], options: dict[str, Any]
-    ) -> AsyncIterator[np.ndarray]:
-        try:
-            async for audio in self.ingress._synthesize(model, sentences, options):
-                yield audio
-        except SpeechError as exc:
-            raise ProtocolError(exc.message, exc.code or "synthesis_failed", exc.param) from None
-        except OVERLOAD as exc:
-            raise ProtocolError(f"overloaded, retry shortly ({type(exc).__name__})", "overloaded") from None
