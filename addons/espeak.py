@@ -23,7 +23,10 @@ What libespeak-ng does, as observed with espeakng-loader 0.2.4 (espeak-ng 1.52.0
 - Other voices may report zero-length language-switch markers such as ``(en)`` as
   phonemes (seen with ``fr`` on English words); en-us did not produce any.
 - Only phoneme events are kept: word and sentence events mark text positions and do not
-  fall on phoneme boundaries, and the other kinds carry no timing.
+  fall on phoneme boundaries, and the other kinds carry no timing. Each phoneme event carries
+  the 1-based character position of the word it was read from (``"$3.50"`` gives phonemes for
+  "dollar three point five zero", all at the position of ``$``... or of its digits: always
+  inside that whitespace-separated word).
 - Text normalisation is espeak's own: "3" -> three, "Dr." -> doctor, "etc." -> etcetera,
   "$4.99" -> "dollar four point nine nine", emoji -> their names ("grinning face").
   Text that yields nothing but pauses ("", "...", "?") raises ValueError.
@@ -100,11 +103,14 @@ class PhonemeEvent:
     """One phoneme as espeak-ng reported it.
 
     ``name`` is the espeak mnemonic (stress mark included, e.g. ``'oU``); ``sample`` is the
-    phoneme's start, in samples from the start of the synth call that produced it.
+    phoneme's start, in samples from the start of the synth call that produced it;
+    ``text_position`` the 0-based character offset, in the text given, of the word it was read
+    from (a pause: of the punctuation or word after it; -1 when espeak gave none).
     """
 
     name: str
     sample: int
+    text_position: int = -1
 
 
 @dataclass(frozen=True)
@@ -305,7 +311,7 @@ class _Runtime:
                 event = events[i]
                 if event.type == _EVENT_PHONEME:
                     name = _decode_name(bytes(event.id.string))
-                    sink.events.append(PhonemeEvent(name, event.sample))
+                    sink.events.append(PhonemeEvent(name, event.sample, event.text_position - 1))
                 i += 1
         except BaseException as exc:  # re-raised by synth()
             sink.error = exc
@@ -393,6 +399,10 @@ class Espeak:
         Raises ValueError when ``text`` yields no phonemes besides pauses.
         """
         return [event.name for event in self._run(text, keep_audio=False).events]
+
+    def phonemize_aligned(self, text: str) -> list[PhonemeEvent]:
+        """``phonemize`` with each phoneme's ``text_position`` (its word's offset in ``text``)."""
+        return list(self._run(text, keep_audio=False).events)
 
     def _run(self, text: str, keep_audio: bool) -> _Sink:
         data = _encode(text)

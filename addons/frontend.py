@@ -6,6 +6,7 @@ is labelled with), so a voice sees at run time exactly the symbols it was traine
 
 from __future__ import annotations
 
+import bisect
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import numpy as np
 
 from addons.manifest import FrontendConfig
 
-__all__ = ["Frontend", "Sentence", "TextError"]
+__all__ = ["Frontend", "Sentence", "TextError", "Word"]
 
 _SENTENCE_END = re.compile(r"[.!?;:…][\"')\]]*(\s+)")  # the whitespace group is where one ends
 # A full stop after these does not end a sentence ("Dr. Smith", "e.g. this", "J. R. R. Tolkien").
@@ -23,6 +24,7 @@ _ABBREVIATION = re.compile(
     r"(?:^|\s)(?:mr|mrs|ms|dr|prof|sr|jr|st|mt|vs|etc|e\.g|i\.e|cf|no|fig|approx|inc|ltd|co|[a-z])\.$", re.IGNORECASE
 )
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_EDGE_PUNCTUATION = ".,;:!?\"'()[]{}…“”‘’«»—–-"
 
 
 class TextError(ValueError):
@@ -30,10 +32,23 @@ class TextError(ValueError):
 
 
 @dataclass(frozen=True)
+class Word:
+    """A whitespace-separated word as the caller wrote it: ``text == original[start:end]``."""
+
+    text: str
+    start: int  # character offsets in the text given to Frontend.sentences
+    end: int
+
+
+@dataclass(frozen=True)
 class Sentence:
     text: str
     phonemes: tuple[str, ...]
     ids: np.ndarray  # int64 [T]; 0 is padding and never appears here
+    words: tuple[Word, ...] = ()
+    #: per phoneme, the index in ``words`` of the word it was read from; -1 for pauses
+    phoneme_words: tuple[int, ...] = ()
+    start: int = 0  # where the sentence starts in the text given to Frontend.sentences
 
 
 class Frontend:
@@ -46,6 +61,31 @@ class Frontend:
         """NFKC, control characters to spaces, runs of whitespace collapsed."""
         text = _CONTROL.sub(" ", unicodedata.normalize("NFKC", text))
         return " ".join(text.split())
+
+    @staticmethod
+    def normalize_with_offsets(text: str) -> tuple[str, list[int]]:
+        """:meth:`normalize`, and for each character of the result its offset in ``text``.
+
+        Where NFKC composes across characters (rare), offsets fall back to the normalized text's own.
+        """
+        chars: list[str] = []
+        origin: list[int] = []
+        for i, ch in enumerate(text):
+            for c in _CONTROL.sub(" ", unicodedata.normalize("NFKC", ch)):
+                if c.isspace():
+                    if not chars or chars[-1] == " ":
+                        continue
+                    c = " "
+                chars.append(c)
+                origin.append(i)
+        if chars and chars[-1] == " ":
+            chars.pop()
+            origin.pop()
+        joined = "".join(chars)
+        normalized = Frontend.normalize(text)
+        if joined != normalized:
+            return normalized, list(range(len(normalized)))
+        return normalized, origin
 
     @staticmethod
     def split_sentences(text: str) -> list[str]:
@@ -71,32 +111,62 @@ class Frontend:
         except ValueError:
             return []
 
+    def phonemize_aligned(self, text: str) -> list[tuple[str, int]]:
+        """(phoneme, offset in ``text`` of the word it was read from) pairs ([] if nothing is speakable)."""
+        from addons.espeak import get_espeak
+
+        try:
+            return [(e.name, e.text_position) for e in get_espeak(self.config.voice).phonemize_aligned(text)]
+        except ValueError:
+            return []
+
     def sentences(self, text: str) -> Iterator[Sentence]:
         """Speakable sentences of ``text``, prepared lazily (a long text costs nothing up front).
 
-        Raises :class:`TextError` on the first pull if ``text`` is empty or nothing in it is
-        speakable, so a caller fails before producing any output.
+        Each carries its words with their offsets in ``text`` and, per phoneme, which word it was
+        read from. Raises :class:`TextError` on the first pull if ``text`` is empty or nothing in
+        it is speakable, so a caller fails before producing any output.
         """
-        normalized = self.normalize(text)
+        normalized, origin = self.normalize_with_offsets(text)
         if not normalized:
             raise TextError("text is empty")
         produced = False
+        at = 0
         for part in self.split_sentences(normalized):
-            for sentence in self._bounded(part):
+            at = normalized.find(part, at)
+            for sentence in self._bounded(part, at, text, origin):
                 produced = True
                 yield sentence
+            at += len(part)
         if not produced:
             raise TextError(f"text has no speakable characters: {text[:40]!r}")
 
-    def _bounded(self, text: str) -> Iterator[Sentence]:
-        phonemes = [p for p in self.phonemize(text) if p in self.ids]
-        if not phonemes:
+    def _bounded(self, part: str, at: int, original: str, origin: list[int]) -> Iterator[Sentence]:
+        """``part`` (at offset ``at`` of the normalized text) as sentences within the phoneme bound."""
+        aligned = [(p, pos) for p, pos in self.phonemize_aligned(part) if p in self.ids]
+        if not aligned:
             return
-        words = text.split()
-        if len(phonemes) > self.config.max_sentence_phonemes and len(words) > 1:
-            half = len(words) // 2
-            yield from self._bounded(" ".join(words[:half]))
-            yield from self._bounded(" ".join(words[half:]))
+        words = part.split()
+        if len(aligned) > self.config.max_sentence_phonemes and len(words) > 1:
+            first = " ".join(words[: len(words) // 2])
+            yield from self._bounded(first, at, original, origin)
+            yield from self._bounded(part[len(first) + 1 :], at + len(first) + 1, original, origin)
             return
-        ids = np.asarray([self.ids[p] for p in phonemes], dtype=np.int64)
-        yield Sentence(text, tuple(phonemes), ids)
+        spans, raw_starts, found = [], [], 0
+        for word in words:
+            found = part.find(word, found)
+            core = word.strip(_EDGE_PUNCTUATION) or word  # "apples," is the word "apples"
+            begin = found + word.index(core)
+            spans.append((begin, begin + len(core)))
+            raw_starts.append(found)
+            found += len(word)
+        placed = []
+        for start, end in spans:
+            a, b = origin[at + start], origin[at + end - 1] + 1
+            placed.append(Word(original[a:b], a, b))
+        phoneme_words = tuple(
+            -1 if p.startswith("_") or pos < 0 else max(0, bisect.bisect_right(raw_starts, pos) - 1)
+            for p, pos in aligned
+        )
+        ids = np.asarray([self.ids[p] for p, _ in aligned], dtype=np.int64)
+        yield Sentence(part, tuple(p for p, _ in aligned), ids, tuple(placed), phoneme_words, origin[at])

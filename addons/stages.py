@@ -32,8 +32,10 @@ import torch
 
 from addons.frontend import Frontend, Sentence
 from addons.manifest import AddonError, AddonManifest
+from addons.marks import MarkTracker, SpeechMark
 from addons.netfile import NetworkFileError, load_program, max_length
 from blocks import (
+    ALIGNMENT,
     BuildEnv,
     ChunkwiseBlock,
     ExecutionContext,
@@ -278,9 +280,31 @@ class DecoderStage(Stage):
 
     def decode(self, features: PlainFeatures, request: Request | None = None) -> Iterator[np.ndarray]:
         """One sentence's mel chunks; work is done as they are pulled."""
+        for mel, _ in self.decode_aligned(features, request):
+            yield mel
+
+    def decode_aligned(
+        self, features: PlainFeatures, request: Request | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """:meth:`decode`, each chunk with the phoneme index of each of its frames (int64 ``[F]``),
+        or None where the stack's blocks give no alignment (see ``Request.align``)."""
+        request = request or Request()
+        log: list[torch.Tensor] = request.report.setdefault(ALIGNMENT, [])
+        base = taken = len(log)
+        pending = np.zeros(0, np.int64)
         feats: Features = {k: torch.as_tensor(v)[None] for k, v in features.items()}
-        for chunk in self.block.stream(None, feats, request or Request()):
-            yield chunk[0].numpy()
+        try:
+            for chunk in self.block.stream(None, feats, request):
+                mel = chunk[0].numpy()
+                while len(pending) < len(mel) and taken < len(log):
+                    pending = np.concatenate([pending, log[taken].numpy()])
+                    taken += 1
+                tokens, pending = (
+                    (pending[: len(mel)], pending[len(mel) :]) if len(pending) >= len(mel) else (None, pending)
+                )
+                yield mel, tokens
+        finally:
+            del log[base:]  # this sentence's, taken (a long text does not pile them up)
 
 
 class AudioStage(Stage):
@@ -400,27 +424,41 @@ def build_stages(
 class StageOutput:
     """One step of :func:`run_stages`: the mel just decoded and the audio now final (may be empty).
 
-    The last step (``mel`` None) carries the audio the vocoder held back at the end.
+    The last step (``mel`` None) carries the audio the vocoder held back at the end. With marks
+    asked for, a step with ``mel`` None and empty audio after each sentence carries its ``marks``.
     """
 
     sentence: int
     mel: np.ndarray | None
     audio: np.ndarray
+    marks: tuple[SpeechMark, ...] = ()
 
 
 def run_stages(
-    encoders: EncoderStage, decoder: DecoderStage, audio: AudioStage | None, text: str, request: Request
+    encoders: EncoderStage,
+    decoder: DecoderStage,
+    audio: AudioStage | None,
+    text: str,
+    request: Request,
+    marks: MarkTracker | None = None,
 ) -> Iterator[StageOutput]:
     """The synthesis loop: sentence by sentence, encode, decode chunk by chunk, vocode each chunk.
 
     Work is done as steps are pulled. Without ``audio`` only mel is produced (every ``audio``
-    empty). Raises ``TextError`` when ``text`` has nothing speakable.
+    empty). ``marks`` follows the decoder's alignment and adds each sentence's speech marks.
+    Raises ``TextError`` when ``text`` has nothing speakable.
     """
     empty = np.zeros(0, dtype=np.float32)
     state = audio.start() if audio is not None else None
     for index, sentence in enumerate(encoders.sentences(text)):
-        for mel in decoder.decode(encoders.encode(sentence.ids, request), request):
+        if marks is not None:
+            marks.sentence(sentence)
+        for mel, tokens in decoder.decode_aligned(encoders.encode(sentence.ids, request), request):
+            if marks is not None:
+                marks.frames(tokens, len(mel))
             out = audio.process(state, mel, request) if audio is not None else empty
             yield StageOutput(index, mel, out)
+        if marks is not None:
+            yield StageOutput(index, None, empty, tuple(marks.end()))
     if audio is not None:
         yield StageOutput(-1, None, audio.finish(state, request))

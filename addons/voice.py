@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from addons.frontend import Frontend, Sentence, TextError
 from addons.manifest import AddonError, AddonManifest, format_validation_error
+from addons.marks import MarkTracker, SpeechMark
+from addons.marks import provides_marks as _provides_marks
 from addons.stages import (
     STAGES,
     AudioStage,
@@ -37,6 +39,8 @@ class AudioChunk:
     samples: np.ndarray
     sample_rate: int
     mel: np.ndarray | None = None
+    #: speech marks that became known with this chunk (see :mod:`addons.marks`), when asked for
+    marks: tuple[SpeechMark, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -171,17 +175,33 @@ class Voice:
                 yield MelChunk(step.mel, step.sentence)
 
     def stream(
-        self, text: str, request: Request | None = None, *, with_mel: bool = False, **options: Any
+        self,
+        text: str,
+        request: Request | None = None,
+        *,
+        with_mel: bool = False,
+        marks: Iterable[str] = (),
+        **options: Any,
     ) -> Iterator[AudioChunk]:
         """Audio chunks for ``text``; the first arrives after the first sentence's first chunk.
 
         ``with_mel``: also yield chunks whose audio is still held back by the vocoder, each
         carrying the mel it was made from (every mel frame then arrives exactly once).
+        ``marks``: any of ``"sentence"``, ``"word"``, ``"phoneme"``; each sentence's speech marks
+        then come with a chunk (with no samples) right after its mel (see :mod:`addons.marks`).
+        An addon whose stack gives no alignment (``provides_marks`` False) yields none.
         """
-        steps = run_stages(self.encoders, self.decoder, self.audio, text, self.request(request, **options))
+        kinds = tuple(marks)
+        tracker = MarkTracker(self.hop_length, self.sample_rate, kinds) if kinds else None
+        steps = run_stages(self.encoders, self.decoder, self.audio, text, self.request(request, **options), tracker)
         for step in steps:
-            if step.audio.size or (with_mel and step.mel is not None):
-                yield AudioChunk(step.audio, self.sample_rate, step.mel if with_mel else None)
+            if step.audio.size or (with_mel and step.mel is not None) or step.marks:
+                yield AudioChunk(step.audio, self.sample_rate, step.mel if with_mel else None, step.marks)
+
+    @property
+    def provides_marks(self) -> bool:
+        """Whether this addon's stack aligns frames to phonemes, so speech marks can be given."""
+        return _provides_marks(self.manifest)
 
     def synthesize(self, text: str, **options: Any) -> tuple[np.ndarray, np.ndarray]:
         """Whole-utterance convenience: ``(audio [S], mel [F, n_mels])`` with ``S == F * hop``."""

@@ -6,6 +6,7 @@ Knows nothing of Ray or HTTP. See :mod:`blocks.base` for the contracts.
 from blocks.attention import AttentionDecoder
 from blocks.audio import MelSettings, log_mel
 from blocks.base import (
+    ALIGNMENT,
     MAX_FRAMES,
     Block,
     BlockConfig,
@@ -46,6 +47,7 @@ for _cls in (
     REGISTRY.register(_cls)
 
 __all__ = [
+    "ALIGNMENT",
     "MAX_FRAMES",
     "REGISTRY",
     "AttentionDecoder",

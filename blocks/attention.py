@@ -62,6 +62,7 @@ class AttentionDecoder(StreamableBlock):
     """
 
     type_name = "AttentionDecoder"
+    aligns = True
     Config = AttentionDecoderConfig
 
     @classmethod
@@ -132,6 +133,7 @@ class AttentionDecoder(StreamableBlock):
                 frames = frames[:, : int(torch.nonzero(stops)[0]) + 1]
                 reason = "stop_token"
             frames = frames[:, : guard - produced]
+            request.align(torch.full((int(frames.shape[1]),), focus))  # the frames of this step: its focus
             produced += int(frames.shape[1])
             prev_frame = frames[:, -1]
             pending.append(frames)

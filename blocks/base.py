@@ -29,6 +29,7 @@ from blocks.audio import MelSettings
 from blocks.network import MAX_FRAMES, ExecutionContext, NetworkRunner, NetworkSpec
 
 __all__ = [
+    "ALIGNMENT",
     "MAX_FRAMES",
     "Block",
     "BlockConfig",
@@ -69,6 +70,10 @@ class BlockConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: ``Request.report`` key of the per-frame token alignment (see :meth:`Request.align`).
+ALIGNMENT = "alignment"
+
+
 @dataclass
 class Request:
     """Per-synthesis options and a place for blocks to report what they observed.
@@ -82,6 +87,11 @@ class Request:
 
     def log(self, key: str, value: Any) -> None:
         self.report.setdefault(key, []).append(value)
+
+    def align(self, tokens: torch.Tensor) -> None:
+        """For a block that knows where its output frames come from: the input token index of each
+        frame it emits next (int64 ``[F]``), in emission order. Speech marks are built from it."""
+        self.log(ALIGNMENT, tokens.reshape(-1).to(torch.int64))
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,9 @@ class Block:
 
     #: Fields of the JSON spec that hold nested blocks: name -> (role of the child, many?).
     child_fields: ClassVar[dict[str, tuple[type[Block], bool]]] = {}
+    #: Whether the block reports which input token each frame it emits came from
+    #: (:meth:`Request.align`); speech marks need one such block in a stack.
+    aligns: ClassVar[bool] = False
 
     def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
         self.config = config

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from blocks.base import BlockNode, StackError
 from blocks.containers import StreamablePipeline, StreamableStack
 
-__all__ = ["StagePlan", "split_stack"]
+__all__ = ["StagePlan", "provides_alignment", "split_stack"]
 
 
 @dataclass(frozen=True)
@@ -41,3 +41,9 @@ def split_stack(stack: BlockNode) -> StagePlan:
     sequence, streamable = first.children
     decoder = BlockNode(StreamableStack, StreamableStack.Config(), stack.path, (streamable, *rest))
     return StagePlan(sequence, decoder)
+
+
+def provides_alignment(node: BlockNode) -> bool:
+    """Whether a parsed stack has a block that tells which input token each frame came from
+    (``Block.aligns``), so that speech marks can be derived from it."""
+    return node.cls.aligns or any(provides_alignment(c) for c in node.children)

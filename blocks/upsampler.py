@@ -39,6 +39,7 @@ class Upsampler(StreamableBlock):
     """
 
     type_name = "Upsampler"
+    aligns = True
     Config = UpsamplerConfig
 
     @classmethod
@@ -64,4 +65,5 @@ class Upsampler(StreamableBlock):
         token_of_frame = torch.repeat_interleave(torch.arange(frames.numel()), frames)
         for start in range(0, token_of_frame.numel(), cfg.chunk_frames):
             idx = token_of_frame[start : start + cfg.chunk_frames]
+            request.align(idx)
             yield encoding[:, idx]

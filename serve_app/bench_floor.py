@@ -108,12 +108,14 @@ class FloorDecoder(_Replica):
         options: dict[str, Any],
         deadline: float | None = None,
         first_frames: int = 0,
-    ) -> AsyncIterator[np.ndarray]:
+        aligned: bool = False,
+    ) -> AsyncIterator[Any]:
         left, size = int(features[_FRAMES_KEY]), max(MIN_MEL_CHUNK, first_frames)
         while left > 0:
             n = min(size, left)
             await asyncio.sleep(0)
-            yield np.zeros((n, self.n_mels), np.float32)
+            mel = np.zeros((n, self.n_mels), np.float32)
+            yield {"mel": mel, "tokens": None} if aligned else mel
             left, size = left - n, min(2 * size, MAX_MEL_CHUNK)
 
     def stats(self) -> dict[str, int]:

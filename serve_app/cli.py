@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--speed", type=float, default=None, help="speaking rate multiplier (0.25-4)")
     synth.add_argument("--mel-out", type=Path, help="also save the mel frames [F, n_mels] as .npy")
     synth.add_argument("--mel-plot", type=Path, help="also save a PNG plot of the mel")
+    synth.add_argument("--marks-out", type=Path, help="also save speech marks (sentence, word, phoneme) as JSON lines")
     synth.set_defaults(func=_synth)
 
     bench = sub.add_parser("bench", help="benchmarks")
@@ -136,10 +137,15 @@ def _synth(args: argparse.Namespace) -> int:
     from blocks import NetworkError
 
     text = _read_text(args)
-    for flag, path in (("--out", args.out), ("--mel-out", args.mel_out), ("--mel-plot", args.mel_plot)):
+    outputs = (("--out", args.out), ("--mel-out", args.mel_out), ("--mel-plot", args.mel_plot))
+    for flag, path in (*outputs, ("--marks-out", args.marks_out)):
         if path is not None:
             _check_writable(path, flag)
     voice = _load(args.addon, args.context)
+    if args.marks_out is not None and not voice.provides_marks:
+        raise CliError(f"--marks-out: addon {voice.name} gives no speech marks (its blocks report no alignment)")
+    kinds = ("sentence", "word", "phoneme") if args.marks_out is not None else ()
+    marks: list[dict[str, object]] = []
     options = {"voice": args.voice, **({"speed": args.speed} if args.speed is not None else {})}
     fd, partial = tempfile.mkstemp(
         prefix=".chorus-", suffix=".wav", dir=args.out.parent if str(args.out.parent) else "."
@@ -151,7 +157,8 @@ def _synth(args: argparse.Namespace) -> int:
         with sf.SoundFile(
             partial, "w", samplerate=voice.sample_rate, channels=1, subtype="PCM_16", format="WAV"
         ) as wav:
-            for chunk in voice.stream(text, with_mel=True, **options):
+            for chunk in voice.stream(text, with_mel=True, marks=kinds, **options):
+                marks += [m.as_dict() for m in chunk.marks]
                 if chunk.mel is not None:
                     frames += chunk.mel.shape[0]
                     if args.mel_out or args.mel_plot:
@@ -172,8 +179,10 @@ def _synth(args: argparse.Namespace) -> int:
             np.save(args.mel_out, mel)
         if args.mel_plot is not None and mel is not None:
             _plot_mel(mel, voice, args.mel_plot)
+        if args.marks_out is not None:
+            args.marks_out.write_text("".join(json.dumps(m) + "\n" for m in marks), encoding="utf-8")
     except OSError as exc:
-        raise CliError(f"cannot write mel output: {exc}") from None
+        raise CliError(f"cannot write mel or marks output: {exc}") from None
     seconds = samples / voice.sample_rate
     print(
         f"{args.out}: {seconds:.2f} s, {frames} mel frames x {voice.hop_length} samples at {voice.sample_rate} Hz ({voice.name})"

@@ -23,6 +23,7 @@ import ray
 from ray import serve
 
 import addons
+from addons.marks import sentence_arrays
 from addons.stages import AudioStage
 from blocks import Request
 from blocks.batching import DEADLINE
@@ -109,13 +110,15 @@ class EncodersDeployment(_Replica):
         self.stage.load()  # its own weights (and only those), read before the first request
 
     async def encode(self, sentence: str) -> list[dict[str, np.ndarray]]:
-        """Features for each speakable part of ``sentence`` ([] if nothing in it is speakable)."""
+        """Features for each speakable part of ``sentence`` ([] if nothing in it is speakable), with
+        the part's text description (keys ``text.*``, for speech marks; not for the decoder)."""
         try:
-            parts = await asyncio.to_thread(lambda: [s.ids for s in self.stage.sentences(sentence)])
+            parts = await asyncio.to_thread(lambda: list(self.stage.sentences(sentence)))
         except addons.TextError:
             return []
-        results: list[dict[str, np.ndarray]] = await asyncio.gather(*(self._encode_batched(ids) for ids in parts))
-        return results
+        results: list[dict[str, np.ndarray]] = await asyncio.gather(*(self._encode_batched(p.ids) for p in parts))
+        # Beside each part's features, what speech marks need of its text (see addons.marks).
+        return [{**features, **sentence_arrays(part)} for features, part in zip(results, parts, strict=True)]
 
     @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=0.003)
     async def _encode_batched(self, batch: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -136,6 +139,13 @@ class DecoderDeployment(_Replica):
         self.active = 0  # streams in progress
         self.frames = 0  # mel frames produced since start
 
+    @staticmethod
+    def _out(pending: list[np.ndarray], tokens: list[np.ndarray] | None, aligned: bool) -> Any:
+        mel = np.concatenate(pending)
+        if not aligned:
+            return mel
+        return {"mel": mel, "tokens": np.concatenate(tokens) if tokens else None}
+
     def stats(self) -> dict[str, int]:
         """This replica's streams in progress and frames produced (cancelled streams stop working)."""
         return {"active": self.active, "frames": self.frames, "pid": os.getpid()}
@@ -146,7 +156,8 @@ class DecoderDeployment(_Replica):
         options: dict[str, Any],
         deadline: float | None = None,
         first_frames: int = 0,
-    ) -> AsyncIterator[np.ndarray]:
+        aligned: bool = False,
+    ) -> AsyncIterator[Any]:
         """Mel chunks of one sentence, growing from the first chunk (at least MIN_MEL_CHUNK frames, and
         ``first_frames``, what the vocoder needs for its first audio: one round trip, not two) to
         MAX_MEL_CHUNK frames.
@@ -154,28 +165,36 @@ class DecoderDeployment(_Replica):
         ``options`` are resolved already (see ``addons.voice.resolve_options``). ``deadline``
         (Unix seconds) is when the listener's buffer runs dry at the start of this sentence
         (now, if nothing was heard yet); each chunk's network calls are ranked by it, plus the
-        audio already produced, so streams ahead of playback yield to newer ones.
+        audio already produced, so streams ahead of playback yield to newer ones. ``aligned``: each
+        chunk comes as ``{"mel": [F, n_mels], "tokens": [F] or None}``, the phoneme of each frame.
         """
-        chunks = self.stage.decode(features, Request(options=options))
+        chunks = self.stage.decode_aligned(features, Request(options=options))
         frame_s = self.frame_s
         start = time.time() if deadline is None else deadline
         pending: list[np.ndarray] = []
         held, produced, target = 0, 0, max(MIN_MEL_CHUNK, first_frames)
+        tokens: list[np.ndarray] | None = []
         self.active += 1
         try:
             while True:
-                chunk = await self._in_thread(next, chunks, None, deadline=start + produced * frame_s)
-                if chunk is None:
+                item = await self._in_thread(next, chunks, None, deadline=start + produced * frame_s)
+                if item is None:
                     break
+                chunk, chunk_tokens = item
                 self.frames += len(chunk)
                 produced += len(chunk)
                 pending.append(chunk)
+                if tokens is not None and chunk_tokens is not None:
+                    tokens.append(chunk_tokens)
+                else:
+                    tokens = None
                 held += len(chunk)
                 if held >= target:
-                    yield np.concatenate(pending)
+                    yield self._out(pending, tokens, aligned)
                     pending, held, target = [], 0, min(2 * target, MAX_MEL_CHUNK)
+                    tokens = [] if tokens is not None else None
             if pending:
-                yield np.concatenate(pending)
+                yield self._out(pending, tokens, aligned)
         finally:  # also on cancellation, when the client has gone
             self.active -= 1
 

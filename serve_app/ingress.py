@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -26,6 +26,7 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 
 from addons.frontend import Frontend
 from addons.manifest import AddonManifest
+from addons.marks import MarkTracker, SpeechMark, provides_marks
 from addons.voice import resolve_options
 from serve_app.admission import AdmissionConfig, AtCapacity, ModelAdmission
 from serve_app.aliases import Aliases, OpenAINames
@@ -39,6 +40,7 @@ from serve_app.schemas import (
     ErrorDetail,
     SpeechAudioDelta,
     SpeechAudioDone,
+    SpeechMarksEvent,
     SpeechRequest,
     SpeechUsage,
     error_response,
@@ -66,10 +68,11 @@ class ModelInfo:
     """What the ingress knows of a model without loading it: its validated manifest."""
 
     manifest: AddonManifest
+    speech_marks: bool = False  # its stack aligns frames to phonemes (see addons.marks)
 
     @classmethod
     def of(cls, manifest: AddonManifest) -> "ModelInfo":
-        return cls(manifest)
+        return cls(manifest, provides_marks(manifest))
 
     def card(self) -> dict[str, Any]:
         m = self.manifest
@@ -82,6 +85,7 @@ class ModelInfo:
             "language": m.language,
             "sample_rate": m.mel.sample_rate,
             "voices": sorted(m.voices),
+            "speech_marks": self.speech_marks,
         }
 
 
@@ -157,13 +161,22 @@ class _SocketBackend:
             _, resolved = resolve_options(info.manifest, voice=body.voice_name, speed=body.speed)
         except ValueError as exc:
             raise ProtocolError(str(exc), "invalid_option", "voice" if "voice" in str(exc) else "speed") from None
-        return Opened(body.model, body.voice_name, resolved, info.manifest.mel.sample_rate)
+        try:
+            tracker = self.ingress._tracker(info, list(message.timestamps), None)
+        except SpeechError as exc:
+            raise ProtocolError(exc.message, exc.code or "timestamps_unavailable", exc.param) from None
+        return Opened(body.model, body.voice_name, resolved, info.manifest.mel.sample_rate, tracker)
 
     async def synthesize(
-        self, model: str, sentences: AsyncIterator[str], options: dict[str, Any]
+        self,
+        model: str,
+        sentences: AsyncIterator[str],
+        options: dict[str, Any],
+        marks: MarkTracker | None = None,
+        on_marks: Callable[[list[SpeechMark]], None] | None = None,
     ) -> AsyncIterator[np.ndarray]:
         try:
-            async for audio in self.ingress._synthesize(model, sentences, options):
+            async for audio in self.ingress._synthesize(model, sentences, options, marks, on_marks):
                 yield audio
         except SpeechError as exc:
             raise ProtocolError(exc.message, exc.code or "synthesis_failed", exc.param) from None
@@ -277,9 +290,20 @@ class Ingress:
     async def speech(self, body: SpeechRequest) -> Response:
         start = time.perf_counter()
         body, headers = self._map_names(body)
+        marks: list[SpeechMark] = []  # filled as each sentence's mel completes, sent as SSE events
         try:
             info, resolved, encoder = self._prepare(body)
-            audio = self._synthesize(body.model, Frontend.split_sentences(Frontend.normalize(body.input)), resolved)
+            if body.timestamps and body.stream_format != "sse":
+                raise SpeechError(
+                    400,
+                    "timestamps come as 'speech.marks' events: ask with stream_format 'sse' "
+                    "(or use the WebSocket /v1/audio/speech/stream)",
+                    "timestamps",
+                    "timestamps_need_sse",
+                )
+            tracker = self._tracker(info, body.timestamps, body.input)
+            sentences = Frontend.split_sentences(Frontend.normalize(body.input))
+            audio = self._synthesize(body.model, sentences, resolved, tracker, marks.extend)
             first = await self._first_chunk(audio)
         except SpeechError as exc:
             # An unknown model is the client's text: not a tag (Ray's metrics take ASCII only, and few values).
@@ -290,7 +314,8 @@ class Ingress:
         rate = info.manifest.mel.sample_rate
         encoded = _Encoded(encoder, first, audio)
         if body.stream_format == "sse":
-            return StreamingResponse(self._sse(body, encoded, start, rate), media_type=SSE_MEDIA_TYPE, headers=headers)
+            events = self._sse(body, encoded, start, rate, marks)
+            return StreamingResponse(events, media_type=SSE_MEDIA_TYPE, headers=headers)
         return StreamingResponse(
             self._audio(body, encoded, start, rate), media_type=encoder.media_type, headers=headers
         )
@@ -299,6 +324,22 @@ class Ingress:
     @app.websocket("/v1/audio/speech/stream")
     async def speech_stream(self, ws: WebSocket) -> None:
         await SpeechSocket(ws, _SocketBackend(self)).run()
+
+    def _tracker(self, info: ModelInfo, kinds: Sequence[str], text: str | None) -> MarkTracker | None:
+        """Speech marks of ``kinds`` for a stream (None: not asked for); a model without an
+        alignment to derive them from says so (400), rather than inventing them."""
+        if not kinds:
+            return None
+        if not info.speech_marks:
+            raise SpeechError(
+                400,
+                f"model '{info.manifest.name}' gives no speech marks (its blocks report no alignment); "
+                "ask without timestamps",
+                "timestamps",
+                "timestamps_unavailable",
+            )
+        mel = info.manifest.mel
+        return MarkTracker(mel.hop_length, mel.sample_rate, kinds, original=text)
 
     def _map_names(self, body: SpeechRequest) -> tuple[SpeechRequest, dict[str, str]]:
         """OpenAI's model and voice names mapped to served ones (see :mod:`serve_app.aliases`), and
@@ -340,7 +381,12 @@ class Ingress:
             raise SpeechError(503, f"overloaded, retry shortly ({type(exc).__name__})", code="overloaded") from None
 
     async def _synthesize(
-        self, model: str, sentences: list[str] | AsyncIterator[str], options: dict[str, Any]
+        self,
+        model: str,
+        sentences: list[str] | AsyncIterator[str],
+        options: dict[str, Any],
+        marks: MarkTracker | None = None,
+        on_marks: Callable[[list[SpeechMark]], None] | None = None,
     ) -> AsyncIterator[np.ndarray]:
         """Audio chunks for ``sentences`` (a list, or sentences still being written), if the model
         has room for one more listener; resumed on another replica if one dies under the stream."""
@@ -355,7 +401,8 @@ class Ingress:
                 503, f"model '{model}' is at capacity: {exc}; retry shortly", code="at_capacity"
             ) from None
         try:
-            async for audio in synthesize(handles, model, sentences, options, rate, on_resume=resumed):
+            stream = synthesize(handles, model, sentences, options, rate, resumed, marks, on_marks)
+            async for audio in stream:
                 ticket.heard(audio.size)
                 self._report_load(model)
                 yield audio
@@ -379,10 +426,17 @@ class Ingress:
             raise
         self._finished(body.model, start, audio.samples, rate)
 
-    async def _sse(self, body: SpeechRequest, audio: _Encoded, start: float, rate: int) -> AsyncIterator[bytes]:
+    async def _sse(
+        self, body: SpeechRequest, audio: _Encoded, start: float, rate: int, marks: list[SpeechMark]
+    ) -> AsyncIterator[bytes]:
         try:
             async for data in audio:
+                if marks:
+                    yield sse_event(SpeechMarksEvent(marks=[m.as_dict() for m in marks]))
+                    marks.clear()
                 yield sse_event(SpeechAudioDelta.of(data))
+            if marks:
+                yield sse_event(SpeechMarksEvent(marks=[m.as_dict() for m in marks]))
         except Exception:  # the client must see the failure, not a short "complete" stream
             self.outcomes.inc(tags={"model": body.model, "outcome": "failed_mid_stream"})
             logger.exception("speech stream (sse) for model %r failed mid-stream", body.model)

@@ -58,6 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from addons.frontend import Frontend
+from addons.marks import MarkTracker, SpeechMark
 from serve_app.audio_format import make_encoder
 from serve_app.schemas import ErrorDetail, field_error_message
 
@@ -140,6 +141,7 @@ class Opened:
     voice: str
     options: dict[str, Any]
     sample_rate: int
+    marks: MarkTracker | None = None  # speech marks asked for (one tracker for the context's audio)
 
 
 class SpeechBackend(Protocol):
@@ -148,7 +150,12 @@ class SpeechBackend(Protocol):
     def open_context(self, message: OpenMessage) -> Opened: ...
 
     def synthesize(
-        self, model: str, sentences: AsyncIterator[str], options: dict[str, Any]
+        self,
+        model: str,
+        sentences: AsyncIterator[str],
+        options: dict[str, Any],
+        marks: MarkTracker | None = None,
+        on_marks: Callable[[list[SpeechMark]], None] | None = None,
     ) -> AsyncIterator[np.ndarray]: ...
 
 
@@ -268,13 +275,19 @@ class _Context:
             ended.append(item)
 
         pcm = make_encoder("pcm", self.opened.sample_rate)
+        marks: list[SpeechMark] = []
         try:
-            async for audio in self.socket.backend.synthesize(self.opened.model, sentences(), self.opened.options):
+            stream = self.socket.backend.synthesize(
+                self.opened.model, sentences(), self.opened.options, self.opened.marks, marks.extend
+            )
+            async for audio in stream:
+                await self._send_marks(marks)
                 await self._pace()
                 self.samples += audio.size
                 if self.first_audio is None:
                     self.first_audio = time.monotonic()
                 await self.socket.send_audio(self, pcm.encode(audio))
+            await self._send_marks(marks)
         except ProtocolError as exc:  # e.g. at capacity: the text is named, not dropped silently
             exc.context_id = self.id
             await self.socket.send_error(exc)
@@ -289,6 +302,12 @@ class _Context:
             else:
                 self.queued -= len(item)
         return ended[0]
+
+    async def _send_marks(self, marks: list[SpeechMark]) -> None:
+        if marks:
+            data = [m.as_dict() for m in marks]
+            marks.clear()
+            await self.socket.send_json({"type": "marks", "context_id": self.id, "marks": data})
 
     async def _pace(self) -> None:
         """Backpressure: stay at most MAX_LEAD_S of audio ahead of real-time playback."""
@@ -387,13 +406,6 @@ class SpeechSocket:
             raise ProtocolError(message, str(error.get("type")), param, context_id) from None
 
     async def _open(self, message: OpenMessage) -> None:
-        if message.timestamps:
-            raise ProtocolError(
-                "timestamps: speech marks are not available from this server yet; open without them",
-                "timestamps_unavailable",
-                "timestamps",
-                message.context_id,
-            )
         if message.interrupt:
             for other in list(self.contexts.values()):
                 other.cancel()

@@ -106,6 +106,13 @@ class SpeechRequest(_Strict):
         default="audio",
         description="'audio': the encoded file as a chunked body; 'sse': server-sent events.",
     )
+    timestamps: list[Literal["sentence", "word", "phoneme"]] = Field(
+        default_factory=list,
+        description=(
+            "Speech marks to stream beside the audio as 'speech.marks' events (needs stream_format 'sse' and "
+            "a model whose card says speech_marks): when each sentence, word and phoneme is heard."
+        ),
+    )
     instructions: str | None = Field(
         default=None,
         max_length=MAX_INPUT_CHARS,
@@ -351,6 +358,19 @@ class SpeechAudioDone(_Strict):
     usage: SpeechUsage = Field(description="Size of the request and of the audio.")
 
 
-def sse_event(event: SpeechAudioDelta | SpeechAudioDone | ErrorBody) -> bytes:
+class SpeechMarksEvent(_Strict):
+    """Chorus's own SSE event (asked for with ``timestamps``): speech marks of the audio, in order
+    (a sentence's marks follow its audio; their times place them exactly in it)."""
+
+    type: Literal["speech.marks"] = Field(default="speech.marks", description="Event type.")
+    marks: list[dict[str, Any]] = Field(
+        description=(
+            "Marks: type (sentence, word, phoneme), value, start_ms, end_ms, start_sample, end_sample "
+            "(in the audio), text_start, text_end (character offsets in input)."
+        )
+    )
+
+
+def sse_event(event: SpeechAudioDelta | SpeechAudioDone | SpeechMarksEvent | ErrorBody) -> bytes:
     """Frame an event as OpenAI does: one ``data:`` line and a blank line, no ``event:``."""
     return b"data: " + event.model_dump_json().encode() + b"\n\n"

@@ -25,6 +25,8 @@ import numpy as np
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import ReplicaUnavailableError
 
+from addons.marks import MarkTracker, SpeechMark, split_text_features
+
 __all__ = ["LOST_REPLICA", "MAX_RESUMES", "NoSpeakableText", "StageHandles", "synthesize"]
 
 logger = logging.getLogger("ray.serve")
@@ -89,12 +91,15 @@ async def synthesize(
     options: dict[str, Any],
     sample_rate: int,
     on_resume: Callable[[str], None] | None = None,
+    marks: MarkTracker | None = None,
+    on_marks: Callable[[list[SpeechMark]], None] | None = None,
 ) -> AsyncIterator[np.ndarray]:
     """Audio chunks for ``sentences``, one vocoder stream across them; the next sentence is encoded
     while this one is decoded. ``sentences`` may arrive over time (an async iterable: text a client
-    is still writing); the stream ends when they do."""
+    is still writing); the stream ends when they do. With ``marks``, each sentence's speech marks
+    go to ``on_marks`` once its mel is complete (before the audio that follows it)."""
     source = _async_iter(sentences)
-    stream = _Stream(handles, model, options, _Resumes(on_resume=on_resume), sample_rate)
+    stream = _Stream(handles, model, options, _Resumes(on_resume=on_resume), sample_rate, marks, on_marks)
     first = await anext(source, None)
     if first is None:
         raise NoSpeakableText("input has no speakable characters")
@@ -144,10 +149,18 @@ class _Stream:
     """One utterance's position: the vocoder state it carries between calls, and its playback clock."""
 
     def __init__(
-        self, handles: StageHandles, model: str, options: dict[str, Any], resumes: _Resumes, sample_rate: int
+        self,
+        handles: StageHandles,
+        model: str,
+        options: dict[str, Any],
+        resumes: _Resumes,
+        sample_rate: int,
+        marks: MarkTracker | None = None,
+        on_marks: Callable[[list[SpeechMark]], None] | None = None,
     ) -> None:
         self.handles, self.model, self.options, self.resumes = handles, model, options, resumes
         self.sample_rate = sample_rate
+        self.marks, self.on_marks = marks, on_marks
         self.state: Any = None
         self.first_frames = 0  # mel the vocoder needs for its first audio: the decoder's first chunk
         self.first_audio: float | None = None  # Unix time the listener got the first samples
@@ -182,23 +195,34 @@ class _Stream:
     async def sentence(self, features: dict[str, np.ndarray]) -> AsyncIterator[np.ndarray]:
         """One sentence's audio. A lost decoder replica restarts the sentence from the vocoder state
         it began with; the samples already sent are skipped, so the output is exactly the same."""
+        features, text = split_text_features(features)
+        aligned = self.marks is not None
+        if self.marks is not None:
+            self.marks.sentence_text(text)
         begin = self.state  # packed plain data: process() returns a new state, never mutates this one
         sent = 0
         while True:
             self.state, produced = begin, 0
+            if self.marks is not None:
+                self.marks.restart()
             try:
                 decode = self.handles.decoder.decode.options(stream=True)
-                async for mel in decode.remote(features, self.options, self.deadline(), self.first_frames):
+                async for item in decode.remote(features, self.options, self.deadline(), self.first_frames, aligned):
+                    mel = item["mel"] if aligned else item
+                    if self.marks is not None:
+                        self.marks.frames(item["tokens"], len(mel))
                     audio = await self._vocode(mel)
                     skip = min(max(sent - produced, 0), audio.size)
                     produced += audio.size
                     if audio.size > skip:
                         sent += audio.size - skip
                         yield self.sent(audio[skip:])
-                return
+                break
             except LOST_REPLICA as exc:
                 self.resumes.spend("decoder", exc)
                 await asyncio.sleep(RETRY_DELAY_S)
+        if self.marks is not None and self.on_marks is not None:
+            self.on_marks(self.marks.end())
 
     async def _vocode(self, mel: np.ndarray) -> np.ndarray:
         vocoder, state, deadline = self.handles.vocoder, self.state, self.deadline()

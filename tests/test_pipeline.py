@@ -137,8 +137,8 @@ def test_attention_decoder_reports_stop_reason(fixture_dir: Path) -> None:
 def test_first_chunk_needs_only_the_first_sentence(fixture_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     voice = addons.load(fixture_dir / "tiny-fast")
     calls: list[str] = []
-    original = voice.frontend.phonemize
-    monkeypatch.setattr(voice.frontend, "phonemize", lambda t: calls.append(t) or original(t))
+    original = voice.frontend.phonemize_aligned
+    monkeypatch.setattr(voice.frontend, "phonemize_aligned", lambda t: calls.append(t) or original(t))
     stream = voice.stream(" ".join([f"Sentence number {i} is here." for i in range(2000)]))
     next(stream)
     assert len(calls) <= 2

@@ -59,10 +59,17 @@ class Backend:
     def open_context(self, message: OpenMessage) -> Opened:
         if message.model != "m":
             raise ProtocolError(f"model '{message.model}' not found (available: m)", "model_not_found", "model")
+        if message.timestamps:
+            raise ProtocolError("model 'm' gives no speech marks", "timestamps_unavailable", "timestamps")
         return Opened("m", message.voice, {"speed": message.speed or 1.0}, RATE)
 
     async def synthesize(
-        self, model: str, sentences: AsyncIterator[str], options: dict[str, Any]
+        self,
+        model: str,
+        sentences: AsyncIterator[str],
+        options: dict[str, Any],
+        marks: Any = None,
+        on_marks: Any = None,
     ) -> AsyncIterator[np.ndarray]:
         if self.full:
             raise ProtocolError("model 'm' is at capacity; retry shortly", "at_capacity")

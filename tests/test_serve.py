@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -452,6 +453,13 @@ def test_the_page_plays_streamed_audio_in_a_real_browser(server: str, fixture_di
         # The audio clock runs: what was scheduled is being played.
         played = browser.execute_script("return state.ctx ? state.ctx.currentTime : -1")
         assert played > 0
+        # Words light up as they are heard, one after another, up to the last spoken word.
+        marks = [m for c in addons.load(fixture_dir / "tiny-taco").stream(text, marks=["word"]) for m in c.marks]
+        last = max(m.text_start for m in marks)
+        reached = sum(1 for match in re.finditer(r"\S+", text) if match.start() <= last)
+        seen: list[int] = []
+        wait.until(lambda b: seen.append(int(b.find_element(By.ID, "highlighted").text)) or seen[-1] >= reached)
+        assert seen[-1] == reached and len(set(seen)) >= 2  # it moved while the audio played
         assert browser.find_element(By.ID, "download").get_attribute("href").startswith("blob:")
     finally:
         browser.quit()
@@ -473,3 +481,46 @@ def test_python_client_pipes_a_token_generator(server: str) -> None:
         assert stream.sample_rate > 0
         again = b"".join(stream.speak(iter([text])))  # the next turn on the same connection
     assert got == want and again == want
+
+
+@pytest.mark.parametrize("model", ["tiny-fast", "tiny-taco"])
+def test_speech_marks_over_sse_equal_in_process(server: str, fixture_dir: Path, model: str) -> None:
+    text = "Marks travel beside the audio.  Across sentences, too! (And brackets.)"
+    kinds = ["sentence", "word", "phoneme"]
+    local = addons.load(fixture_dir / model)
+    want = [m.as_dict() for c in local.stream(text, marks=kinds) for m in c.marks]
+    response = _speech(server, model=model, input=text, response_format="pcm", stream_format="sse", timestamps=kinds)
+    assert response.status_code == 200
+    events = [json.loads(b.removeprefix("data: ")) for b in response.text.split("\n\n") if b.strip()]
+    got = [m for e in events if e["type"] == "speech.marks" for m in e["marks"]]
+    assert got == want and got
+    pcm = b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
+    assert max(m["end_sample"] for m in got) <= len(pcm) // 2
+    refused = _speech(server, model=model, input=text, response_format="pcm", timestamps=["word"])
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "timestamps_need_sse"
+    card = next(m for m in httpx.get(f"{server}/v1/models").json()["data"] if m["id"] == model)
+    assert card["speech_marks"] is True
+
+
+def test_websocket_sends_marks_beside_the_audio(server: str, fixture_dir: Path) -> None:
+    from websockets.sync.client import connect
+
+    text = "Words with times. Over the socket."
+    want = [
+        m.as_dict()["value"]
+        for c in addons.load(fixture_dir / "tiny-fast").stream(text, marks=["word"])
+        for m in c.marks
+    ]
+    with connect(server.replace("http", "ws") + "/v1/audio/speech/stream") as socket:
+        socket.send(json.dumps({"type": "open", "model": "tiny-fast", "timestamps": ["word"]}))
+        assert json.loads(socket.recv(timeout=30))["type"] == "opened"
+        socket.send(json.dumps({"type": "text", "text": text}))
+        socket.send(json.dumps({"type": "close"}))
+        marks = []
+        while True:
+            message = json.loads(socket.recv(timeout=60))
+            if message["type"] == "marks":
+                marks += message["marks"]
+            elif message["type"] == "done":
+                break
+    assert [m["value"] for m in marks] == want and want

@@ -3,7 +3,10 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { models: {}, ctx: null, controller: null, samples: [], rate: 0, nextTime: 0 };
+const state = {
+  models: {}, ctx: null, controller: null, samples: [], rate: 0, nextTime: 0, playStart: null,
+  marks: [], spans: [], decoded: 0, highlighted: 0, carry: null,
+};
 
 function setState(name, message) {
   document.body.dataset.state = name;
@@ -37,8 +40,8 @@ function showVoices() {
   const voice = $("voice");
   voice.replaceChildren(...(card ? card.voices : []).map((v) => new Option(v, v)));
   $("marks-note").textContent = card && card.speech_marks
-    ? ""
-    : "Word highlighting needs speech marks, which this model does not provide yet.";
+    ? "Words light up as they are heard (speech marks from the model's own alignment)."
+    : "This model gives no speech marks, so words are not highlighted.";
 }
 
 async function errorText(response) {
@@ -51,12 +54,17 @@ async function errorText(response) {
 }
 
 function showWords(text) {
+  // One span per whitespace-separated word, knowing where it sits in the text (marks point there).
   const words = $("words");
   words.replaceChildren();
-  for (const word of text.split(/\s+/).filter(Boolean)) {
+  state.spans = [];
+  for (const match of text.matchAll(/\S+/g)) {
     const span = document.createElement("span");
-    span.textContent = word + " ";
+    span.textContent = match[0] + " ";
+    span.dataset.start = String(match.index);
+    span.dataset.end = String(match.index + match[0].length);
     words.appendChild(span);
+    state.spans.push(span);
   }
 }
 
@@ -66,9 +74,99 @@ function play(floats) {
   const source = state.ctx.createBufferSource();
   source.buffer = buffer;
   source.connect(state.ctx.destination);
-  state.nextTime = Math.max(state.nextTime, state.ctx.currentTime + 0.05);
+  if (state.playStart === null) state.playStart = state.ctx.currentTime + 0.05;
+  state.nextTime = Math.max(state.nextTime, state.ctx.currentTime + 0.05, state.playStart);
   source.start(state.nextTime);
   state.nextTime += buffer.duration;
+}
+
+// Highlight the word being heard: marks give each word's start and end in the audio (ms).
+function highlight() {
+  if (!state.ctx || state.playStart === null) return;
+  const now = 1000 * (state.ctx.currentTime - state.playStart);
+  let current = null;
+  for (const mark of state.marks) {
+    if (mark.start_ms <= now) current = mark;
+    else break;
+  }
+  for (const span of state.spans) {
+    const start = Number(span.dataset.start);
+    const isNow = current !== null && start <= current.text_start && current.text_start < Number(span.dataset.end);
+    const heard = current !== null && start <= current.text_start;
+    span.classList.toggle("now", isNow);
+    span.classList.toggle("spoken", heard && !isNow);
+    if (heard && span.dataset.lit !== "1") {  // reached (a word shorter than a poll counts too)
+      span.dataset.lit = "1";
+      state.highlighted += 1;
+      $("highlighted").textContent = String(state.highlighted);
+    }
+  }
+}
+
+function pcmToFloats(bytes) {
+  let data = bytes;
+  if (state.carry !== null) {  // an odd byte waiting for its partner
+    data = new Uint8Array(bytes.length + 1);
+    data[0] = state.carry;
+    data.set(bytes, 1);
+    state.carry = null;
+  }
+  if (data.length % 2) {
+    state.carry = data[data.length - 1];
+    data = data.subarray(0, data.length - 1);
+  }
+  const view = new DataView(data.buffer, data.byteOffset, data.length);
+  const floats = new Float32Array(data.length / 2);
+  for (let i = 0; i < floats.length; i++) floats[i] = view.getInt16(2 * i, true) / 32768;
+  return floats;
+}
+
+function heard(floats, start) {
+  if (!floats.length) return;
+  if (state.decoded === 0) {
+    $("first-audio").textContent = Math.round(performance.now() - start);
+    setState("playing", "Playing while the rest is spoken…");
+  }
+  state.decoded += floats.length;
+  state.samples.push(floats);
+  $("samples").textContent = String(state.decoded);
+  play(floats);
+}
+
+function base64Bytes(text) {
+  const raw = atob(text);
+  const bytes = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+  return bytes;
+}
+
+async function readEvents(reader, start) {
+  // Server-sent events: audio deltas (base64 PCM) and, for models with speech marks, word marks.
+  const decoder = new TextDecoder();
+  let text = "";
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    text += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = text.indexOf("\n\n")) >= 0) {
+      const block = text.slice(0, cut);
+      text = text.slice(cut + 2);
+      if (!block.startsWith("data: ")) continue;
+      const event = JSON.parse(block.slice(6));
+      if (event.type === "speech.audio.delta") heard(pcmToFloats(base64Bytes(event.audio)), start);
+      else if (event.type === "speech.marks") state.marks.push(...event.marks.filter((m) => m.type === "word"));
+      else if (event.type === "error") throw new Error(event.error.message);
+    }
+  }
+}
+
+async function readPcm(reader, start) {
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    heard(pcmToFloats(value), start);
+  }
 }
 
 async function speak(event) {
@@ -78,63 +176,44 @@ async function speak(event) {
   const card = state.models[model];
   const text = $("text").value;
   if (!card || !text.trim()) return;
-  state.rate = card.sample_rate;
-  state.samples = [];
-  state.nextTime = 0;
+  Object.assign(state, {
+    rate: card.sample_rate, samples: [], nextTime: 0, playStart: null, marks: [], decoded: 0,
+    highlighted: 0, carry: null,
+  });
   state.ctx = new AudioContext({ sampleRate: state.rate });
   await state.ctx.resume();
   state.controller = new AbortController();
   showWords(text);
   $("samples").textContent = "0";
+  $("highlighted").textContent = "0";
   $("first-audio").textContent = "–";
   $("download").classList.add("disabled");
   $("stop").disabled = false;
   setState("loading", "Speaking…");
+  const withMarks = Boolean(card.speech_marks);
+  const timer = setInterval(highlight, 30);
   const start = performance.now();
   try {
     const response = await fetch("/v1/audio/speech", {
       method: "POST",
       headers: headers({ "Content-Type": "application/json" }),
       body: JSON.stringify({
-        model, input: text, voice: $("voice").value,
-        speed: Number($("speed").value), response_format: "pcm",
+        model, input: text, voice: $("voice").value, speed: Number($("speed").value), response_format: "pcm",
+        ...(withMarks ? { stream_format: "sse", timestamps: ["word"] } : {}),
       }),
       signal: state.controller.signal,
     });
     if (!response.ok) throw new Error(await errorText(response));
     const reader = response.body.getReader();
-    let carry = null; // an odd byte waiting for its partner
-    let decoded = 0;
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      let bytes = value;
-      if (carry !== null) {
-        bytes = new Uint8Array(value.length + 1);
-        bytes[0] = carry;
-        bytes.set(value, 1);
-        carry = null;
-      }
-      if (bytes.length % 2) {
-        carry = bytes[bytes.length - 1];
-        bytes = bytes.subarray(0, bytes.length - 1);
-      }
-      if (!bytes.length) continue;
-      const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
-      const floats = new Float32Array(bytes.length / 2);
-      for (let i = 0; i < floats.length; i++) floats[i] = view.getInt16(2 * i, true) / 32768;
-      if (decoded === 0) {
-        $("first-audio").textContent = Math.round(performance.now() - start);
-        setState("playing", "Playing while the rest is spoken…");
-      }
-      decoded += floats.length;
-      state.samples.push(floats);
-      $("samples").textContent = String(decoded);
-      play(floats);
-    }
+    if (withMarks) await readEvents(reader, start);
+    else await readPcm(reader, start);
     offerDownload();
-    setState("done", `Done: ${(decoded / state.rate).toFixed(2)} s of audio.`);
+    setState("done", `Done: ${(state.decoded / state.rate).toFixed(2)} s of audio.`);
+    // Keep highlighting until the last word has been heard.
+    const left = state.ctx ? 1000 * (state.nextTime - state.ctx.currentTime) : 0;
+    setTimeout(() => { highlight(); clearInterval(timer); }, Math.max(0, left) + 100);
   } catch (err) {
+    clearInterval(timer);
     if (err.name === "AbortError") setState("idle", "Stopped.");
     else setState("error", `Failed: ${err.message}`);
   } finally {
