@@ -5,7 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const state = {
   models: {}, ctx: null, controller: null, samples: [], rate: 0, nextTime: 0, playStart: null,
-  marks: [], spans: [], decoded: 0, highlighted: 0, carry: null,
+  marks: [], spans: [], decoded: 0, highlighted: 0, carry: null, litAt: [],
 };
 
 function setState(name, message) {
@@ -98,6 +98,7 @@ function highlight() {
     if (heard && span.dataset.lit !== "1") {  // reached (a word shorter than a poll counts too)
       span.dataset.lit = "1";
       state.highlighted += 1;
+      state.litAt.push(state.ctx.currentTime);  // when, on the audio clock, each word was reached
       $("highlighted").textContent = String(state.highlighted);
     }
   }
@@ -178,7 +179,7 @@ async function speak(event) {
   if (!card || !text.trim()) return;
   Object.assign(state, {
     rate: card.sample_rate, samples: [], nextTime: 0, playStart: null, marks: [], decoded: 0,
-    highlighted: 0, carry: null,
+    highlighted: 0, carry: null, litAt: [],
   });
   state.ctx = new AudioContext({ sampleRate: state.rate });
   await state.ctx.resume();
