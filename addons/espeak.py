@@ -54,6 +54,7 @@ __all__ = ["Espeak", "PhonemeEvent", "TeacherUtterance", "get_espeak", "is_pause
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_PHONEME_EVENTS = 0x0001
 _POS_CHARACTER = 1
+_PHONEME_INPUT = 0x100  # speak_lib.h espeakPHONEMES: "[[...]]" in the text is phoneme mnemonics
 _CHARS_UTF8 = 1
 _EVENT_LIST_TERMINATED = 0
 _EVENT_PHONEME = 7
@@ -282,12 +283,14 @@ class _Runtime:
             raise ValueError(f"espeak-ng rejected rate {rate}")
         self._selected = (voice, rate)
 
-    def synth(self, data: bytes, keep_audio: bool) -> _Sink:
-        """Run one synchronous synth call on NUL-free UTF-8 ``data``."""
+    def synth(self, data: bytes, keep_audio: bool, phoneme_input: bool = False) -> _Sink:
+        """Run one synchronous synth call on NUL-free UTF-8 ``data`` (``phoneme_input``: ``[[...]]``
+        in it is read as espeak phoneme mnemonics)."""
         self._carried.reset()
         sink = self._sink = _Sink(keep_audio)
+        flags = _CHARS_UTF8 | (_PHONEME_INPUT if phoneme_input else 0)
         try:
-            status = self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+            status = self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, flags, None, None)
         finally:
             self._sink = None
         if sink.error is not None:
@@ -400,16 +403,17 @@ class Espeak:
         """
         return [event.name for event in self._run(text, keep_audio=False).events]
 
-    def phonemize_aligned(self, text: str) -> list[PhonemeEvent]:
-        """``phonemize`` with each phoneme's ``text_position`` (its word's offset in ``text``)."""
-        return list(self._run(text, keep_audio=False).events)
+    def phonemize_aligned(self, text: str, phoneme_input: bool = False) -> list[PhonemeEvent]:
+        """``phonemize`` with each phoneme's ``text_position`` (its word's offset in ``text``);
+        ``phoneme_input``: ``[[...]]`` in ``text`` gives those phoneme mnemonics as they are."""
+        return list(self._run(text, keep_audio=False, phoneme_input=phoneme_input).events)
 
-    def _run(self, text: str, keep_audio: bool) -> _Sink:
+    def _run(self, text: str, keep_audio: bool, phoneme_input: bool = False) -> _Sink:
         data = _encode(text)
         with _LOCK:
             runtime = _runtime()
             runtime.select(self.voice, self.rate)
-            sink = runtime.synth(data, keep_audio)
+            sink = runtime.synth(data, keep_audio, phoneme_input)
         if all(is_pause(event.name) for event in sink.events):
             # espeak still emits pause events ("_:", "_") for empty or punctuation-only text.
             raise ValueError(f"espeak-ng produced no phonemes (only pauses) for {text!r}")

@@ -9,14 +9,15 @@ from __future__ import annotations
 import bisect
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from addons.manifest import FrontendConfig
+from addons.manifest import FrontendConfig, LexiconEntry
 
-__all__ = ["Frontend", "Sentence", "TextError", "Word"]
+__all__ = ["Frontend", "Lexicon", "LexiconError", "Sentence", "TextError", "Word"]
 
 _SENTENCE_END = re.compile(r"[.!?;:…][\"')\]]*(\s+)")  # the whitespace group is where one ends
 # A full stop after these does not end a sentence ("Dr. Smith", "e.g. this", "J. R. R. Tolkien").
@@ -29,6 +30,10 @@ _EDGE_PUNCTUATION = ".,;:!?\"'()[]{}…“”‘’«»—–-"
 
 class TextError(ValueError):
     """Text that cannot be synthesized (empty, nothing speakable)."""
+
+
+class LexiconError(TextError):
+    """A pronunciation override the voice cannot say (phonemes outside its inventory)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,26 @@ class Sentence:
     #: per phoneme, the index in ``words`` of the word it was read from; -1 for pauses
     phoneme_words: tuple[int, ...] = ()
     start: int = 0  # where the sentence starts in the text given to Frontend.sentences
+
+
+class Lexicon:
+    """Pronunciation overrides by word: the first entry that matches wins (a request's before the
+    addon's). A word matches without its edge punctuation, and case-blind unless the entry says."""
+
+    def __init__(self, entries: Sequence[LexiconEntry | Mapping[str, Any]] = ()) -> None:
+        self.entries: dict[str, list[LexiconEntry]] = {}
+        for raw in entries:
+            entry = raw if isinstance(raw, LexiconEntry) else LexiconEntry.model_validate(raw)
+            self.entries.setdefault(entry.grapheme.casefold(), []).append(entry)
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    def find(self, word: str) -> LexiconEntry | None:
+        for entry in self.entries.get(word.casefold(), ()):
+            if not entry.case_sensitive or entry.grapheme == word:
+                return entry
+        return None
 
 
 class Frontend:
@@ -111,22 +136,27 @@ class Frontend:
         except ValueError:
             return []
 
-    def phonemize_aligned(self, text: str) -> list[tuple[str, int]]:
-        """(phoneme, offset in ``text`` of the word it was read from) pairs ([] if nothing is speakable)."""
+    def phonemize_aligned(self, text: str, phoneme_input: bool = False) -> list[tuple[str, int]]:
+        """(phoneme, offset in ``text`` of the word it was read from) pairs ([] if nothing is speakable);
+        ``phoneme_input``: ``[[...]]`` in ``text`` are phoneme mnemonics."""
         from addons.espeak import get_espeak
 
         try:
-            return [(e.name, e.text_position) for e in get_espeak(self.config.voice).phonemize_aligned(text)]
+            events = get_espeak(self.config.voice).phonemize_aligned(text, phoneme_input)
         except ValueError:
             return []
+        return [(e.name, e.text_position) for e in events]
 
-    def sentences(self, text: str) -> Iterator[Sentence]:
+    def sentences(self, text: str, lexicon: Sequence[LexiconEntry | Mapping[str, Any]] = ()) -> Iterator[Sentence]:
         """Speakable sentences of ``text``, prepared lazily (a long text costs nothing up front).
 
         Each carries its words with their offsets in ``text`` and, per phoneme, which word it was
-        read from. Raises :class:`TextError` on the first pull if ``text`` is empty or nothing in
-        it is speakable, so a caller fails before producing any output.
+        read from. ``lexicon`` entries (then the addon's) override how words are said. Raises
+        :class:`TextError` on the first pull if ``text`` is empty or nothing in it is speakable,
+        or a lexicon entry gives phonemes the voice does not have, so a caller fails before
+        producing any output.
         """
+        overrides = Lexicon([*lexicon, *self.config.lexicon])
         normalized, origin = self.normalize_with_offsets(text)
         if not normalized:
             raise TextError("text is empty")
@@ -134,39 +164,75 @@ class Frontend:
         at = 0
         for part in self.split_sentences(normalized):
             at = normalized.find(part, at)
-            for sentence in self._bounded(part, at, text, origin):
+            for sentence in self._bounded(part, at, text, origin, overrides):
                 produced = True
                 yield sentence
             at += len(part)
         if not produced:
             raise TextError(f"text has no speakable characters: {text[:40]!r}")
 
-    def _bounded(self, part: str, at: int, original: str, origin: list[int]) -> Iterator[Sentence]:
+    def _bounded(self, part: str, at: int, original: str, origin: list[int], lexicon: Lexicon) -> Iterator[Sentence]:
         """``part`` (at offset ``at`` of the normalized text) as sentences within the phoneme bound."""
-        aligned = [(p, pos) for p, pos in self.phonemize_aligned(part) if p in self.ids]
+        words = part.split()
+        spoken, starts, overridden = self._spoken_text(words, lexicon)
+        raw = self.phonemize_aligned(spoken, phoneme_input=any(e.phonemes for e in overridden.values()))
+        aligned: list[tuple[str, int]] = []
+        for p, pos in raw:
+            index = max(0, bisect.bisect_right(starts, pos) - 1) if pos >= 0 else -1
+            entry = overridden.get(index)
+            if p not in self.ids:
+                if entry is not None and entry.phonemes is not None and not p.startswith("_"):
+                    raise LexiconError(
+                        f"lexicon entry {entry.grapheme!r}: phoneme {p!r} is not in this voice's inventory "
+                        f"(it has: {' '.join(self.config.phonemes)})"
+                    )
+                continue
+            aligned.append((p, -1 if p.startswith("_") else index))
         if not aligned:
             return
-        words = part.split()
         if len(aligned) > self.config.max_sentence_phonemes and len(words) > 1:
             first = " ".join(words[: len(words) // 2])
-            yield from self._bounded(first, at, original, origin)
-            yield from self._bounded(part[len(first) + 1 :], at + len(first) + 1, original, origin)
+            yield from self._bounded(first, at, original, origin, lexicon)
+            yield from self._bounded(part[len(first) + 1 :], at + len(first) + 1, original, origin, lexicon)
             return
-        spans, raw_starts, found = [], [], 0
+        placed, found = [], 0
         for word in words:
             found = part.find(word, found)
             core = word.strip(_EDGE_PUNCTUATION) or word  # "apples," is the word "apples"
-            begin = found + word.index(core)
-            spans.append((begin, begin + len(core)))
-            raw_starts.append(found)
-            found += len(word)
-        placed = []
-        for start, end in spans:
-            a, b = origin[at + start], origin[at + end - 1] + 1
+            begin = at + found + word.index(core)
+            a, b = origin[begin], origin[begin + len(core) - 1] + 1
             placed.append(Word(original[a:b], a, b))
-        phoneme_words = tuple(
-            -1 if p.startswith("_") or pos < 0 else max(0, bisect.bisect_right(raw_starts, pos) - 1)
-            for p, pos in aligned
-        )
+            found += len(word)
+        phoneme_words = tuple(w for _, w in aligned)
         ids = np.asarray([self.ids[p] for p, _ in aligned], dtype=np.int64)
         yield Sentence(part, tuple(p for p, _ in aligned), ids, tuple(placed), phoneme_words, origin[at])
+
+    @staticmethod
+    def _spoken_text(words: list[str], lexicon: Lexicon) -> tuple[str, list[int], dict[int, LexiconEntry]]:
+        """The text espeak-ng reads for ``words``: lexicon entries applied (an alias read instead,
+        phonemes as ``[[...]]``), where each word starts in it, and which words were overridden."""
+        pieces: list[str] = []
+        starts: list[int] = []
+        overridden: dict[int, LexiconEntry] = {}
+        at = 0
+        for i, written in enumerate(words):
+            core = written.strip(_EDGE_PUNCTUATION) or written
+            entry = lexicon.find(core) if lexicon else None
+            piece = written
+            if entry is not None:
+                cut = written.index(core)
+                said = entry.alias if entry.alias is not None else f"[[{entry.phonemes}]]"
+                piece = written[:cut] + said + written[cut + len(core) :]
+                overridden[i] = entry
+            pieces.append(piece)
+            starts.append(at)
+            at += len(piece) + 1
+        if any(e.phonemes for e in overridden.values()):  # "[[" elsewhere stays text
+            for i, piece in enumerate(pieces):
+                if i not in overridden and "[[" in piece:
+                    pieces[i] = piece.replace("[[", "[ [")
+            starts, at = [], 0
+            for piece in pieces:
+                starts.append(at)
+                at += len(piece) + 1
+        return " ".join(pieces), starts, overridden

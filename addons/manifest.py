@@ -54,6 +54,29 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class LexiconEntry(Strict):
+    """A pronunciation override: a word said as given phonemes, or read as another text."""
+
+    grapheme: str = Field(
+        min_length=1, max_length=64, pattern=r"^\S+$", description="The word as written (one word, no spaces)."
+    )
+    phonemes: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\[\]]+$",
+        description="Its phonemes as espeak-ng mnemonics (the voice's inventory), e.g. \"t@m'A:toU\".",
+    )
+    alias: str | None = Field(None, min_length=1, max_length=200, description="Or: the text to read instead.")
+    case_sensitive: bool = Field(False, description='Match the word\'s case exactly ("US" but not "us").')
+
+    @model_validator(mode="after")
+    def _one(self) -> LexiconEntry:
+        if (self.phonemes is None) == (self.alias is None):
+            raise ValueError(f"lexicon entry {self.grapheme!r}: give exactly one of phonemes or alias")
+        return self
+
+
 class FrontendConfig(Strict):
     """Text to phoneme ids. Id 0 is padding; ``phonemes[i]`` has id ``i + 1``."""
 
@@ -62,6 +85,9 @@ class FrontendConfig(Strict):
     phonemes: tuple[str, ...] = Field(min_length=1, description="Phoneme inventory, in id order (ids start at 1).")
     max_sentence_phonemes: int = Field(
         400, ge=8, description="Sentences longer than this are split at word boundaries before synthesis."
+    )
+    lexicon: list[LexiconEntry] = Field(
+        default_factory=list, max_length=10_000, description="The addon's pronunciation overrides."
     )
 
     @field_validator("phonemes")

@@ -23,7 +23,7 @@ import dataclasses
 import importlib
 import threading
 from abc import ABC
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -213,9 +213,10 @@ class EncoderStage(Stage):
         self.block: SequenceBlock | None = block
         self._batch_exact: bool | None = None  # padded batches equal single passes (probed once)
 
-    def sentences(self, text: str) -> Iterator[Sentence]:
-        """The speakable sentences of ``text``, prepared lazily (raises ``TextError`` if none)."""
-        return self.frontend.sentences(text)
+    def sentences(self, text: str, lexicon: Sequence[Any] = ()) -> Iterator[Sentence]:
+        """The speakable sentences of ``text``, prepared lazily (raises ``TextError`` if none);
+        ``lexicon``: a request's pronunciation overrides, before the addon's own."""
+        return self.frontend.sentences(text, lexicon)
 
     def encode(self, ids: np.ndarray, request: Request | None = None) -> PlainFeatures:
         """One sentence's phoneme ``ids`` [T] -> its features."""
@@ -450,7 +451,7 @@ def run_stages(
     """
     empty = np.zeros(0, dtype=np.float32)
     state = audio.start() if audio is not None else None
-    for index, sentence in enumerate(encoders.sentences(text)):
+    for index, sentence in enumerate(encoders.sentences(text, request.options.get("lexicon", ()))):
         if marks is not None:
             marks.sentence(sentence)
         for mel, tokens in decoder.decode_aligned(encoders.encode(sentence.ids, request), request):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from addons.frontend import Frontend, Sentence, TextError
-from addons.manifest import AddonError, AddonManifest, format_validation_error
+from addons.manifest import AddonError, AddonManifest, LexiconEntry, format_validation_error
 from addons.marks import MarkTracker, SpeechMark
 from addons.marks import provides_marks as _provides_marks
 from addons.stages import (
@@ -58,6 +58,9 @@ class SynthesisOptions(BaseModel):
 
     voice: str = Field("default", description="One of the addon's voices.")
     speed: float | None = Field(None, ge=0.25, le=4.0, description="Speaking rate multiplier.")
+    lexicon: list[LexiconEntry] = Field(
+        default_factory=list, max_length=1000, description="Pronunciation overrides, before the addon's own."
+    )
 
 
 def resolve_options(manifest: AddonManifest, **options: Any) -> tuple[SynthesisOptions, dict[str, Any]]:
@@ -74,7 +77,10 @@ def resolve_options(manifest: AddonManifest, **options: Any) -> tuple[SynthesisO
     speed = (
         opts.speed if opts.speed is not None else preset.speed if preset.speed is not None else manifest.defaults.speed
     )
-    return opts, {"speed": speed, "voice": opts.voice, "gain_db": preset.gain_db}
+    resolved = {"speed": speed, "voice": opts.voice, "gain_db": preset.gain_db}
+    if opts.lexicon:
+        resolved["lexicon"] = [entry.model_dump() for entry in opts.lexicon]
+    return opts, resolved
 
 
 class Voice:
@@ -210,8 +216,8 @@ class Voice:
         return np.concatenate([c.samples for c in chunks]), np.concatenate(mel)
 
     # -- the stages' calls, in process (tests and benchmarks drive them one by one) -------------
-    def sentences(self, text: str) -> Iterator[Sentence]:
-        return self.encoders.sentences(text)
+    def sentences(self, text: str, lexicon: Sequence[Any] = ()) -> Iterator[Sentence]:
+        return self.encoders.sentences(text, lexicon)
 
     def encode(self, ids: np.ndarray, request: Request | None = None) -> PlainFeatures:
         return self.encoders.encode(ids, self.request(request))

@@ -87,7 +87,7 @@ class FloorEncoders(_Replica):
         self.profile = profile
         self.fallback = next(iter(profile.features))
 
-    async def encode(self, sentence: str) -> list[dict[str, np.ndarray]]:
+    async def encode(self, sentence: str, options: dict[str, Any] | None = None) -> list[dict[str, np.ndarray]]:
         known = sentence if sentence in self.profile.features else self.fallback
         out = []
         for shapes, frames in zip(self.profile.features[known], self.profile.frames[known], strict=True):

@@ -23,6 +23,7 @@ import ray
 from ray import serve
 
 import addons
+from addons.frontend import LexiconError
 from addons.marks import sentence_arrays
 from addons.stages import AudioStage
 from blocks import Request
@@ -109,11 +110,14 @@ class EncodersDeployment(_Replica):
         self.stage = addons.load(Path(addon_dir), context=context, device=device, stages=["encoders"]).encoders
         self.stage.load()  # its own weights (and only those), read before the first request
 
-    async def encode(self, sentence: str) -> list[dict[str, np.ndarray]]:
+    async def encode(self, sentence: str, options: dict[str, Any] | None = None) -> list[dict[str, np.ndarray]]:
         """Features for each speakable part of ``sentence`` ([] if nothing in it is speakable), with
         the part's text description (keys ``text.*``, for speech marks; not for the decoder)."""
         try:
-            parts = await asyncio.to_thread(lambda: list(self.stage.sentences(sentence)))
+            lexicon = (options or {}).get("lexicon", ())
+            parts = await asyncio.to_thread(lambda: list(self.stage.sentences(sentence, lexicon)))
+        except LexiconError:
+            raise  # the request's own mistake: the ingress answers 400
         except addons.TextError:
             return []
         results: list[dict[str, np.ndarray]] = await asyncio.gather(*(self._encode_batched(p.ids) for p in parts))

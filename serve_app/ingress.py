@@ -24,7 +24,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from addons.frontend import Frontend
+from addons.frontend import Frontend, LexiconError
 from addons.manifest import AddonManifest
 from addons.marks import MarkTracker, SpeechMark, provides_marks
 from addons.voice import resolve_options
@@ -158,7 +158,7 @@ class _SocketBackend:
             known = ", ".join(sorted(self.ingress.models))
             raise ProtocolError(f"model '{message.model}' not found (available: {known})", "model_not_found", "model")
         try:
-            _, resolved = resolve_options(info.manifest, voice=body.voice_name, speed=body.speed)
+            _, resolved = resolve_options(info.manifest, voice=body.voice_name, speed=body.speed, lexicon=body.lexicon)
         except ValueError as exc:
             raise ProtocolError(str(exc), "invalid_option", "voice" if "voice" in str(exc) else "speed") from None
         try:
@@ -361,7 +361,7 @@ class Ingress:
             known = ", ".join(sorted(self.models))
             raise SpeechError(404, f"model '{body.model}' not found (available: {known})", "model", "model_not_found")
         try:
-            _, resolved = resolve_options(info.manifest, voice=body.voice_name, speed=body.speed)
+            _, resolved = resolve_options(info.manifest, voice=body.voice_name, speed=body.speed, lexicon=body.lexicon)
         except ValueError as exc:
             raise SpeechError(400, str(exc), "voice" if "voice" in str(exc) else "speed") from None
         try:
@@ -408,6 +408,9 @@ class Ingress:
                 yield audio
         except NoSpeakableText:
             raise SpeechError(400, "input has no speakable characters", "input", "no_speakable_text") from None
+        except LexiconError as exc:  # raised by an encoders replica: its message, not Ray's traceback
+            cause = getattr(exc, "cause", None) or exc
+            raise SpeechError(400, str(cause.args[0] if cause.args else cause), "lexicon", "invalid_lexicon") from None
         finally:
             ticket.close()
             self._report_load(model)

@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from addons.manifest import LexiconEntry
 from serve_app.audio_format import UNSUPPORTED_FORMATS
 
 __all__ = [
@@ -105,6 +106,15 @@ class SpeechRequest(_Strict):
     stream_format: Literal["audio", "sse"] = Field(
         default="audio",
         description="'audio': the encoded file as a chunked body; 'sse': server-sent events.",
+    )
+    lexicon: list[LexiconEntry] = Field(
+        default_factory=list,
+        max_length=100,
+        description=(
+            "Pronunciation overrides for this request, before the model's own: each a 'grapheme' (one word, "
+            "matched without edge punctuation, case-blind unless 'case_sensitive') said as 'phonemes' "
+            "(espeak-ng mnemonics of the voice's inventory) or read as an 'alias'."
+        ),
     )
     timestamps: list[Literal["sentence", "word", "phoneme"]] = Field(
         default_factory=list,

@@ -177,8 +177,8 @@ class _Stream:
         return audio
 
     def encoding(self, sentence: str) -> asyncio.Future[list[dict[str, np.ndarray]]]:
-        encode = self.handles.encoders.encode
-        return asyncio.ensure_future(_call(self.resumes, "encoders", lambda: encode.remote(sentence)))
+        encode, options = self.handles.encoders.encode, self.options
+        return asyncio.ensure_future(_call(self.resumes, "encoders", lambda: encode.remote(sentence, options)))
 
     async def start(self) -> None:
         vocoder = self.handles.vocoder

@@ -525,3 +525,25 @@ def test_websocket_sends_marks_beside_the_audio(server: str, fixture_dir: Path) 
             elif message["type"] == "done":
                 break
     assert [m["value"] for m in marks] == want and want
+
+
+def test_request_lexicon_over_http_equals_in_process(server: str, fixture_dir: Path) -> None:
+    from serve_app.audio_format import make_encoder
+
+    text = "Chorus sings. The word Chorus again."
+    lexicon = [{"grapheme": "Chorus", "alias": "core us"}]
+    local = addons.load(fixture_dir / "tiny-fast")
+    encoder = make_encoder("pcm", local.sample_rate)
+    want = b"".join(encoder.encode(c.samples) for c in local.stream(text, lexicon=lexicon))
+    got = _speech(server, model="tiny-fast", input=text, response_format="pcm", lexicon=lexicon)
+    assert got.status_code == 200 and got.content == want
+    plain = _speech(server, model="tiny-fast", input=text, response_format="pcm")
+    assert plain.content != want
+    bad = _speech(
+        server, model="tiny-fast", input=text, response_format="pcm", lexicon=[{"grapheme": "Chorus", "phonemes": "QQ"}]
+    )
+    assert bad.status_code == 400, bad.text
+    error = bad.json()["error"]
+    assert (error["param"], error["code"]) == ("lexicon", "invalid_lexicon") and "'Chorus'" in error["message"]
+    shape = _speech(server, model="tiny-fast", input=text, lexicon=[{"grapheme": "two words", "alias": "x"}])
+    assert shape.status_code == 400 and shape.json()["error"]["param"] == "lexicon"
