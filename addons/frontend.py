@@ -66,14 +66,27 @@ class Lexicon:
             entry = raw if isinstance(raw, LexiconEntry) else LexiconEntry.model_validate(raw)
             self.entries.setdefault(entry.grapheme.casefold(), []).append(entry)
 
+        self.normalize = False  # also read money, times, dates, units as words (addons.normalize)
+
     def __bool__(self) -> bool:
-        return bool(self.entries)
+        return bool(self.entries) or self.normalize
 
     def find(self, word: str) -> LexiconEntry | None:
         for entry in self.entries.get(word.casefold(), ()):
             if not entry.case_sensitive or entry.grapheme == word:
                 return entry
         return None
+
+
+def _normalized(written: str, core: str, cut: int, previous: str | None) -> str:
+    """``written`` with its core read as words where espeak-ng would misread it."""
+    from addons.normalize import spoken
+
+    end = cut + len(core)
+    if written[end : end + 1] == "." and (said := spoken(core + ".", previous)) is not None:
+        return written[:cut] + said + written[end + 1 :]  # an abbreviation takes its full stop
+    said = spoken(core, previous)
+    return written if said is None else written[:cut] + said + written[end:]
 
 
 class Frontend:
@@ -147,16 +160,21 @@ class Frontend:
             return []
         return [(e.name, e.text_position) for e in events]
 
-    def sentences(self, text: str, lexicon: Sequence[LexiconEntry | Mapping[str, Any]] = ()) -> Iterator[Sentence]:
+    def sentences(
+        self, text: str, lexicon: Sequence[LexiconEntry | Mapping[str, Any]] = (), normalize: bool = True
+    ) -> Iterator[Sentence]:
         """Speakable sentences of ``text``, prepared lazily (a long text costs nothing up front).
 
         Each carries its words with their offsets in ``text`` and, per phoneme, which word it was
-        read from. ``lexicon`` entries (then the addon's) override how words are said. Raises
+        read from. ``lexicon`` entries (then the addon's) override how words are said, and
+        ``normalize`` reads money, times, dates, units and abbreviations as words
+        (:mod:`addons.normalize`; the marks keep the words as written). Raises
         :class:`TextError` on the first pull if ``text`` is empty or nothing in it is speakable,
         or a lexicon entry gives phonemes the voice does not have, so a caller fails before
         producing any output.
         """
         overrides = Lexicon([*lexicon, *self.config.lexicon])
+        overrides.normalize = normalize
         normalized, origin = self.normalize_with_offsets(text)
         if not normalized:
             raise TextError("text is empty")
@@ -215,15 +233,17 @@ class Frontend:
         starts: list[int] = []
         overridden: dict[int, LexiconEntry] = {}
         at = 0
-        for i, written in enumerate(words):
-            core = written.strip(_EDGE_PUNCTUATION) or written
-            entry = lexicon.find(core) if lexicon else None
+        cores = [w.strip(_EDGE_PUNCTUATION) or w for w in words]
+        for i, (written, core) in enumerate(zip(words, cores, strict=True)):
+            entry = lexicon.find(core) if lexicon.entries else None
+            cut = written.index(core)
             piece = written
             if entry is not None:
-                cut = written.index(core)
                 said = entry.alias if entry.alias is not None else f"[[{entry.phonemes}]]"
                 piece = written[:cut] + said + written[cut + len(core) :]
                 overridden[i] = entry
+            elif lexicon.normalize:
+                piece = _normalized(written, core, cut, cores[i - 1] if i else None)
             pieces.append(piece)
             starts.append(at)
             at += len(piece) + 1

@@ -213,10 +213,11 @@ class EncoderStage(Stage):
         self.block: SequenceBlock | None = block
         self._batch_exact: bool | None = None  # padded batches equal single passes (probed once)
 
-    def sentences(self, text: str, lexicon: Sequence[Any] = ()) -> Iterator[Sentence]:
+    def sentences(self, text: str, lexicon: Sequence[Any] = (), normalize: bool = True) -> Iterator[Sentence]:
         """The speakable sentences of ``text``, prepared lazily (raises ``TextError`` if none);
-        ``lexicon``: a request's pronunciation overrides, before the addon's own."""
-        return self.frontend.sentences(text, lexicon)
+        ``lexicon``: a request's pronunciation overrides, before the addon's own; ``normalize``:
+        money, times, dates, units read as words."""
+        return self.frontend.sentences(text, lexicon, normalize)
 
     def encode(self, ids: np.ndarray, request: Request | None = None) -> PlainFeatures:
         """One sentence's phoneme ``ids`` [T] -> its features."""
@@ -451,7 +452,8 @@ def run_stages(
     """
     empty = np.zeros(0, dtype=np.float32)
     state = audio.start() if audio is not None else None
-    for index, sentence in enumerate(encoders.sentences(text, request.options.get("lexicon", ()))):
+    lexicon, normalize = request.options.get("lexicon", ()), bool(request.options.get("normalize", True))
+    for index, sentence in enumerate(encoders.sentences(text, lexicon, normalize)):
         if marks is not None:
             marks.sentence(sentence)
         for mel, tokens in decoder.decode_aligned(encoders.encode(sentence.ids, request), request):

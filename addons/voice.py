@@ -61,6 +61,7 @@ class SynthesisOptions(BaseModel):
     lexicon: list[LexiconEntry] = Field(
         default_factory=list, max_length=1000, description="Pronunciation overrides, before the addon's own."
     )
+    normalize: bool = Field(True, description="Read money, times, dates, units and abbreviations as words.")
 
 
 def resolve_options(manifest: AddonManifest, **options: Any) -> tuple[SynthesisOptions, dict[str, Any]]:
@@ -80,6 +81,8 @@ def resolve_options(manifest: AddonManifest, **options: Any) -> tuple[SynthesisO
     resolved = {"speed": speed, "voice": opts.voice, "gain_db": preset.gain_db}
     if opts.lexicon:
         resolved["lexicon"] = [entry.model_dump() for entry in opts.lexicon]
+    if not opts.normalize:
+        resolved["normalize"] = False
     return opts, resolved
 
 
@@ -216,8 +219,8 @@ class Voice:
         return np.concatenate([c.samples for c in chunks]), np.concatenate(mel)
 
     # -- the stages' calls, in process (tests and benchmarks drive them one by one) -------------
-    def sentences(self, text: str, lexicon: Sequence[Any] = ()) -> Iterator[Sentence]:
-        return self.encoders.sentences(text, lexicon)
+    def sentences(self, text: str, lexicon: Sequence[Any] = (), normalize: bool = True) -> Iterator[Sentence]:
+        return self.encoders.sentences(text, lexicon, normalize)
 
     def encode(self, ids: np.ndarray, request: Request | None = None) -> PlainFeatures:
         return self.encoders.encode(ids, self.request(request))

@@ -114,8 +114,8 @@ class EncodersDeployment(_Replica):
         """Features for each speakable part of ``sentence`` ([] if nothing in it is speakable), with
         the part's text description (keys ``text.*``, for speech marks; not for the decoder)."""
         try:
-            lexicon = (options or {}).get("lexicon", ())
-            parts = await asyncio.to_thread(lambda: list(self.stage.sentences(sentence, lexicon)))
+            lexicon, normalize = (options or {}).get("lexicon", ()), bool((options or {}).get("normalize", True))
+            parts = await asyncio.to_thread(lambda: list(self.stage.sentences(sentence, lexicon, normalize)))
         except LexiconError:
             raise  # the request's own mistake: the ingress answers 400
         except addons.TextError:

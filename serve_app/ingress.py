@@ -158,7 +158,9 @@ class _SocketBackend:
             known = ", ".join(sorted(self.ingress.models))
             raise ProtocolError(f"model '{message.model}' not found (available: {known})", "model_not_found", "model")
         try:
-            _, resolved = resolve_options(info.manifest, voice=body.voice_name, speed=body.speed, lexicon=body.lexicon)
+            _, resolved = resolve_options(
+                info.manifest, voice=body.voice_name, speed=body.speed, lexicon=body.lexicon, normalize=body.normalize
+            )
         except ValueError as exc:
             raise ProtocolError(str(exc), "invalid_option", "voice" if "voice" in str(exc) else "speed") from None
         try:
@@ -361,7 +363,9 @@ class Ingress:
             known = ", ".join(sorted(self.models))
             raise SpeechError(404, f"model '{body.model}' not found (available: {known})", "model", "model_not_found")
         try:
-            _, resolved = resolve_options(info.manifest, voice=body.voice_name, speed=body.speed, lexicon=body.lexicon)
+            _, resolved = resolve_options(
+                info.manifest, voice=body.voice_name, speed=body.speed, lexicon=body.lexicon, normalize=body.normalize
+            )
         except ValueError as exc:
             raise SpeechError(400, str(exc), "voice" if "voice" in str(exc) else "speed") from None
         try:

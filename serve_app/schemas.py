@@ -116,6 +116,10 @@ class SpeechRequest(_Strict):
             "(espeak-ng mnemonics of the voice's inventory) or read as an 'alias'."
         ),
     )
+    normalize: bool = Field(
+        True,
+        description="Read money ($3.50), times (10:00), dates, units (5 km) and abbreviations as words; false reads them as espeak-ng does.",
+    )
     timestamps: list[Literal["sentence", "word", "phoneme"]] = Field(
         default_factory=list,
         description=(

@@ -148,7 +148,8 @@ def _speak(voice: addons.Voice, tap: _AttentionTap | None, text: str) -> _Spoken
     """Synthesize ``text`` as ``Voice.synthesize`` does, keeping the request's report and attention peaks."""
     if tap is not None:
         tap.peaks = []
-    request = Request(options=voice.options()[1])
+    # The teacher reads the text as espeak-ng does: compare like with like (no normalization).
+    request = Request(options=voice.options(normalize=False)[1])
     state, mels, audio = voice.audio_start(), [], []
     for chunk in voice.stream_mel(text, request):
         mels.append(chunk.frames)
@@ -246,7 +247,7 @@ def _evaluate_voice(
         networks = None
     rows, mels = [], []
     for utt, teacher in zip(utts, teachers, strict=True):
-        heard = [p for sentence in voice.sentences(utt.text) for p in sentence.phonemes]
+        heard = [p for sentence in voice.sentences(utt.text, normalize=False) for p in sentence.phonemes]
         if heard != [corpus.phonemes[i - 1] for i in utt.ids]:
             print(f"evaluate: {voice.name}'s front-end reads {utt.text!r} differently from the corpus", file=sys.stderr)
         row, mel = _score(voice, utt, teacher, args, tap, networks)
