@@ -151,7 +151,14 @@ class _SocketBackend:
         self.ingress = ingress
 
     def open_context(self, message: OpenMessage) -> Opened:
-        body = SpeechRequest(model=message.model, input="-", voice=message.voice, speed=message.speed)
+        body = SpeechRequest(
+            model=message.model,
+            input="-",
+            voice=message.voice,
+            speed=message.speed,
+            lexicon=message.lexicon,
+            normalize=message.normalize,
+        )
         body, _ = self.ingress._map_names(body)
         info = self.ingress.models.get(body.model)
         if info is None:
