@@ -249,7 +249,8 @@ class Frontend:
             at += len(piece) + 1
         if any(e.phonemes for e in overridden.values()):  # "[[" elsewhere stays text
             for i, piece in enumerate(pieces):
-                if i not in overridden and "[[" in piece:
+                phonemes = i in overridden and overridden[i].phonemes is not None
+                if not phonemes and "[[" in piece:  # text and aliases stay text
                     pieces[i] = piece.replace("[[", "[ [")
             starts, at = [], 0
             for piece in pieces:

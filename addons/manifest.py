@@ -64,8 +64,8 @@ class LexiconEntry(Strict):
         None,
         min_length=1,
         max_length=200,
-        pattern=r"^[^\[\]]+$",
-        description="Its phonemes as espeak-ng mnemonics (the voice's inventory), e.g. \"t@m'A:toU\".",
+        pattern=r"^[\x20-\x5a\x5c\x5e-\x7e]+$",
+        description="Its phonemes as espeak-ng mnemonics (printable ASCII, the voice's inventory), e.g. \"t@m'A:toU\".",
     )
     alias: str | None = Field(None, min_length=1, max_length=200, description="Or: the text to read instead.")
     case_sensitive: bool = Field(False, description='Match the word\'s case exactly ("US" but not "us").')
