@@ -50,7 +50,8 @@ class SpeechStream:
         from websockets.sync.client import connect
 
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-        self.socket = connect(url.rstrip("/") + PATH, additional_headers=headers, open_timeout=timeout)
+        self._connection = connect(url.rstrip("/") + PATH, additional_headers=headers, open_timeout=timeout)
+        self.socket = self._connection.__enter__()  # websockets wants connect() entered as a context
         self.timeout = timeout
         self.model, self.voice, self.speed = model, voice, speed
         self.sample_rate = 0
@@ -100,7 +101,7 @@ class SpeechStream:
         self.socket.send(json.dumps(message))
 
     def close(self) -> None:
-        self.socket.close()
+        self._connection.__exit__(None, None, None)
 
     def __enter__(self) -> SpeechStream:
         return self
