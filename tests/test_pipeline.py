@@ -138,7 +138,7 @@ def test_first_chunk_needs_only_the_first_sentence(fixture_dir: Path, monkeypatc
     voice = addons.load(fixture_dir / "tiny-fast")
     calls: list[str] = []
     original = voice.frontend.phonemize_aligned
-    monkeypatch.setattr(voice.frontend, "phonemize_aligned", lambda t: calls.append(t) or original(t))
+    monkeypatch.setattr(voice.frontend, "phonemize_aligned", lambda t, **kw: calls.append(t) or original(t, **kw))
     stream = voice.stream(" ".join([f"Sentence number {i} is here." for i in range(2000)]))
     next(stream)
     assert len(calls) <= 2
