@@ -8,6 +8,7 @@ status; after that a failure cuts the stream (audio) or ends it with an error ev
 """
 
 import asyncio
+import json
 import logging
 import time
 import urllib.request
@@ -53,6 +54,7 @@ __all__ = ["Ingress", "ModelInfo"]
 RETRY_AFTER_S = "1"
 MID_STREAM_FAILURE = "synthesis failed mid-stream; the audio so far is incomplete, retry the request"
 SPEECH_PATH = "/v1/audio/speech"
+MARKS_PATH = "/v1/audio/speech/marks"
 PROBE_PATHS = ("/health", "/ready")  # open to health checkers even when API keys are on
 # The listening page (serve_app/static): plain files, open like the probes (they hold no data;
 # the page sends the API key the user types with its own requests).
@@ -136,7 +138,7 @@ def _replica_policy() -> HttpPolicy:
 
 
 app = FastAPI(title="Chorus", description="Many text-to-speech models side by side.")
-install(app, _replica_policy, stream_paths=(SPEECH_PATH,), open_paths=PROBE_PATHS + PAGE_PATHS)
+install(app, _replica_policy, stream_paths=(SPEECH_PATH, MARKS_PATH), open_paths=PROBE_PATHS + PAGE_PATHS)
 
 
 def _page_file(name: str) -> Response:
@@ -328,6 +330,35 @@ class Ingress:
         return StreamingResponse(
             self._audio(body, encoded, start, rate), media_type=encoder.media_type, headers=headers
         )
+
+    @app.post(MARKS_PATH)
+    async def speech_marks(self, body: SpeechRequest) -> Response:
+        """The speech marks of the audio ``POST /v1/audio/speech`` gives for the same body, as JSON
+        lines (one mark per line), for clients that take the audio as a plain file. Synthesis is
+        deterministic, so these are exactly that audio's marks."""
+        body, headers = self._map_names(body)
+        kinds = body.timestamps or ["sentence", "word"]
+        marks: list[SpeechMark] = []
+        try:
+            info, resolved, _ = self._prepare(body)
+            tracker = self._tracker(info, kinds, body.input)
+            sentences = Frontend.split_sentences(Frontend.normalize(body.input))
+            audio = self._synthesize(body.model, sentences, resolved, tracker, marks.extend)
+            first = await self._first_chunk(audio)
+        except SpeechError as exc:
+            return exc.response()
+
+        async def lines() -> AsyncIterator[bytes]:
+            pending = first is not None
+            while pending:
+                for mark in marks:
+                    yield (json.dumps(mark.as_dict()) + "\n").encode()
+                marks.clear()
+                pending = await anext(audio, None) is not None
+            for mark in marks:
+                yield (json.dumps(mark.as_dict()) + "\n").encode()
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)
 
     # -- incremental text over a WebSocket (see serve_app.realtime) --------------------------------
     @app.websocket("/v1/audio/speech/stream")

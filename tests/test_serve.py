@@ -499,6 +499,12 @@ def test_speech_marks_over_sse_equal_in_process(server: str, fixture_dir: Path, 
     assert max(m["end_sample"] for m in got) <= len(pcm) // 2
     refused = _speech(server, model=model, input=text, response_format="pcm", timestamps=["word"])
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "timestamps_need_sse"
+    # Beside a plain audio file: the same marks as JSON lines from /v1/audio/speech/marks.
+    lines = httpx.post(
+        f"{server}/v1/audio/speech/marks", json={"model": model, "input": text, "timestamps": kinds}, timeout=60
+    )
+    assert lines.status_code == 200 and lines.headers["content-type"].startswith("application/x-ndjson")
+    assert [json.loads(line) for line in lines.text.splitlines()] == want
     card = next(m for m in httpx.get(f"{server}/v1/models").json()["data"] if m["id"] == model)
     assert card["speech_marks"] is True
 
