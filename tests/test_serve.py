@@ -286,9 +286,13 @@ def test_overload_answers_503_with_retry_after(server: str, fixture_dir: Path) -
     serve.run(build_app(args), name="tight", route_prefix="/tight")
     text = " ".join(["A long sentence keeps the only decoder slot busy for quite a while, on purpose."] * 3)
     responses: list[httpx.Response] = []
+    cut: list[Exception] = []
 
     def call() -> None:
-        responses.append(_speech(f"{server}/tight", model="tiny-taco", input=text, response_format="pcm"))
+        try:
+            responses.append(_speech(f"{server}/tight", model="tiny-taco", input=text, response_format="pcm"))
+        except httpx.RemoteProtocolError as exc:  # admitted, then a later sentence refused by Ray's queue
+            cut.append(exc)  # visibly broken (no chunked terminator), never a short "complete" file
 
     threads = [threading.Thread(target=call) for _ in range(6)]
     try:
@@ -300,6 +304,7 @@ def test_overload_answers_503_with_retry_after(server: str, fixture_dir: Path) -
         serve.delete("tight")
     statuses = sorted(r.status_code for r in responses)
     assert 200 in statuses and 503 in statuses, statuses
+    assert len(responses) + len(cut) == len(threads)
     rejected = next(r for r in responses if r.status_code == 503)
     assert rejected.headers["retry-after"] == "1"
     assert rejected.json()["error"]["code"] == "overloaded"
