@@ -25,7 +25,9 @@ Server -> client:
 - ``{"type": "audio", "context_id", "audio": "<base64 pcm>"}``, or a binary frame
   ``[n: 1 byte][context_id: n bytes UTF-8][pcm]`` when the context asked for ``"binary"``.
   Audio is 16-bit little-endian mono PCM at ``sample_rate``.
-- ``{"type": "flushed", "context_id", "reason": "flush"}``, ``{"type": "done", "context_id", "samples"}``,
+- ``{"type": "flushed", "context_id", "reason": "flush" | "idle"}`` (``idle``: nothing came for
+  ``idle_flush_ms`` after the last sentence, so its last audio was sent too),
+  ``{"type": "done", "context_id", "samples"}``,
   ``{"type": "cancelled", "context_id"}``.
 - ``{"type": "error", "context_id", "error": {"message", "type", "param", "code"}}`` (OpenAI's error
   object). A bad message gets one and the connection stays usable; text of a context that could not
@@ -276,7 +278,7 @@ class _Context:
             while isinstance(item, str):
                 self.queued -= len(item)
                 yield item
-                item = await self.queue.get()
+                item = await self._next_or_idle()
             ended.append(item)
 
         pcm = make_encoder("pcm", self.opened.sample_rate)
@@ -307,6 +309,24 @@ class _Context:
             else:
                 self.queued -= len(item)
         return ended[0]
+
+    async def _next_or_idle(self) -> str | _Mark:
+        """The next queued item; when nothing is queued or buffered ``idle_flush_ms`` after the
+        listener has heard all the audio sent, an idle mark: the segment ends, so the vocoder gives
+        out the audio it held back for lookahead."""
+        if self.idle_s <= 0:
+            return await self.queue.get()
+        while True:
+            # Counted from when the listener would have heard everything sent so far: a slow writer
+            # whose next sentence comes before then keeps one seamless vocoder stream.
+            ahead = 0.0
+            if self.first_audio is not None:
+                ahead = self.samples / self.opened.sample_rate - (time.monotonic() - self.first_audio)
+            try:
+                return await asyncio.wait_for(self.queue.get(), max(ahead, 0.0) + self.idle_s)
+            except TimeoutError:
+                if not self.buffer.strip():
+                    return _Mark("idle")
 
     async def _send_marks(self, marks: list[SpeechMark]) -> None:
         if marks:

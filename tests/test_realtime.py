@@ -306,3 +306,11 @@ def test_context_limit_and_capacity_errors(backend: Backend) -> None:
         reply = json.loads(ws.receive_text())
         assert reply["error"]["code"] == "at_capacity" and reply["context_id"] == "c0"
         assert reply["error"]["type"] == "server_error"
+
+
+def test_after_an_idle_pause_the_last_sentence_is_heard_to_its_end(ws: Any) -> None:
+    ws.send_text(json.dumps({"type": "open", "model": "m", "idle_flush_ms": 100}))
+    json.loads(ws.receive_text())
+    ws.send_text(json.dumps({"type": "text", "text": "Sure."}))
+    seen, audio = _until(ws, "flushed")
+    assert seen[-1]["reason"] == "idle" and audio == _pcm(_spoken("Sure."))
