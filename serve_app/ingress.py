@@ -412,6 +412,13 @@ class Ingress:
             raise SpeechError(400, str(exc), "response_format", "unsupported_format") from None
         if not Frontend.normalize(body.input):
             raise SpeechError(400, "input is empty", "input", "empty_input")
+        if body.input_format == "ssml" or body.input.lstrip().lower().startswith("<speak"):
+            raise SpeechError(
+                400,
+                "SSML is not supported yet: send plain text (input_format 'text'), without <speak> markup",
+                "input_format" if body.input_format == "ssml" else "input",
+                "ssml_unsupported",
+            )
         return info, resolved, encoder
 
     async def _first_chunk(self, audio: AsyncIterator[np.ndarray]) -> np.ndarray | None:

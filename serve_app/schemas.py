@@ -116,6 +116,13 @@ class SpeechRequest(_Strict):
             "(espeak-ng mnemonics of the voice's inventory) or read as an 'alias'."
         ),
     )
+    input_format: Literal["text", "ssml"] = Field(
+        "text",
+        description=(
+            "'text' (default). 'ssml' is refused with a 400 until Chorus reads SSML: markup is never "
+            "read aloud (an input whose root is <speak> is refused the same way)."
+        ),
+    )
     normalize: bool = Field(
         True,
         description="Read money ($3.50), times (10:00), dates, units (5 km) and abbreviations as words; false reads them as espeak-ng does.",

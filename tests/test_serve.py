@@ -225,6 +225,8 @@ def test_unchanged_openai_code_gets_audio_in_every_format(server: str, fixture_d
         ({"model": "tiny-fast", "input": "--- ... ---"}, 400, "input", "no speakable characters"),
         ({"model": "tiny-fast", "input": "hi", "response_format": "ogg"}, 400, "response_format", "response_format"),
         ({"model": "tts-2", "input": "hi"}, 404, "model", "model 'tts-2' not found"),
+        ({"model": "tiny-fast", "input": "<speak>Hi <break time='1s'/></speak>"}, 400, "input", "SSML"),
+        ({"model": "tiny-fast", "input": "Hi", "input_format": "ssml"}, 400, "input_format", "SSML"),
         ({"model": "tts-1", "input": "hi", "voice": "nobody"}, 400, "voice", 'unknown voice "nobody"'),
         ({"model": "tiny-fast", "input": "hi", "voice": "nobody"}, 400, "voice", 'unknown voice "nobody"'),
         ({"model": "tiny-fast", "input": "hi", "speed": 10}, 400, "speed", "speed"),
