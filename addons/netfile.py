@@ -431,3 +431,60 @@ def max_length(program: Any, spec: NetworkSpec) -> int | None:
         except (TypeError, ValueError):  # unbounded (infinity)
             return None
     return None
+
+
+def runnable(program: Any) -> torch.nn.Module:
+    """``program.module()`` with torch.export's per-call input check (symbolic shape arithmetic,
+    about 1 ms a call: most of a small step network's time) replaced by the same range check on
+    plain integers: each input's rank and every dim within the range it was exported for, and
+    dims that share a symbol equal."""
+    limits = _input_limits(program)
+    module: torch.nn.Module = program.module()
+    if not hasattr(module, "validate_inputs"):
+        return module  # another torch: keep its own check
+    setattr(module, "validate_inputs", False)  # noqa: B010  (the attribute is not on nn.Module's type)
+
+    def check(_module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        seen: dict[str, int] = {}
+        for (name, dims), arg in zip(limits, args, strict=False):
+            if not isinstance(arg, torch.Tensor) or arg.dim() != len(dims):
+                got = arg.dim() if isinstance(arg, torch.Tensor) else type(arg).__name__
+                raise ValueError(f"input {name!r} must have {len(dims)} dims, got {got}")
+            for axis, (low, high, symbol) in enumerate(dims):
+                size = int(arg.shape[axis])
+                if size < low or (high is not None and size > high):
+                    span = f"{low}..{high if high is not None else 'any'}"
+                    raise ValueError(f"input {name!r} axis {axis} is {size}; the network was exported for {span}")
+                if symbol is not None and seen.setdefault(symbol, size) != size:
+                    raise ValueError(f"input {name!r} axis {axis} is {size}, but {symbol} is {seen[symbol]} elsewhere")
+
+    module.register_forward_pre_hook(check)
+    return module
+
+
+def _input_limits(program: Any) -> list[tuple[str, list[tuple[int, int | None, str | None]]]]:
+    """Per user input: its name and, per dim, (lowest, highest or None, shared symbol or None)."""
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    out = []
+    for name in program.graph_signature.user_inputs:
+        val = placeholders[name].meta.get("val")
+        dims: list[tuple[int, int | None, str | None]] = []
+        for dim in getattr(val, "shape", ()):
+            if isinstance(dim, int):
+                dims.append((dim, dim, None))
+                continue
+            expr = dim.node.expr
+            bound = program.range_constraints.get(expr)
+            low, high = getattr(bound, "lower", 0), getattr(bound, "upper", None)
+            try:
+                high = int(high) if high is not None else None
+            except (TypeError, ValueError):  # unbounded (infinity)
+                high = None
+            try:
+                low = int(low)
+            except (TypeError, ValueError):
+                low = 0
+            symbol = str(expr) if bound is not None else None  # a compound expression: range unknown
+            dims.append((low, high, symbol) if bound is not None else (0, None, None))
+        out.append((name, dims))
+    return out

@@ -33,7 +33,7 @@ import torch
 from addons.frontend import Frontend, Sentence
 from addons.manifest import AddonError, AddonManifest
 from addons.marks import MarkTracker, SpeechMark
-from addons.netfile import NetworkFileError, load_program, max_length
+from addons.netfile import NetworkFileError, load_program, max_length, runnable
 from blocks import (
     ALIGNMENT,
     BuildEnv,
@@ -108,7 +108,7 @@ class NetworkLoader:
     def _builder(self, path: Path, spec: NetworkSpec, device: torch.device) -> Callable[[], torch.nn.Module]:
         def build() -> torch.nn.Module:
             try:
-                return load_program(path, spec, self.directory).module().to(device)
+                return runnable(load_program(path, spec, self.directory)).to(device)
             except NetworkFileError as exc:  # changed on disk since it was checked
                 raise AddonError(f"{path}: {exc}") from None
 

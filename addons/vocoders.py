@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from addons.loader import addon_dirs
 from addons.manifest import AddonError, format_validation_error
-from addons.netfile import NetworkFileError, load_program
+from addons.netfile import NetworkFileError, load_program, runnable
 from blocks import ExecutionContext, LazyModule, MelSettings, NetworkRunner, NetworkSpec
 
 __all__ = ["PACKAGE_FILE", "VocoderPackage", "check_vocoder", "find_vocoder", "load_universal"]
@@ -76,7 +76,7 @@ def load_universal(name: str, device: torch.device, near: Path | None = None) ->
 
             def build(path: Path = path, spec: NetworkSpec = package.network) -> torch.nn.Module:
                 try:
-                    return load_program(path, spec, directory).module().to(device)
+                    return runnable(load_program(path, spec, directory)).to(device)
                 except NetworkFileError as exc:
                     raise AddonError(f"{path}: {exc}") from None
 
