@@ -60,13 +60,12 @@ class Lexicon:
     """Pronunciation overrides by word: the first entry that matches wins (a request's before the
     addon's). A word matches without its edge punctuation, and case-blind unless the entry says."""
 
-    def __init__(self, entries: Sequence[LexiconEntry | Mapping[str, Any]] = ()) -> None:
+    def __init__(self, entries: Sequence[LexiconEntry | Mapping[str, Any]] = (), normalize: bool = False) -> None:
+        self.normalize = normalize  # also read money, times, dates, units as words (addons.normalize)
         self.entries: dict[str, list[LexiconEntry]] = {}
         for raw in entries:
             entry = raw if isinstance(raw, LexiconEntry) else LexiconEntry.model_validate(raw)
             self.entries.setdefault(entry.grapheme.casefold(), []).append(entry)
-
-        self.normalize = False  # also read money, times, dates, units as words (addons.normalize)
 
     def __bool__(self) -> bool:
         return bool(self.entries) or self.normalize
@@ -173,8 +172,7 @@ class Frontend:
         or a lexicon entry gives phonemes the voice does not have, so a caller fails before
         producing any output.
         """
-        overrides = Lexicon([*lexicon, *self.config.lexicon])
-        overrides.normalize = normalize
+        overrides = Lexicon([*lexicon, *self.config.lexicon], normalize)
         normalized, origin = self.normalize_with_offsets(text)
         if not normalized:
             raise TextError("text is empty")
@@ -229,31 +227,24 @@ class Frontend:
     def _spoken_text(words: list[str], lexicon: Lexicon) -> tuple[str, list[int], dict[int, LexiconEntry]]:
         """The text espeak-ng reads for ``words``: lexicon entries applied (an alias read instead,
         phonemes as ``[[...]]``), where each word starts in it, and which words were overridden."""
+        cores = [w.strip(_EDGE_PUNCTUATION) or w for w in words]
+        entries = [lexicon.find(core) if lexicon.entries else None for core in cores]
+        phoneme_input = any(e is not None and e.phonemes is not None for e in entries)
         pieces: list[str] = []
         starts: list[int] = []
         overridden: dict[int, LexiconEntry] = {}
         at = 0
-        cores = [w.strip(_EDGE_PUNCTUATION) or w for w in words]
-        for i, (written, core) in enumerate(zip(words, cores, strict=True)):
-            entry = lexicon.find(core) if lexicon.entries else None
+        for i, (written, core, entry) in enumerate(zip(words, cores, entries, strict=True)):
             cut = written.index(core)
-            piece = written
             if entry is not None:
                 said = entry.alias if entry.alias is not None else f"[[{entry.phonemes}]]"
                 piece = written[:cut] + said + written[cut + len(core) :]
                 overridden[i] = entry
-            elif lexicon.normalize:
-                piece = _normalized(written, core, cut, cores[i - 1] if i else None)
+            else:
+                piece = _normalized(written, core, cut, cores[i - 1] if i else None) if lexicon.normalize else written
+            if phoneme_input and (entry is None or entry.alias is not None):
+                piece = piece.replace("[[", "[ [")  # text and aliases stay text
             pieces.append(piece)
             starts.append(at)
             at += len(piece) + 1
-        if any(e.phonemes for e in overridden.values()):  # "[[" elsewhere stays text
-            for i, piece in enumerate(pieces):
-                phonemes = i in overridden and overridden[i].phonemes is not None
-                if not phonemes and "[[" in piece:  # text and aliases stay text
-                    pieces[i] = piece.replace("[[", "[ [")
-            starts, at = [], 0
-            for piece in pieces:
-                starts.append(at)
-                at += len(piece) + 1
         return " ".join(pieces), starts, overridden

@@ -473,18 +473,18 @@ def _input_limits(program: Any) -> list[tuple[str, list[tuple[int, int | None, s
             if isinstance(dim, int):
                 dims.append((dim, dim, None))
                 continue
-            expr = dim.node.expr
-            bound = program.range_constraints.get(expr)
-            low, high = getattr(bound, "lower", 0), getattr(bound, "upper", None)
-            try:
-                high = int(high) if high is not None else None
-            except (TypeError, ValueError):  # unbounded (infinity)
-                high = None
-            try:
-                low = int(low)
-            except (TypeError, ValueError):
-                low = 0
-            symbol = str(expr) if bound is not None else None  # a compound expression: range unknown
-            dims.append((low, high, symbol) if bound is not None else (0, None, None))
+            bound = program.range_constraints.get(dim.node.expr)
+            if bound is None:  # a compound expression of symbols: its range is not stated
+                dims.append((0, None, None))
+                continue
+            dims.append((_as_int(bound.lower, 0), _as_int(bound.upper, None), str(dim.node.expr)))
         out.append((name, dims))
     return out
+
+
+def _as_int(value: Any, unbounded: int | None) -> Any:
+    """A range bound as an int; ``unbounded`` for infinity."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return unbounded

@@ -303,7 +303,6 @@ class Ingress:
         body, headers = self._map_names(body)
         marks: list[SpeechMark] = []  # filled as each sentence's mel completes, sent as SSE events
         try:
-            info, resolved, encoder = self._prepare(body)
             if body.timestamps and body.stream_format != "sse":
                 raise SpeechError(
                     400,
@@ -312,10 +311,7 @@ class Ingress:
                     "timestamps",
                     "timestamps_need_sse",
                 )
-            tracker = self._tracker(info, body.timestamps, body.input)
-            sentences = Frontend.split_sentences(Frontend.normalize(body.input))
-            audio = self._synthesize(body.model, sentences, resolved, tracker, marks.extend)
-            first = await self._first_chunk(audio)
+            info, encoder, audio, first = await self._start(body, body.timestamps, marks)
         except SpeechError as exc:
             # An unknown model is the client's text: not a tag (Ray's metrics take ASCII only, and few values).
             model = body.model if body.model in self.models else "unknown"
@@ -337,14 +333,9 @@ class Ingress:
         lines (one mark per line), for clients that take the audio as a plain file. Synthesis is
         deterministic, so these are exactly that audio's marks."""
         body, headers = self._map_names(body)
-        kinds = body.timestamps or ["sentence", "word"]
         marks: list[SpeechMark] = []
         try:
-            info, resolved, _ = self._prepare(body)
-            tracker = self._tracker(info, kinds, body.input)
-            sentences = Frontend.split_sentences(Frontend.normalize(body.input))
-            audio = self._synthesize(body.model, sentences, resolved, tracker, marks.extend)
-            first = await self._first_chunk(audio)
+            _, _, audio, first = await self._start(body, body.timestamps or ["sentence", "word"], marks)
         except SpeechError as exc:
             return exc.response()
 
@@ -364,6 +355,17 @@ class Ingress:
     @app.websocket("/v1/audio/speech/stream")
     async def speech_stream(self, ws: WebSocket) -> None:
         await SpeechSocket(ws, _SocketBackend(self)).run()
+
+    async def _start(
+        self, body: SpeechRequest, kinds: Sequence[str], marks: list[SpeechMark]
+    ) -> tuple[ModelInfo, AudioEncoder, AsyncIterator[np.ndarray], np.ndarray | None]:
+        """Validate ``body`` and start its stream up to the first audio (errors before any byte is
+        sent are ``SpeechError``); marks of ``kinds`` are appended to ``marks`` as they come."""
+        info, resolved, encoder = self._prepare(body)
+        tracker = self._tracker(info, kinds, body.input)
+        sentences = Frontend.split_sentences(Frontend.normalize(body.input))
+        audio = self._synthesize(body.model, sentences, resolved, tracker, marks.extend)
+        return info, encoder, audio, await self._first_chunk(audio)
 
     def _tracker(self, info: ModelInfo, kinds: Sequence[str], text: str | None) -> MarkTracker | None:
         """Speech marks of ``kinds`` for a stream (None: not asked for); a model without an

@@ -319,11 +319,8 @@ class _Context:
         while True:
             # Counted from when the listener would have heard everything sent so far: a slow writer
             # whose next sentence comes before then keeps one seamless vocoder stream.
-            ahead = 0.0
-            if self.first_audio is not None:
-                ahead = self.samples / self.opened.sample_rate - (time.monotonic() - self.first_audio)
             try:
-                return await asyncio.wait_for(self.queue.get(), max(ahead, 0.0) + self.idle_s)
+                return await asyncio.wait_for(self.queue.get(), max(self._lead(), 0.0) + self.idle_s)
             except TimeoutError:
                 if not self.buffer.strip():
                     return _Mark("idle")
@@ -336,11 +333,15 @@ class _Context:
 
     async def _pace(self) -> None:
         """Backpressure: stay at most MAX_LEAD_S of audio ahead of real-time playback."""
-        if self.first_audio is None:
-            return
-        ahead = self.samples / self.opened.sample_rate - (time.monotonic() - self.first_audio)
+        ahead = self._lead()
         if ahead > MAX_LEAD_S:
             await asyncio.sleep(ahead - MAX_LEAD_S)
+
+    def _lead(self) -> float:
+        """Seconds of audio sent beyond what real-time playback has used since the first audio."""
+        if self.first_audio is None:
+            return 0.0
+        return self.samples / self.opened.sample_rate - (time.monotonic() - self.first_audio)
 
 
 class SpeechSocket:
