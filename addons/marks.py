@@ -7,12 +7,14 @@ so a mark's time is the sample offset of its first frame, exactly, across senten
 
 A mark names what was spoken (``value``: the word as written, the phoneme symbol, the sentence)
 and where it was written (``text_start``/``text_end``: character offsets in the original input;
-a phoneme carries its word's). Pauses are phonemes too (``_``, ``_:``), in no word.
+a phoneme carries its word's). Pauses are phonemes too (``_``, ``_:``), in no word. An SSML
+document's ``<mark name>`` is an ``ssml`` mark, heard where the next word starts (or where the
+stream is, before a break or at the end), with the element's offset in the document.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,7 +35,7 @@ __all__ = [
     "split_text_features",
 ]
 
-MARK_TYPES = ("sentence", "word", "phoneme")
+MARK_TYPES = ("sentence", "ssml", "word", "phoneme")
 #: Features whose key starts with this describe the text (for marks), not the model's input.
 TEXT_PREFIX = "text."
 
@@ -92,9 +94,6 @@ class MarkTracker:
         """``original``: the whole input, when sentences arrive as text and arrays
         (:meth:`sentence_text`): their offsets are then found in it."""
         self.hop, self.rate = hop_length, sample_rate
-        self.original = original
-        self._normalized, self._origin = Frontend.normalize_with_offsets(original) if original is not None else ("", [])
-        self._cursor = 0
         self.kinds = frozenset(kinds)
         unknown = sorted(self.kinds - set(MARK_TYPES))
         if unknown:
@@ -105,6 +104,56 @@ class MarkTracker:
         self._tokens: list[np.ndarray] = []
         self._frames = 0
         self._aligned = True
+        self.part(original)
+
+    def part(
+        self,
+        text: str | None,
+        spans: Sequence[tuple[int, int]] | None = None,
+        written: Iterable[tuple[str, str]] = (),
+        bookmarks: Iterable[tuple[str, int, int]] = (),
+    ) -> None:
+        """The sentences that follow are read from ``text`` (an SSML part, or the whole input).
+
+        ``spans``: where each character of ``text`` was written in the document (None: ``text``
+        is the document); ``written``: placeholder characters and the text they stand for;
+        ``bookmarks``: ``<mark>`` names with their offsets in ``text`` and in the document.
+        """
+        self.original = text
+        self._normalized, self._origin = Frontend.normalize_with_offsets(text) if text is not None else ("", [])
+        self._cursor = 0
+        self._spans = spans
+        self._written = dict(written)
+        self._bookmarks = sorted(bookmarks, key=lambda b: b[1])
+
+    def part_end(self) -> list[SpeechMark]:
+        """The marks of the part not yet heard (after its last word): heard where the stream is."""
+        names, self._bookmarks = [(name, at) for name, _, at in self._bookmarks], []
+        return self._ssml(names, self.frame)
+
+    def pause(self, frames: int, bookmarks: Iterable[tuple[str, int]] = ()) -> list[SpeechMark]:
+        """A silence of ``frames`` in the stream; ``bookmarks`` (name, offset in the document) are
+        heard at its start."""
+        marks = self._ssml(list(bookmarks), self.frame)
+        self.frame += frames
+        return marks
+
+    def _ssml(self, bookmarks: list[tuple[str, int]], frame: int) -> list[SpeechMark]:
+        if "ssml" not in self.kinds:
+            return []
+        return [self._mark("ssml", name, frame, frame, at, at) for name, at in bookmarks]
+
+    def _doc(self, a: int, b: int) -> tuple[int, int]:
+        """Offsets ``a``..``b`` of the current part's text as offsets in the document."""
+        spans = self._spans
+        if spans is None or not spans:
+            return a, b
+        a, b = min(max(a, 0), len(spans) - 1), min(max(b, a + 1), len(spans))
+        return min(s for s, _ in spans[a:b]), max(e for _, e in spans[a:b])
+
+    def _said(self, text: str) -> str:
+        """``text`` with its placeholders as written."""
+        return "".join(self._written.get(ch, ch) for ch in text) if self._written else text
 
     def sentence(self, sentence: Sentence, offset: int = 0) -> None:
         self._sentence, self._offset = sentence, offset
@@ -158,19 +207,23 @@ class MarkTracker:
         # first and last frame of each phoneme (an attention focus may come back to one)
         first[tokens[::-1]] = frames[::-1]
         last[tokens] = frames
-        marks: list[SpeechMark] = []
         off = self._offset
+        index = np.asarray(sentence.phoneme_words[:count], dtype=np.int64)
+        words: list[tuple[Word, int, int]] = []  # each heard word, its first frame and the frame after it
+        for w, word in enumerate(sentence.words):
+            mine = (index == w) & (first >= 0)
+            if mine.any():
+                words.append((word, int(first[mine].min()), int(last[mine].max()) + 1))
+        marks: list[SpeechMark] = []
         if "sentence" in self.kinds and self._frames:
             start = sentence.words[0].start if sentence.words else sentence.start
             end = sentence.words[-1].end if sentence.words else sentence.start + len(sentence.text)
-            marks.append(self._mark("sentence", sentence.text, begin, begin + self._frames, start + off, end + off))
+            marks.append(
+                self._text_mark("sentence", sentence.text, begin, begin + self._frames, start + off, end + off)
+            )
         if "word" in self.kinds:
-            index = np.asarray(sentence.phoneme_words[:count], dtype=np.int64)
-            for w, word in enumerate(sentence.words):
-                mine = (index == w) & (first >= 0)
-                if mine.any():
-                    a, b = int(first[mine].min()), int(last[mine].max()) + 1
-                    marks.append(self._mark("word", word.text, begin + a, begin + b, word.start + off, word.end + off))
+            for word, a, b in words:
+                marks.append(self._text_mark("word", word.text, begin + a, begin + b, word.start + off, word.end + off))
         if "phoneme" in self.kinds:
             for t in np.argsort(first, kind="stable"):
                 if first[t] < 0:
@@ -179,10 +232,28 @@ class MarkTracker:
                 span = (sentence.words[w].start, sentence.words[w].end) if w >= 0 else (sentence.start, sentence.start)
                 a, b = int(first[t]), int(last[t]) + 1
                 marks.append(
-                    self._mark("phoneme", sentence.phonemes[t], begin + a, begin + b, span[0] + off, span[1] + off)
+                    self._text_mark("phoneme", sentence.phonemes[t], begin + a, begin + b, span[0] + off, span[1] + off)
                 )
+        marks += self._bookmarks_before(words, begin)
         marks.sort(key=lambda m: (m.start_sample, MARK_TYPES.index(m.type)))
         return marks
+
+    def _bookmarks_before(self, words: list[tuple[Word, int, int]], begin: int) -> list[SpeechMark]:
+        """The part's ``<mark>``s that come before one of these heard words: heard as it starts."""
+        marks: list[SpeechMark] = []
+        while self._bookmarks and words:
+            name, at, doc = self._bookmarks[0]
+            following = next((a for word, a, _ in words if word.start + self._offset >= at), None)
+            if following is None:
+                break
+            self._bookmarks.pop(0)
+            marks += self._ssml([(name, doc)], begin + following)
+        return marks
+
+    def _text_mark(self, kind: str, value: str, a: int, b: int, text_start: int, text_end: int) -> SpeechMark:
+        """A mark of text of the current part: its value as written, its offsets in the document."""
+        doc_start, doc_end = self._doc(text_start, text_end)
+        return self._mark(kind, self._said(value), a, b, doc_start, doc_end)
 
     def _mark(self, kind: str, value: str, a: int, b: int, text_start: int, text_end: int) -> SpeechMark:
         sa, sb = a * self.hop, b * self.hop

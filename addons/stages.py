@@ -23,17 +23,19 @@ import dataclasses
 import importlib
 import threading
 from abc import ABC
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from addons.frontend import Frontend, Sentence
+from addons.frontend import Frontend, LexiconError, Sentence, TextError
 from addons.manifest import AddonError, AddonManifest
 from addons.marks import MarkTracker, SpeechMark
 from addons.netfile import NetworkFileError, load_program, max_length, runnable
+from addons.ssml import Part, Pause, is_ssml, pause_frames, plain_text
+from addons.ssml import parse as parse_ssml
 from blocks import (
     ALIGNMENT,
     BuildEnv,
@@ -52,8 +54,10 @@ from blocks import (
     parse_block,
     parse_stack,
 )
+from blocks.audio import LOG_FLOOR
 from blocks.base import BlockNode
 from blocks.stages import split_stack
+from blocks.tempo import MelTempo, honours
 
 __all__ = [
     "STAGES",
@@ -279,6 +283,7 @@ class DecoderStage(Stage):
         block = self.env.build(node)
         assert isinstance(block, StreamableBlock)
         self.block: StreamableBlock = block
+        self.stretches = not honours(node, "speed")  # no block sets the rate: the mel is stretched
 
     def decode(self, features: PlainFeatures, request: Request | None = None) -> Iterator[np.ndarray]:
         """One sentence's mel chunks; work is done as they are pulled."""
@@ -289,8 +294,26 @@ class DecoderStage(Stage):
         self, features: PlainFeatures, request: Request | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """:meth:`decode`, each chunk with the phoneme index of each of its frames (int64 ``[F]``),
-        or None where the stack's blocks give no alignment (see ``Request.align``)."""
+        or None where the stack's blocks give no alignment (see ``Request.align``).
+
+        Where no block of the stack sets the speaking rate (an attention decoder), the mel is
+        stretched in time to ``speed`` here (:class:`blocks.tempo.MelTempo`), as it streams."""
         request = request or Request()
+        speed = float(request.options.get("speed", 1.0))
+        chunks = self._aligned(features, request)
+        if not self.stretches or speed == 1.0:
+            yield from chunks
+            return
+        tempo = MelTempo(speed)
+        for mel, tokens in chunks:
+            out, out_tokens = tempo.push(mel, tokens)
+            if len(out):
+                yield out, out_tokens
+        out, out_tokens = tempo.finish()
+        if len(out):
+            yield out, out_tokens
+
+    def _aligned(self, features: PlainFeatures, request: Request) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         log: list[torch.Tensor] = request.report.setdefault(ALIGNMENT, [])
         base = taken = len(log)
         pending = np.zeros(0, np.int64)
@@ -436,6 +459,14 @@ class StageOutput:
     marks: tuple[SpeechMark, ...] = ()
 
 
+def script_of(text: str, options: Mapping[str, Any]) -> list[Part | Pause]:
+    """What to say: an SSML document's script (``input_format`` "ssml", or a ``<speak>`` root),
+    else the text as one part. Raises ``SSMLError`` (a ``TextError``) on bad markup."""
+    if options.get("input_format") == "ssml" or is_ssml(text):
+        return parse_ssml(text)
+    return plain_text(text)
+
+
 def run_stages(
     encoders: EncoderStage,
     decoder: DecoderStage,
@@ -448,20 +479,69 @@ def run_stages(
 
     Work is done as steps are pulled. Without ``audio`` only mel is produced (every ``audio``
     empty). ``marks`` follows the decoder's alignment and adds each sentence's speech marks.
-    Raises ``TextError`` when ``text`` has nothing speakable.
+    An SSML document is said part by part (:mod:`addons.ssml`): a break is silent mel and exact
+    zeros, with the vocoder's stream finished before it and started after it, as at a change of
+    volume. Raises ``TextError`` when ``text`` has nothing speakable.
     """
+    script = script_of(text, request.options)
+    for item in script:  # a rate out of range is refused before anything is said
+        if isinstance(item, Part):
+            item.options(dict(request.options))
+    mel_settings = encoders.env.mel
     empty = np.zeros(0, dtype=np.float32)
     state = audio.start() if audio is not None else None
-    lexicon, normalize = request.options.get("lexicon", ()), bool(request.options.get("normalize", True))
-    for index, sentence in enumerate(encoders.sentences(text, lexicon, normalize)):
+    fresh = True  # nothing has gone through the vocoder's stream yet
+    segment = request  # the request the vocoder's stream is said with (its gain)
+    index = 0
+    for item in script:
+        if isinstance(item, Pause):
+            frames = pause_frames(item.ms, mel_settings.sample_rate, mel_settings.hop_length)
+            if marks is not None and (heard := marks.pause(frames, item.marks)):
+                yield StageOutput(-1, None, empty, tuple(heard))
+            if not frames:
+                continue
+            if audio is not None and not fresh:
+                yield StageOutput(-1, None, audio.finish(state, segment))
+                state, fresh = audio.start(), True
+            silence = np.full((frames, mel_settings.n_mels), np.log(LOG_FLOOR), dtype=np.float32)
+            samples = np.zeros(frames * mel_settings.hop_length if audio is not None else 0, dtype=np.float32)
+            yield StageOutput(-1, silence, samples)
+            continue
+        options = item.options(dict(request.options))
+        said = request if options == request.options else Request(options=options, report=request.report)
+        if audio is not None and not fresh and options.get("gain_db") != segment.options.get("gain_db"):
+            yield StageOutput(-1, None, audio.finish(state, segment))
+            state, fresh = audio.start(), True
+        if fresh:
+            segment = said
         if marks is not None:
-            marks.sentence(sentence)
-        for mel, tokens in decoder.decode_aligned(encoders.encode(sentence.ids, request), request):
+            marks.part(item.text, item.spans, item.written, item.marks)
+        for sentence in _sentences(encoders, item, options, len(script) > 1):
             if marks is not None:
-                marks.frames(tokens, len(mel))
-            out = audio.process(state, mel, request) if audio is not None else empty
-            yield StageOutput(index, mel, out)
-        if marks is not None:
-            yield StageOutput(index, None, empty, tuple(marks.end()))
+                marks.sentence(sentence)
+            for mel, tokens in decoder.decode_aligned(encoders.encode(sentence.ids, said), said):
+                if marks is not None:
+                    marks.frames(tokens, len(mel))
+                out = audio.process(state, mel, said) if audio is not None else empty
+                fresh = False
+                yield StageOutput(index, mel, out)
+            if marks is not None:
+                yield StageOutput(index, None, empty, tuple(marks.end()))
+            index += 1
+        if marks is not None and (heard := marks.part_end()):
+            yield StageOutput(-1, None, empty, tuple(heard))
+    if index == 0:
+        raise TextError("the document has no speakable text")
     if audio is not None:
-        yield StageOutput(-1, None, audio.finish(state, request))
+        yield StageOutput(-1, None, audio.finish(state, segment))
+
+
+def _sentences(encoders: EncoderStage, part: Part, options: Mapping[str, Any], skip_empty: bool) -> Iterator[Sentence]:
+    """The sentences of one part; with ``skip_empty`` (one part of several), a part with nothing
+    speakable in it is passed over rather than refused."""
+    lexicon, normalize = options.get("lexicon", ()), bool(options.get("normalize", True))
+    try:
+        yield from encoders.sentences(part.text, lexicon, normalize)
+    except TextError as exc:
+        if not skip_empty or isinstance(exc, LexiconError):
+            raise

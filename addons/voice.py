@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -62,6 +62,9 @@ class SynthesisOptions(BaseModel):
         default_factory=list, max_length=1000, description="Pronunciation overrides, before the addon's own."
     )
     normalize: bool = Field(True, description="Read money, times, dates, units and abbreviations as words.")
+    input_format: Literal["text", "ssml"] = Field(
+        "text", description="'ssml': the text is an SSML document (see addons.ssml); a <speak> root is read so anyway."
+    )
 
 
 def resolve_options(manifest: AddonManifest, **options: Any) -> tuple[SynthesisOptions, dict[str, Any]]:
@@ -83,6 +86,8 @@ def resolve_options(manifest: AddonManifest, **options: Any) -> tuple[SynthesisO
         resolved["lexicon"] = [entry.model_dump() for entry in opts.lexicon]
     if not opts.normalize:
         resolved["normalize"] = False
+    if opts.input_format == "ssml":
+        resolved["input_format"] = "ssml"
     return opts, resolved
 
 

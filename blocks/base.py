@@ -139,6 +139,9 @@ class Block:
     #: Whether the block reports which input token each frame it emits came from
     #: (:meth:`Request.align`); speech marks need one such block in a stack.
     aligns: ClassVar[bool] = False
+    #: Request options the block reads itself (``"speed"``: it sets the speaking rate; where no
+    #: block of a decoder does, the decoder stage stretches the mel in time, see blocks.tempo).
+    honours: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
         self.config = config

@@ -40,6 +40,7 @@ class Upsampler(StreamableBlock):
 
     type_name = "Upsampler"
     aligns = True
+    honours = ("speed",)
     Config = UpsamplerConfig
 
     @classmethod
