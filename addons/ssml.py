@@ -42,6 +42,7 @@ __all__ = [
     "parse",
     "pause_frames",
     "plain_text",
+    "script_of",
 ]
 
 MAX_BREAK_MS = 10_000.0  # one <break>; as Amazon Polly
@@ -141,16 +142,27 @@ def pause_frames(ms: float, sample_rate: int, hop_length: int) -> int:
 
 
 def is_ssml(text: str) -> bool:
-    """Whether ``text`` is an SSML document (its root is ``<speak>``, perhaps after an XML declaration)."""
-    head = text.lstrip()
-    if head.startswith("<?xml"):
-        head = head[head.find("?>") + 2 :].lstrip() if "?>" in head else ""
-    return re.match(r"<speak[\s>/]", head) is not None
+    """Whether ``text`` is meant as markup: it starts with an element, an XML declaration or a
+    document type declaration (``<speak``, ``<?xml``, ``<!DOCTYPE``, ``<p>``...). Such text is read
+    as SSML, so markup is refused with a reason rather than read aloud; "<3" stays text."""
+    return re.match(r"\s*<[A-Za-z?!]", text) is not None
 
 
 def plain_text(text: str) -> list[Part | Pause]:
     """The script of plain text: one part, the text itself."""
     return [Part(text)]
+
+
+def script_of(text: str, input_format: str = "text") -> list[Part | Pause]:
+    """What to say: an SSML document's script (``input_format`` "ssml", or a ``<speak>`` root),
+    else the text as one part. Raises :class:`SSMLError` on bad markup."""
+    if is_ssml(text):
+        return parse(text)
+    if input_format == "ssml":
+        if not text.lstrip().startswith("<"):
+            raise SSMLError("SSML: the input is not an SSML document: wrap it in <speak>...</speak>")
+        return parse(text)
+    return plain_text(text)
 
 
 # -- reading the document ------------------------------------------------------------------------
@@ -297,11 +309,11 @@ class _Reader:
         """Where each character of ``data`` (just read) was written: itself, or its whole entity."""
         at = self.offset()
         doc = self.document
-        if doc.startswith(data, at):
-            return [(at + i, at + i + 1) for i in range(len(data))]
-        if doc.startswith("&", at):  # an entity or character reference
+        if doc.startswith("&", at):  # an entity or character reference (a bare & is not XML)
             end = doc.find(";", at)
             return [(at, end + 1 if end >= 0 else at + 1)] * len(data)
+        if doc.startswith(data, at):
+            return [(at + i, at + i + 1) for i in range(len(data))]
         found = doc.find(data, at)  # CDATA
         if found >= 0:
             return [(found + i, found + i + 1) for i in range(len(data))]

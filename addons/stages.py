@@ -34,8 +34,7 @@ from addons.frontend import Frontend, LexiconError, Sentence, TextError
 from addons.manifest import AddonError, AddonManifest
 from addons.marks import MarkTracker, SpeechMark
 from addons.netfile import NetworkFileError, load_program, max_length, runnable
-from addons.ssml import Part, Pause, is_ssml, pause_frames, plain_text
-from addons.ssml import parse as parse_ssml
+from addons.ssml import Part, Pause, pause_frames, script_of
 from blocks import (
     ALIGNMENT,
     BuildEnv,
@@ -459,14 +458,6 @@ class StageOutput:
     marks: tuple[SpeechMark, ...] = ()
 
 
-def script_of(text: str, options: Mapping[str, Any]) -> list[Part | Pause]:
-    """What to say: an SSML document's script (``input_format`` "ssml", or a ``<speak>`` root),
-    else the text as one part. Raises ``SSMLError`` (a ``TextError``) on bad markup."""
-    if options.get("input_format") == "ssml" or is_ssml(text):
-        return parse_ssml(text)
-    return plain_text(text)
-
-
 def run_stages(
     encoders: EncoderStage,
     decoder: DecoderStage,
@@ -483,7 +474,7 @@ def run_stages(
     zeros, with the vocoder's stream finished before it and started after it, as at a change of
     volume. Raises ``TextError`` when ``text`` has nothing speakable.
     """
-    script = script_of(text, request.options)
+    script = script_of(text, str(request.options.get("input_format", "text")))
     for item in script:  # a rate out of range is refused before anything is said
         if isinstance(item, Part):
             item.options(dict(request.options))

@@ -39,7 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--speed", type=float, default=None, help="speaking rate multiplier (0.25-4)")
     synth.add_argument("--mel-out", type=Path, help="also save the mel frames [F, n_mels] as .npy")
     synth.add_argument("--mel-plot", type=Path, help="also save a PNG plot of the mel")
-    synth.add_argument("--marks-out", type=Path, help="also save speech marks (sentence, word, phoneme) as JSON lines")
+    synth.add_argument(
+        "--marks-out", type=Path, help="also save speech marks (sentence, ssml, word, phoneme) as JSON lines"
+    )
+    synth.add_argument(
+        "--ssml",
+        action="store_true",
+        help="the text is an SSML document (docs/ssml.md); a text whose root is <speak> is read so anyway",
+    )
     synth.set_defaults(func=_synth)
 
     bench = sub.add_parser("bench", help="benchmarks")
@@ -144,9 +151,11 @@ def _synth(args: argparse.Namespace) -> int:
     voice = _load(args.addon, args.context)
     if args.marks_out is not None and not voice.provides_marks:
         raise CliError(f"--marks-out: addon {voice.name} gives no speech marks (its blocks report no alignment)")
-    kinds = ("sentence", "word", "phoneme") if args.marks_out is not None else ()
+    kinds = ("sentence", "ssml", "word", "phoneme") if args.marks_out is not None else ()
     marks: list[dict[str, object]] = []
-    options = {"voice": args.voice, **({"speed": args.speed} if args.speed is not None else {})}
+    options: dict[str, object] = {"voice": args.voice, **({"speed": args.speed} if args.speed is not None else {})}
+    if args.ssml:
+        options["input_format"] = "ssml"
     fd, partial = tempfile.mkstemp(
         prefix=".chorus-", suffix=".wav", dir=args.out.parent if str(args.out.parent) else "."
     )

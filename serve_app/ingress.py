@@ -28,6 +28,7 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 from addons.frontend import Frontend, LexiconError
 from addons.manifest import AddonManifest
 from addons.marks import MarkTracker, SpeechMark, provides_marks
+from addons.ssml import Pause, SSMLError, script_of
 from addons.voice import resolve_options
 from serve_app.admission import AdmissionConfig, AtCapacity, ModelAdmission
 from serve_app.aliases import Aliases, OpenAINames
@@ -47,7 +48,7 @@ from serve_app.schemas import (
     error_response,
     sse_event,
 )
-from serve_app.streams import LOST_REPLICA, NoSpeakableText, StageHandles, synthesize
+from serve_app.streams import LOST_REPLICA, NoSpeakableText, Say, StageHandles, sayings, synthesize
 
 __all__ = ["Ingress", "ModelInfo"]
 
@@ -335,7 +336,7 @@ class Ingress:
         body, headers = self._map_names(body)
         marks: list[SpeechMark] = []
         try:
-            _, _, audio, first = await self._start(body, body.timestamps or ["sentence", "word"], marks)
+            _, _, audio, first = await self._start(body, body.timestamps or ["sentence", "ssml", "word"], marks)
         except SpeechError as exc:
             return exc.response()
 
@@ -361,10 +362,9 @@ class Ingress:
     ) -> tuple[ModelInfo, AudioEncoder, AsyncIterator[np.ndarray], np.ndarray | None]:
         """Validate ``body`` and start its stream up to the first audio (errors before any byte is
         sent are ``SpeechError``); marks of ``kinds`` are appended to ``marks`` as they come."""
-        info, resolved, encoder = self._prepare(body)
-        tracker = self._tracker(info, kinds, body.input)
-        sentences = Frontend.split_sentences(Frontend.normalize(body.input))
-        audio = self._synthesize(body.model, sentences, resolved, tracker, marks.extend)
+        info, resolved, encoder, items = self._prepare(body)
+        tracker = self._tracker(info, kinds, None)  # each part of the input tells it its text
+        audio = self._synthesize(body.model, items, resolved, tracker, marks.extend)
         return info, encoder, audio, await self._first_chunk(audio)
 
     def _tracker(self, info: ModelInfo, kinds: Sequence[str], text: str | None) -> MarkTracker | None:
@@ -397,7 +397,9 @@ class Ingress:
             headers["X-Chorus-Instructions"] = f"ignored; model {model} cannot follow instructions"
         return body.model_copy(update={"model": model, "voice": voice}), headers
 
-    def _prepare(self, body: SpeechRequest) -> tuple[ModelInfo, dict[str, Any], AudioEncoder]:
+    def _prepare(self, body: SpeechRequest) -> tuple[ModelInfo, dict[str, Any], AudioEncoder, list[Say | Pause]]:
+        """The model, resolved options, audio encoder and what to say (sentences and an SSML
+        document's pauses) of a request; every mistake in it is a ``SpeechError``."""
         info = self.models.get(body.model)
         if info is None:
             known = ", ".join(sorted(self.models))
@@ -414,14 +416,11 @@ class Ingress:
             raise SpeechError(400, str(exc), "response_format", "unsupported_format") from None
         if not Frontend.normalize(body.input):
             raise SpeechError(400, "input is empty", "input", "empty_input")
-        if body.input_format == "ssml" or body.input.lstrip().lower().startswith("<speak"):
-            raise SpeechError(
-                400,
-                "SSML is not supported yet: send plain text (input_format 'text'), without <speak> markup",
-                "input_format" if body.input_format == "ssml" else "input",
-                "ssml_unsupported",
-            )
-        return info, resolved, encoder
+        try:
+            items = sayings(script_of(body.input, body.input_format), resolved)
+        except SSMLError as exc:
+            raise SpeechError(400, str(exc), "input", "invalid_ssml") from None
+        return info, resolved, encoder, items
 
     async def _first_chunk(self, audio: AsyncIterator[np.ndarray]) -> np.ndarray | None:
         try:
@@ -434,7 +433,7 @@ class Ingress:
     async def _synthesize(
         self,
         model: str,
-        sentences: list[str] | AsyncIterator[str],
+        sentences: Sequence[str | Say | Pause] | AsyncIterator[str],
         options: dict[str, Any],
         marks: MarkTracker | None = None,
         on_marks: Callable[[list[SpeechMark]], None] | None = None,
@@ -452,7 +451,8 @@ class Ingress:
                 503, f"model '{model}' is at capacity: {exc}; retry shortly", code="at_capacity"
             ) from None
         try:
-            stream = synthesize(handles, model, sentences, options, rate, resumed, marks, on_marks)
+            hop = self.models[model].manifest.mel.hop_length
+            stream = synthesize(handles, model, sentences, options, rate, resumed, marks, on_marks, hop)
             async for audio in stream:
                 ticket.heard(audio.size)
                 self._report_load(model)

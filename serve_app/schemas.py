@@ -119,19 +119,21 @@ class SpeechRequest(_Strict):
     input_format: Literal["text", "ssml"] = Field(
         "text",
         description=(
-            "'text' (default). 'ssml' is refused with a 400 until Chorus reads SSML: markup is never "
-            "read aloud (an input whose root is <speak> is refused the same way)."
+            "'text' (default), or 'ssml': the input is an SSML document (the subset in docs/ssml.md; an input "
+            "whose root is <speak> is read as SSML either way). Bad or unsupported markup is a 400 "
+            "'invalid_ssml' naming the tag and its line and column; markup is never read aloud."
         ),
     )
     normalize: bool = Field(
         True,
         description="Read money ($3.50), times (10:00), dates, units (5 km) and abbreviations as words; false reads them as espeak-ng does.",
     )
-    timestamps: list[Literal["sentence", "word", "phoneme"]] = Field(
+    timestamps: list[Literal["sentence", "ssml", "word", "phoneme"]] = Field(
         default_factory=list,
         description=(
             "Speech marks to stream beside the audio as 'speech.marks' events (needs stream_format 'sse' and "
-            "a model whose card says speech_marks): when each sentence, word and phoneme is heard."
+            "a model whose card says speech_marks): when each sentence, word and phoneme is heard, and 'ssml': "
+            "when each <mark name> of an SSML input is reached."
         ),
     )
     instructions: str | None = Field(

@@ -25,9 +25,11 @@ import numpy as np
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import ReplicaUnavailableError
 
+from addons.frontend import Frontend
 from addons.marks import MarkTracker, SpeechMark, split_text_features
+from addons.ssml import Part, Pause, pause_frames
 
-__all__ = ["LOST_REPLICA", "MAX_RESUMES", "NoSpeakableText", "StageHandles", "synthesize"]
+__all__ = ["LOST_REPLICA", "MAX_RESUMES", "NoSpeakableText", "Say", "StageHandles", "sayings", "synthesize"]
 
 logger = logging.getLogger("ray.serve")
 
@@ -84,50 +86,85 @@ async def _call(resumes: _Resumes, stage: str, make: Callable[[], Awaitable[T]])
             await asyncio.sleep(RETRY_DELAY_S)
 
 
+@dataclass(frozen=True)
+class Say:
+    """One sentence to say; ``options``: the resolved options it is said with (None: the
+    stream's); ``part``: the SSML part (see ``addons.ssml``) it is the first sentence of, and
+    ``ends_part``: whether it is that part's last (speech marks follow parts)."""
+
+    text: str
+    options: dict[str, Any] | None = None
+    part: Part | None = None
+    ends_part: bool = False
+
+
+Item = str | Say | Pause
+
+
+def sayings(script: Iterable[Part | Pause], options: dict[str, Any]) -> list[Say | Pause]:
+    """A script (``addons.stages.script_of``) as the sentences and pauses the ingress sends, each
+    sentence with its part's options. Raises ``SSMLError`` when a part's rate is out of range."""
+    items: list[Say | Pause] = []
+    for item in script:
+        if isinstance(item, Pause):
+            items.append(item)
+            continue
+        said = item.options(options)
+        sentences = Frontend.split_sentences(Frontend.normalize(item.text))
+        for i, sentence in enumerate(sentences):
+            items.append(Say(sentence, said, item if i == 0 else None, i == len(sentences) - 1))
+    return items
+
+
 async def synthesize(
     handles: StageHandles,
     model: str,
-    sentences: Iterable[str] | AsyncIterable[str],
+    sentences: Iterable[Item] | AsyncIterable[Item],
     options: dict[str, Any],
     sample_rate: int,
     on_resume: Callable[[str], None] | None = None,
     marks: MarkTracker | None = None,
     on_marks: Callable[[list[SpeechMark]], None] | None = None,
+    hop_length: int = 256,
 ) -> AsyncIterator[np.ndarray]:
     """Audio chunks for ``sentences``, one vocoder stream across them; the next sentence is encoded
     while this one is decoded. ``sentences`` may arrive over time (an async iterable: text a client
-    is still writing); the stream ends when they do. With ``marks``, each sentence's speech marks
-    go to ``on_marks`` once its mel is complete (before the audio that follows it)."""
+    is still writing); the stream ends when they do. Each is a sentence's text, a :class:`Say`
+    (a sentence with its own options), or a :class:`Pause` (exact silence; the vocoder's stream is
+    finished before it and started after it, as at a change of gain). With ``marks``, each
+    sentence's speech marks go to ``on_marks`` once its mel is complete (before the audio that
+    follows it)."""
     source = _async_iter(sentences)
     stream = _Stream(handles, model, options, _Resumes(on_resume=on_resume), sample_rate, marks, on_marks)
+    stream.hop_length = hop_length
     first = await anext(source, None)
     if first is None:
         raise NoSpeakableText("input has no speakable characters")
-    pending: asyncio.Future[list[dict[str, np.ndarray]] | None] | None = asyncio.ensure_future(_encoded(stream, first))
+    pending: asyncio.Future[tuple[Say | Pause, list[dict[str, np.ndarray]]] | None] | None
+    pending = asyncio.ensure_future(_prepared(stream, first))
     await stream.start()
-    spoken = False
     try:
         while pending is not None:
-            features_list = await pending
-            if features_list is None:  # the sentences have ended
+            prepared = await pending
+            if prepared is None:  # the sentences have ended
                 break
             # The next sentence is read (it may still be on its way) and encoded meanwhile.
-            pending = asyncio.ensure_future(_next_encoded(stream, source))
-            for features in features_list:
-                spoken = True
-                async for audio in stream.sentence(features):
-                    yield audio
+            pending = asyncio.ensure_future(_next_prepared(stream, source))
+            item, features_list = prepared
+            said = stream.pause(item) if isinstance(item, Pause) else stream.say(item, features_list)
+            async for audio in said:
+                yield audio
     finally:
         if pending is not None:
             pending.cancel()
-    if not spoken:
+    if not stream.spoken:
         raise NoSpeakableText("input has no speakable characters")
     tail = await stream.finish()
     if tail.size:
         yield stream.sent(tail)
 
 
-async def _async_iter(sentences: Iterable[str] | AsyncIterable[str]) -> AsyncIterator[str]:
+async def _async_iter(sentences: Iterable[Item] | AsyncIterable[Item]) -> AsyncIterator[Item]:
     if isinstance(sentences, AsyncIterable):
         async for sentence in sentences:
             yield sentence
@@ -136,13 +173,18 @@ async def _async_iter(sentences: Iterable[str] | AsyncIterable[str]) -> AsyncIte
             yield sentence
 
 
-async def _encoded(stream: _Stream, sentence: str) -> list[dict[str, np.ndarray]] | None:
-    return await stream.encoding(sentence)
+async def _prepared(stream: _Stream, item: Item) -> tuple[Say | Pause, list[dict[str, np.ndarray]]] | None:
+    if isinstance(item, Pause):
+        return item, []
+    say = item if isinstance(item, Say) else Say(item)
+    return say, await stream.encoding(say.text, stream.options_of(say))
 
 
-async def _next_encoded(stream: _Stream, source: AsyncIterator[str]) -> list[dict[str, np.ndarray]] | None:
-    sentence = await anext(source, None)
-    return None if sentence is None else await stream.encoding(sentence)
+async def _next_prepared(
+    stream: _Stream, source: AsyncIterator[Item]
+) -> tuple[Say | Pause, list[dict[str, np.ndarray]]] | None:
+    item = await anext(source, None)
+    return None if item is None else await _prepared(stream, item)
 
 
 class _Stream:
@@ -162,6 +204,10 @@ class _Stream:
         self.sample_rate = sample_rate
         self.marks, self.on_marks = marks, on_marks
         self.state: Any = None
+        self.hop_length = 256
+        self.fresh = True  # nothing has gone through the vocoder's stream since it started
+        self.segment = options  # the options the vocoder's stream is said with (its gain)
+        self.spoken = False
         self.first_frames = 0  # mel the vocoder needs for its first audio: the decoder's first chunk
         self.first_audio: float | None = None  # Unix time the listener got the first samples
         self.samples = 0  # samples sent so far
@@ -176,23 +222,64 @@ class _Stream:
         self.samples += audio.size
         return audio
 
-    def encoding(self, sentence: str) -> asyncio.Future[list[dict[str, np.ndarray]]]:
-        encode, options = self.handles.encoders.encode, self.options
+    def options_of(self, say: Say) -> dict[str, Any]:
+        return say.options if say.options is not None else self.options
+
+    def encoding(self, sentence: str, options: dict[str, Any]) -> asyncio.Future[list[dict[str, np.ndarray]]]:
+        encode = self.handles.encoders.encode
         return asyncio.ensure_future(_call(self.resumes, "encoders", lambda: encode.remote(sentence, options)))
 
     async def start(self) -> None:
         vocoder = self.handles.vocoder
         started = await _call(self.resumes, "vocoder", lambda: vocoder.start.remote(self.model))
         self.state, self.first_frames = started["state"], int(started["first_frames"])
+        self.fresh = True
 
     async def finish(self) -> np.ndarray:
-        vocoder, state = self.handles.vocoder, self.state
+        vocoder, state, options = self.handles.vocoder, self.state, self.segment
         tail: np.ndarray = await _call(
-            self.resumes, "vocoder", lambda: vocoder.finish.remote(self.model, state, self.options)
+            self.resumes, "vocoder", lambda: vocoder.finish.remote(self.model, state, options)
         )
         return tail
 
-    async def sentence(self, features: dict[str, np.ndarray]) -> AsyncIterator[np.ndarray]:
+    async def boundary(self) -> AsyncIterator[np.ndarray]:
+        """End the vocoder's stream here (its held-back audio) and start a new one."""
+        if self.fresh:
+            return
+        tail = await self.finish()
+        if tail.size:
+            yield self.sent(tail)
+        await self.start()
+
+    async def pause(self, pause: Pause) -> AsyncIterator[np.ndarray]:
+        """Exact silence, a whole number of frames; the marks at its start reported first."""
+        frames = pause_frames(pause.ms, self.sample_rate, self.hop_length)
+        if self.marks is not None and (heard := self.marks.pause(frames, pause.marks)) and self.on_marks is not None:
+            self.on_marks(heard)
+        if frames:
+            async for audio in self.boundary():
+                yield audio
+            yield self.sent(np.zeros(frames * self.hop_length, dtype=np.float32))
+
+    async def say(self, say: Say, features_list: list[dict[str, np.ndarray]]) -> AsyncIterator[np.ndarray]:
+        """One sentence (as the encoders split it), said with its own options."""
+        options = self.options_of(say)
+        if self.marks is not None and say.part is not None:
+            part = say.part
+            self.marks.part(part.text, part.spans, part.written, part.marks)
+        if not self.fresh and options.get("gain_db") != self.segment.get("gain_db"):
+            async for audio in self.boundary():
+                yield audio
+        if self.fresh:
+            self.segment = options
+        for features in features_list:
+            self.spoken = True
+            async for audio in self.sentence(features, options):
+                yield audio
+        if self.marks is not None and say.ends_part and (heard := self.marks.part_end()) and self.on_marks is not None:
+            self.on_marks(heard)
+
+    async def sentence(self, features: dict[str, np.ndarray], options: dict[str, Any]) -> AsyncIterator[np.ndarray]:
         """One sentence's audio. A lost decoder replica restarts the sentence from the vocoder state
         it began with; the samples already sent are skipped, so the output is exactly the same."""
         features, text = split_text_features(features)
@@ -207,11 +294,12 @@ class _Stream:
                 self.marks.restart()
             try:
                 decode = self.handles.decoder.decode.options(stream=True)
-                async for item in decode.remote(features, self.options, self.deadline(), self.first_frames, aligned):
+                async for item in decode.remote(features, options, self.deadline(), self.first_frames, aligned):
                     mel = item["mel"] if aligned else item
                     if self.marks is not None:
                         self.marks.frames(item["tokens"], len(mel))
-                    audio = await self._vocode(mel)
+                    audio = await self._vocode(mel, options)
+                    self.fresh = False
                     skip = min(max(sent - produced, 0), audio.size)
                     produced += audio.size
                     if audio.size > skip:
@@ -224,9 +312,9 @@ class _Stream:
         if self.marks is not None and self.on_marks is not None:
             self.on_marks(self.marks.end())
 
-    async def _vocode(self, mel: np.ndarray) -> np.ndarray:
+    async def _vocode(self, mel: np.ndarray, options: dict[str, Any]) -> np.ndarray:
         vocoder, state, deadline = self.handles.vocoder, self.state, self.deadline()
         audio, self.state = await _call(
-            self.resumes, "vocoder", lambda: vocoder.process.remote(self.model, state, mel, self.options, deadline)
+            self.resumes, "vocoder", lambda: vocoder.process.remote(self.model, state, mel, options, deadline)
         )
         return audio  # type: ignore[no-any-return]

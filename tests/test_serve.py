@@ -225,8 +225,10 @@ def test_unchanged_openai_code_gets_audio_in_every_format(server: str, fixture_d
         ({"model": "tiny-fast", "input": "--- ... ---"}, 400, "input", "no speakable characters"),
         ({"model": "tiny-fast", "input": "hi", "response_format": "ogg"}, 400, "response_format", "response_format"),
         ({"model": "tts-2", "input": "hi"}, 404, "model", "model 'tts-2' not found"),
-        ({"model": "tiny-fast", "input": "<speak>Hi <break time='1s'/></speak>"}, 400, "input", "SSML"),
-        ({"model": "tiny-fast", "input": "Hi", "input_format": "ssml"}, 400, "input_format", "SSML"),
+        ({"model": "tiny-fast", "input": "<speak>Hi <break time='1s'></speak>"}, 400, "input", "malformed"),
+        ({"model": "tiny-fast", "input": "<speak>Hi <audio src='a.mp3'/></speak>"}, 400, "input", "<audio>"),
+        ({"model": "tiny-fast", "input": "<!DOCTYPE x [<!ENTITY a 'b'>]><speak>&a;</speak>"}, 400, "input", "DTD"),
+        ({"model": "tiny-fast", "input": "Hi", "input_format": "ssml"}, 400, "input", "<speak>"),
         ({"model": "tts-1", "input": "hi", "voice": "nobody"}, 400, "voice", 'unknown voice "nobody"'),
         ({"model": "tiny-fast", "input": "hi", "voice": "nobody"}, 400, "voice", 'unknown voice "nobody"'),
         ({"model": "tiny-fast", "input": "hi", "speed": 10}, 400, "speed", "speed"),
@@ -538,6 +540,33 @@ def test_websocket_sends_marks_beside_the_audio(server: str, fixture_dir: Path) 
             elif message["type"] == "done":
                 break
     assert [m["value"] for m in marks] == want and want
+
+
+@pytest.mark.parametrize("model", ["tiny-fast", "tiny-taco"])
+def test_ssml_over_http_equals_in_process(server: str, fixture_dir: Path, model: str) -> None:
+    """Breaks, rate, volume, sub, say-as, phoneme and marks: the same samples and marks as in process."""
+    doc = (
+        '<speak><p><s>Say <sub alias="World Wide Web">WWW</sub> now.</s><s><mark name="m"/>Then '
+        '<say-as interpret-as="digits">42</say-as>.</s></p><break time="350ms"/>'
+        '<prosody rate="150%" volume="-6dB">Faster and softer, <phoneme ph="ˈbɪɡ">big</phoneme>.</prosody>'
+        '<mark name="end"/></speak>'
+    )
+    kinds = ["sentence", "ssml", "word"]
+    local = addons.load(fixture_dir / model)
+    chunks = list(local.stream(doc, marks=kinds))
+    want_marks = [m.as_dict() for c in chunks for m in c.marks]
+    response = _speech(server, model=model, input=doc, response_format="pcm", stream_format="sse", timestamps=kinds)
+    assert response.status_code == 200, response.text
+    events = [json.loads(b.removeprefix("data: ")) for b in response.text.split("\n\n") if b.strip()]
+    got = [m for e in events if e["type"] == "speech.marks" for m in e["marks"]]
+    pcm = b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
+    assert got == want_marks and [m["value"] for m in got if m["type"] == "ssml"] == ["m", "end"]
+    from serve_app.audio_format import make_encoder
+
+    encoder = make_encoder("pcm", local.sample_rate)
+    assert pcm == b"".join(encoder.encode(c.samples) for c in chunks)
+    plain = _speech(server, model=model, input=doc, response_format="pcm", input_format="ssml")
+    assert plain.status_code == 200 and plain.content == pcm
 
 
 def test_request_lexicon_over_http_equals_in_process(server: str, fixture_dir: Path) -> None:
