@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
 
+from addons.ipa import ipa_to_espeak
 from blocks import (
     ChunkwiseBlock,
     MelSettings,
@@ -65,10 +66,28 @@ class LexiconEntry(Strict):
         min_length=1,
         max_length=200,
         pattern=r"^[\x20-\x5a\x5c\x5e-\x7e]+$",
-        description="Its phonemes as espeak-ng mnemonics (printable ASCII, the voice's inventory), e.g. \"t@m'A:toU\".",
+        description=(
+            "Its phonemes as espeak-ng mnemonics (printable ASCII, the voice's inventory), e.g. \"t@m'A:toU\"; "
+            "or IPA with alphabet 'ipa', e.g. \"təˈmɑːtoʊ\"."
+        ),
     )
     alias: str | None = Field(None, min_length=1, max_length=200, description="Or: the text to read instead.")
     case_sensitive: bool = Field(False, description='Match the word\'s case exactly ("US" but not "us").')
+    alphabet: Literal["x-espeak", "ipa"] = Field(
+        "x-espeak",
+        description="How 'phonemes' are written: espeak-ng mnemonics, or IPA (mapped to mnemonics when read).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_ipa(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("alphabet") == "ipa" and isinstance(data.get("phonemes"), str):
+            try:
+                mnemonics = ipa_to_espeak(data["phonemes"])
+            except ValueError as exc:
+                raise ValueError(f"lexicon entry {data.get('grapheme')!r}: {exc}") from None
+            return {**data, "phonemes": mnemonics, "alphabet": "x-espeak"}
+        return data
 
     @model_validator(mode="after")
     def _one(self) -> LexiconEntry:
@@ -88,6 +107,11 @@ class FrontendConfig(Strict):
     )
     lexicon: list[LexiconEntry] = Field(
         default_factory=list, max_length=10_000, description="The addon's pronunciation overrides."
+    )
+    lexicon_files: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="More of them in files of the addon directory: PLS (.pls, .xml) or a JSON list (.json).",
     )
 
     @field_validator("phonemes")
@@ -202,7 +226,30 @@ def read_manifest(directory: Path) -> AddonManifest:
             raise AddonError(
                 f"{path}: networks.{name}.file ({spec.file}) resolves outside the addon directory, to {target} (refused)"
             )
-    return manifest
+    return _with_lexicon_files(manifest, directory, path)
+
+
+def _with_lexicon_files(manifest: AddonManifest, directory: Path, path: Path) -> AddonManifest:
+    """The manifest with the entries of its ``frontend.lexicon_files`` after its own (files inside
+    the addon directory only)."""
+    if not manifest.frontend.lexicon_files:
+        return manifest
+    from addons.pls import LexiconFileError, load_lexicon
+
+    root = directory.resolve()
+    entries = list(manifest.frontend.lexicon)
+    for i, name in enumerate(manifest.frontend.lexicon_files):
+        target = (directory / name).resolve()
+        if not target.is_relative_to(root):
+            raise AddonError(
+                f"{path}: frontend.lexicon_files[{i}] ({name}) resolves outside the addon directory (refused)"
+            )
+        try:
+            entries += load_lexicon(target)
+        except LexiconFileError as exc:
+            raise AddonError(f"{path}: frontend.lexicon_files[{i}]: {exc}") from None
+    frontend = manifest.frontend.model_copy(update={"lexicon": entries})
+    return manifest.model_copy(update={"frontend": frontend})
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -12,9 +12,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from addons.frontend import Frontend, Sentence, TextError
-from addons.manifest import AddonError, AddonManifest, LexiconEntry, format_validation_error
+from addons.manifest import AddonError, AddonManifest, format_validation_error
 from addons.marks import MarkTracker, SpeechMark
 from addons.marks import provides_marks as _provides_marks
+from addons.pls import LexiconInput
 from addons.stages import (
     STAGES,
     AudioStage,
@@ -58,7 +59,7 @@ class SynthesisOptions(BaseModel):
 
     voice: str = Field("default", description="One of the addon's voices.")
     speed: float | None = Field(None, ge=0.25, le=4.0, description="Speaking rate multiplier.")
-    lexicon: list[LexiconEntry] = Field(
+    lexicon: LexiconInput = Field(
         default_factory=list, max_length=1000, description="Pronunciation overrides, before the addon's own."
     )
     normalize: bool = Field(True, description="Read money, times, dates, units and abbreviations as words.")

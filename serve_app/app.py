@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from ray.serve import Application
 
 import addons
-from addons.manifest import AddonManifest, StageDeployment
+from addons.manifest import AddonManifest, LexiconEntry, StageDeployment
+from addons.pls import LexiconFileError, load_lexicon
 from serve_app.aliases import Aliases, OpenAINames
 from serve_app.autoscaling import POLICY_FUNCTION
 from serve_app.deployments import DEFAULT_BATCHING, DEFAULTS, DecoderDeployment, EncodersDeployment, VocoderDeployment
@@ -89,6 +90,15 @@ class AppArgs(BaseModel):
         description=(
             "API keys accepted as 'Authorization: Bearer <key>', or their digests as 'sha256:<hex>'; "
             f"${API_KEYS_ENV} (comma-separated) adds more. None at all: no authentication."
+        ),
+    )
+
+    lexicons: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description=(
+            "Server-wide pronunciation lexicons: model name (or '*' for every model) -> lexicon files, PLS "
+            "(.pls, .xml) or a JSON list of entries (.json). Applied after a request's own entries and before "
+            "the model's."
         ),
     )
 
@@ -179,6 +189,9 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
     unknown = sorted(set(args.deployments) - known)
     if unknown:
         raise ValueError(f"deployments has unknown names {unknown} (known: {', '.join(sorted(known))})")
+    strangers = sorted(set(args.lexicons) - names - {"*"})
+    if strangers:
+        raise ValueError(f"lexicons names unknown models {strangers} (served: {', '.join(sorted(names))}, or '*')")
     shared = {m.name: str(d) for d, m in found if not m.uses_own_vocoder}
     ingress_defaults = {**DEFAULTS["ingress"], "max_ongoing_requests": args.max_concurrent_streams + INGRESS_HEADROOM}
     options = {INGRESS: merge_deployment_options(ingress_defaults, None, args.deployments.get(INGRESS))}
@@ -213,11 +226,22 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
             dec.bind(str(directory), hints.decoder.context or args.context, args.device, args.batching),
             vocoder,
         )
-        models[m.name] = ModelInfo.of(m)
+        models[m.name] = ModelInfo.of(m, _server_lexicon(args.lexicons, m.name))
     default_model = addons.loader.DEFAULT_ADDON if addons.loader.DEFAULT_ADDON in models else next(iter(models))
     aliases = Aliases.build(args.openai, models, default_model)
     ingress = _INGRESS.options(name=INGRESS, **options[INGRESS])
     return ingress.bind(models, handles, _http_policy(args), aliases)
+
+
+def _server_lexicon(lexicons: dict[str, list[str]], model: str) -> list[LexiconEntry]:
+    """The entries of the lexicon files named for ``model``, then those for every model ('*')."""
+    entries: list[LexiconEntry] = []
+    for path in (*lexicons.get(model, ()), *lexicons.get("*", ())):
+        try:
+            entries += load_lexicon(Path(path).expanduser())
+        except LexiconFileError as exc:
+            raise ValueError(f"lexicons: {exc}") from None
+    return entries
 
 
 def _http_policy(args: AppArgs) -> HttpPolicy:

@@ -26,7 +26,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 from addons.frontend import Frontend, LexiconError
-from addons.manifest import AddonManifest
+from addons.manifest import AddonManifest, LexiconEntry
 from addons.marks import MarkTracker, SpeechMark, provides_marks
 from addons.ssml import Pause, SSMLError, script_of
 from addons.voice import resolve_options
@@ -72,10 +72,20 @@ class ModelInfo:
 
     manifest: AddonManifest
     speech_marks: bool = False  # its stack aligns frames to phonemes (see addons.marks)
+    #: the server's pronunciation overrides for this model (Serve argument ``lexicons``)
+    lexicon: tuple[LexiconEntry, ...] = ()
 
     @classmethod
-    def of(cls, manifest: AddonManifest) -> "ModelInfo":
-        return cls(manifest, provides_marks(manifest))
+    def of(cls, manifest: AddonManifest, lexicon: Sequence[LexiconEntry] = ()) -> "ModelInfo":
+        return cls(manifest, provides_marks(manifest), tuple(lexicon))
+
+    def resolve(self, **options: Any) -> dict[str, Any]:
+        """A request's options resolved for this model (``addons.voice.resolve_options``), the
+        server's lexicon after the request's own (and before the addon's)."""
+        _, resolved = resolve_options(self.manifest, **options)
+        if self.lexicon:
+            resolved["lexicon"] = [*resolved.get("lexicon", ()), *(e.model_dump() for e in self.lexicon)]
+        return resolved
 
     def card(self) -> dict[str, Any]:
         m = self.manifest
@@ -168,8 +178,8 @@ class _SocketBackend:
             known = ", ".join(sorted(self.ingress.models))
             raise ProtocolError(f"model '{message.model}' not found (available: {known})", "model_not_found", "model")
         try:
-            _, resolved = resolve_options(
-                info.manifest, voice=body.voice_name, speed=body.speed, lexicon=body.lexicon, normalize=body.normalize
+            resolved = info.resolve(
+                voice=body.voice_name, speed=body.speed, lexicon=body.lexicon, normalize=body.normalize
             )
         except ValueError as exc:
             raise ProtocolError(str(exc), "invalid_option", "voice" if "voice" in str(exc) else "speed") from None
@@ -405,8 +415,8 @@ class Ingress:
             known = ", ".join(sorted(self.models))
             raise SpeechError(404, f"model '{body.model}' not found (available: {known})", "model", "model_not_found")
         try:
-            _, resolved = resolve_options(
-                info.manifest, voice=body.voice_name, speed=body.speed, lexicon=body.lexicon, normalize=body.normalize
+            resolved = info.resolve(
+                voice=body.voice_name, speed=body.speed, lexicon=body.lexicon, normalize=body.normalize
             )
         except ValueError as exc:
             raise SpeechError(400, str(exc), "voice" if "voice" in str(exc) else "speed") from None

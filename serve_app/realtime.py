@@ -60,8 +60,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from addons.frontend import Frontend
-from addons.manifest import LexiconEntry
 from addons.marks import MarkTracker, SpeechMark
+from addons.pls import LexiconInput
 from serve_app.audio_format import make_encoder
 from serve_app.schemas import ErrorDetail, field_error_message
 
@@ -102,7 +102,7 @@ class OpenMessage(_Message):
         description="Speak unfinished text after this long without more; 0: never.",
     )
     interrupt: bool = Field(False, description="Cancel every other context of the connection first (a new turn).")
-    lexicon: list[LexiconEntry] = Field(
+    lexicon: LexiconInput = Field(
         default_factory=list, max_length=100, description="Pronunciation overrides, as on /v1/audio/speech."
     )
     normalize: bool = Field(True, description="Read money, times, dates and units as words.")

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from addons.manifest import LexiconEntry
+from addons.pls import LexiconInput
 from serve_app.audio_format import UNSUPPORTED_FORMATS
 
 __all__ = [
@@ -107,13 +107,14 @@ class SpeechRequest(_Strict):
         default="audio",
         description="'audio': the encoded file as a chunked body; 'sse': server-sent events.",
     )
-    lexicon: list[LexiconEntry] = Field(
+    lexicon: LexiconInput = Field(
         default_factory=list,
         max_length=100,
         description=(
-            "Pronunciation overrides for this request, before the model's own: each a 'grapheme' (one word, "
-            "matched without edge punctuation, case-blind unless 'case_sensitive') said as 'phonemes' "
-            "(espeak-ng mnemonics of the voice's inventory) or read as an 'alias'."
+            "Pronunciation overrides for this request, before the server's and the model's own: each a "
+            "'grapheme' (one word, matched without edge punctuation, case-blind unless 'case_sensitive') said "
+            "as 'phonemes' (espeak-ng mnemonics of the voice's inventory, or IPA with 'alphabet': 'ipa') or "
+            "read as an 'alias'. Or a W3C PLS document as one string (docs/ssml.md)."
         ),
     )
     input_format: Literal["text", "ssml"] = Field(
@@ -282,6 +283,8 @@ def field_error_message(error: dict[str, Any], schema: dict[str, Any]) -> str:
         return f"{param}: unknown field; accepted fields are {', '.join(props)}"
     if prop is None or kind == "unsupported_format":
         return f"{param}: {error.get('msg', 'invalid value')}"
+    if kind == "value_error":  # a validator's own words (a lexicon document that cannot be read, ...)
+        return f"{param}: {str(error.get('msg', 'invalid value')).removeprefix('Value error, ')}"
     expected = _expected(prop, defs)
     if kind == "missing":
         purpose = _purpose(prop)

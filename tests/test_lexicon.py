@@ -84,3 +84,81 @@ def test_marks_keep_the_written_word_and_audio_follows_the_override(voice: addon
     said = np.concatenate([c.samples for c in chunks])
     assert [m.value for c in chunks for m in c.marks] == ["Chorus", "sings"]
     assert plain.size != said.size or not np.array_equal(plain, said)
+
+
+# -- IPA, PLS and lexicon files -------------------------------------------------------------------
+
+PLS = """<?xml version="1.0" encoding="UTF-8"?>
+<lexicon version="1.0" xmlns="http://www.w3.org/2005/01/pronunciation-lexicon" alphabet="ipa" xml:lang="en-US">
+  <lexeme><grapheme>tomato</grapheme><phoneme>təˈmɑːtoʊ</phoneme></lexeme>
+  <lexeme><grapheme>Chorus</grapheme><grapheme>CHORUS</grapheme><alias>core us</alias></lexeme>
+  <lexeme><grapheme>US</grapheme><phoneme alphabet="x-espeak">ju:'Es</phoneme><alias prefer="true">you ess</alias></lexeme>
+</lexicon>"""
+
+
+def test_ipa_entries_say_what_espeak_mnemonics_say(voice: addons.Voice) -> None:
+    ipa = LexiconEntry.model_validate({"grapheme": "tomato", "phonemes": "təˈmɑːtoʊ", "alphabet": "ipa"})
+    assert ipa.phonemes == TOMATO.phonemes
+    assert _by_word(list(voice.sentences(TEXT, [ipa]))) == _by_word(list(voice.sentences(TEXT, [TOMATO])))
+    with pytest.raises(ValueError, match="U\\+0298"):
+        LexiconEntry.model_validate({"grapheme": "click", "phonemes": "ʘa", "alphabet": "ipa"})
+
+
+def test_a_pls_document_is_the_same_lexicon_as_its_json(voice: addons.Voice) -> None:
+    from addons.pls import read_pls
+
+    entries = read_pls(PLS)
+    assert [(e.grapheme, e.phonemes, e.alias) for e in entries] == [
+        ("tomato", TOMATO.phonemes, None),
+        ("Chorus", None, "core us"),
+        ("CHORUS", None, "core us"),
+        ("US", None, "you ess"),  # prefer="true" wins
+    ]
+    as_json = [e.model_dump() for e in entries]
+    text = "Chorus says tomato in the US."
+    by_pls = np.concatenate([c.samples for c in voice.stream(text, lexicon=PLS)])
+    by_json = np.concatenate([c.samples for c in voice.stream(text, lexicon=as_json)])
+    assert np.array_equal(by_pls, by_json)
+
+
+@pytest.mark.parametrize(
+    ("document", "fragment"),
+    [
+        ('<!DOCTYPE lexicon [<!ENTITY a "b">]><lexicon><lexeme><grapheme>&a;</grapheme></lexeme></lexicon>', "DOCTYPE"),
+        ("<lexicon><lexeme><grapheme>two words</grapheme><alias>x</alias></lexeme></lexicon>", "multi-word"),
+        ("<lexicon><lexeme><grapheme>x</grapheme></lexeme></lexicon>", "needs a <phoneme> or an <alias>"),
+        ('<lexicon alphabet="x-sampa"><lexeme/></lexicon>', "x-sampa"),
+        ("<lexicon><lexeme><grapheme>x</grapheme><phoneme>ʘ</phoneme></lexeme></lexicon>", "U+0298"),
+        ("<lexicon><lexeme>", "malformed"),
+        ("<words/>", "root element must be <lexicon>"),
+    ],
+)
+def test_bad_pls_is_refused_by_name(document: str, fragment: str) -> None:
+    from addons.pls import LexiconFileError, read_pls
+
+    with pytest.raises(LexiconFileError) as caught:
+        read_pls(document)
+    assert fragment in str(caught.value)
+    with pytest.raises(ValueError, match="lexicon"):
+        addons.voice.SynthesisOptions(lexicon=document)
+
+
+def test_an_addon_ships_lexicon_files(edit_addon: Callable[..., Path]) -> None:
+    def add(m: dict[str, Any]) -> None:
+        m["frontend"]["lexicon_files"] = ["words.pls", "more.json"]
+
+    directory = edit_addon("tiny-fast", add)
+    (directory / "words.pls").write_text(
+        '<lexicon alphabet="x-espeak"><lexeme><grapheme>tomato</grapheme><alias>potato</alias></lexeme></lexicon>'
+    )
+    (directory / "more.json").write_text('[{"grapheme": "Chorus", "alias": "core us"}]')
+    voice = addons.load(directory)
+    assert _by_word(list(voice.sentences("A tomato.")))[1][1] == _by_word(list(voice.sentences("A potato.")))[1][1]
+    asked = [LexiconEntry(grapheme="Chorus", alias="core us")]
+    assert _by_word(list(voice.sentences("Chorus."))) == _by_word(list(voice.sentences("Chorus.", asked)))
+
+    def outside(m: dict[str, Any]) -> None:
+        m["frontend"]["lexicon_files"] = ["../../elsewhere.json"]
+
+    with pytest.raises(addons.AddonError, match="outside the addon directory"):
+        addons.load(edit_addon("tiny-taco", outside))

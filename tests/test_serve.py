@@ -49,10 +49,18 @@ LOAD_SCALING = {
 }
 
 
+#: The server's own lexicon (Serve argument ``lexicons``), for a word no other test says.
+SERVER_PLS = (
+    '<lexicon alphabet="ipa"><lexeme><grapheme>Zorblax</grapheme><phoneme>ˈbɪɡ</phoneme></lexeme></lexicon>'
+)
+
+
 @pytest.fixture(scope="module")
-def server(fixture_dir: Path) -> Iterator[str]:
+def server(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from serve_app.app import AppArgs, build_app
 
+    lexicon = tmp_path_factory.mktemp("lexicons") / "server.pls"
+    lexicon.write_text(SERVER_PLS, encoding="utf-8")
     port = free_port()
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
@@ -64,6 +72,7 @@ def server(fixture_dir: Path) -> Iterator[str]:
                 "tiny-taco-decoder": FAST_SCALING,
                 "universal-vocoder": LOAD_SCALING,
             },
+            lexicons={"*": [str(lexicon)]},
         )
         serve.run(build_app(args), name="chorus", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
@@ -567,6 +576,30 @@ def test_ssml_over_http_equals_in_process(server: str, fixture_dir: Path, model:
     assert pcm == b"".join(encoder.encode(c.samples) for c in chunks)
     plain = _speech(server, model=model, input=doc, response_format="pcm", input_format="ssml")
     assert plain.status_code == 200 and plain.content == pcm
+
+
+def test_server_lexicon_applies_after_the_requests_own(server: str, fixture_dir: Path) -> None:
+    from serve_app.audio_format import make_encoder
+
+    text = "A Zorblax here."
+    local = addons.load(fixture_dir / "tiny-fast")
+    encoder = make_encoder("pcm", local.sample_rate)
+
+    def pcm(**options: Any) -> bytes:
+        return b"".join(encoder.encode(c.samples) for c in local.stream(text, **options))
+
+    served = [{"grapheme": "Zorblax", "phonemes": "b'Ig"}]
+    got = _speech(server, model="tiny-fast", input=text, response_format="pcm")
+    assert got.status_code == 200 and got.content == pcm(lexicon=served) != pcm()
+    asked = [{"grapheme": "Zorblax", "alias": "tomato"}]
+    mine = _speech(server, model="tiny-fast", input=text, response_format="pcm", lexicon=asked)
+    assert mine.content == pcm(lexicon=asked)
+    pls = '<lexicon><lexeme><grapheme>Zorblax</grapheme><alias>tomato</alias></lexeme></lexicon>'
+    as_pls = _speech(server, model="tiny-fast", input=text, response_format="pcm", lexicon=pls)
+    assert as_pls.content == mine.content
+    bad = _speech(server, model="tiny-fast", input=text, lexicon="<lexicon><lexeme>")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "lexicon"
+    assert "malformed" in bad.json()["error"]["message"]
 
 
 def test_request_lexicon_over_http_equals_in_process(server: str, fixture_dir: Path) -> None:

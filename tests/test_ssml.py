@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import addons
-from addons.ssml import MAX_BREAK_MS, Part, Pause, SSMLError, ipa_to_espeak, parse, say_as
+from addons.ipa import ipa_to_espeak
+from addons.ssml import MAX_BREAK_MS, Part, Pause, SSMLError, parse, say_as
 from blocks.tempo import MelTempo
 
 MODELS = ["tiny-fast", "tiny-taco"]
