@@ -50,9 +50,7 @@ LOAD_SCALING = {
 
 
 #: The server's own lexicon (Serve argument ``lexicons``), for a word no other test says.
-SERVER_PLS = (
-    '<lexicon alphabet="ipa"><lexeme><grapheme>Zorblax</grapheme><phoneme>ˈbɪɡ</phoneme></lexeme></lexicon>'
-)
+SERVER_PLS = '<lexicon alphabet="ipa"><lexeme><grapheme>Zorblax</grapheme><phoneme>ˈbɪɡ</phoneme></lexeme></lexicon>'
 
 
 @pytest.fixture(scope="module")
@@ -594,7 +592,7 @@ def test_server_lexicon_applies_after_the_requests_own(server: str, fixture_dir:
     asked = [{"grapheme": "Zorblax", "alias": "tomato"}]
     mine = _speech(server, model="tiny-fast", input=text, response_format="pcm", lexicon=asked)
     assert mine.content == pcm(lexicon=asked)
-    pls = '<lexicon><lexeme><grapheme>Zorblax</grapheme><alias>tomato</alias></lexeme></lexicon>'
+    pls = "<lexicon><lexeme><grapheme>Zorblax</grapheme><alias>tomato</alias></lexeme></lexicon>"
     as_pls = _speech(server, model="tiny-fast", input=text, response_format="pcm", lexicon=pls)
     assert as_pls.content == mine.content
     bad = _speech(server, model="tiny-fast", input=text, lexicon="<lexicon><lexeme>")
