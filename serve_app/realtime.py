@@ -62,6 +62,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from addons.frontend import Frontend
 from addons.marks import MarkTracker, SpeechMark
 from addons.pls import LexiconInput
+from addons.ssml import is_ssml
 from serve_app.audio_format import make_encoder
 from serve_app.schemas import ErrorDetail, field_error_message
 
@@ -218,6 +219,14 @@ class _Context:
                 f"context '{self.id}' holds {len(self.buffer) + self.queued} characters not yet spoken; "
                 f"at most {MAX_BUFFERED_CHARS}: wait for audio before sending more (this text was not taken)",
                 "buffer_full",
+                "text",
+                self.id,
+            )
+        if not self.buffer.strip() and is_ssml(piece):
+            raise ProtocolError(
+                "SSML is read by POST /v1/audio/speech (input_format 'ssml'), not on the text stream: send plain "
+                "text here (markup is never read aloud; this text was not taken)",
+                "ssml_unsupported",
                 "text",
                 self.id,
             )

@@ -314,3 +314,18 @@ def test_after_an_idle_pause_the_last_sentence_is_heard_to_its_end(ws: Any) -> N
     ws.send_text(json.dumps({"type": "text", "text": "Sure."}))
     seen, audio = _until(ws, "flushed")
     assert seen[-1]["reason"] == "idle" and audio == _pcm(_spoken("Sure."))
+
+
+def test_markup_on_the_text_stream_is_refused_not_read(ws: Any) -> None:
+    ws.send_text(json.dumps({"type": "open", "model": "m"}))
+    json.loads(ws.receive_text())
+    ws.send_text(json.dumps({"type": "text", "text": "<speak>Hello <break time='1s'/></speak>"}))
+    reply = json.loads(ws.receive_text())
+    assert reply["type"] == "error" and reply["error"]["code"] == "ssml_unsupported"
+    assert "/v1/audio/speech" in reply["error"]["message"]
+    ws.send_text(json.dumps({"type": "text", "text": "Plain text is fine, and 3 < 4 too."}))
+    ws.send_text(json.dumps({"type": "close"}))
+    kinds = set()
+    while "done" not in kinds:
+        kinds.add(json.loads(ws.receive_text())["type"])
+    assert "error" not in kinds and "audio" in kinds
