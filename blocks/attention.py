@@ -118,6 +118,7 @@ class AttentionDecoder(StreamableBlock):
         states = {t.name: torch.zeros(1, *[int(d) for d in t.shape[1:]]) for t in self.state_specs}
         prev_frame = torch.zeros(1, self.n_mels)
         focus, produced, reason, pending, held = 0, 0, "length_guard", [], 0
+        heard = -1  # the focus of the previous step's frames (-1: none yet)
         while produced < guard:
             start = max(0, min(focus - width // 4, tokens - width))
             out = self.runner.call(self._step_inputs(memory, start, width, size, prev_frame, prev_att, cum_att, states))
@@ -133,7 +134,8 @@ class AttentionDecoder(StreamableBlock):
                 frames = frames[:, : int(torch.nonzero(stops)[0]) + 1]
                 reason = "stop_token"
             frames = frames[:, : guard - produced]
-            request.align(torch.full((int(frames.shape[1]),), focus))  # the frames of this step: its focus
+            request.align(self._step_tokens(int(frames.shape[1]), heard, focus))
+            heard = focus
             produced += int(frames.shape[1])
             prev_frame = frames[:, -1]
             pending.append(frames)
@@ -146,6 +148,17 @@ class AttentionDecoder(StreamableBlock):
         if pending:
             yield torch.cat(pending, dim=1)
         request.log(self.type_name, {"stop": reason, "frames": produced, "tokens": tokens, "final_focus": focus})
+
+    @staticmethod
+    def _step_tokens(n: int, previous: int, focus: int) -> torch.Tensor:
+        """The input token of each of a step's ``n`` frames: its focus; where the focus moved on
+        during the step, the first half of its frames still belong to the previous token (the
+        move happened within the step: its middle is the best estimate, and measured against the
+        teacher's word timing it is one frame closer than the step's start)."""
+        tokens = torch.full((n,), focus, dtype=torch.int64)
+        if 0 <= previous != focus:
+            tokens[: n // 2] = previous
+        return tokens
 
     @staticmethod
     def _step_inputs(

@@ -107,3 +107,16 @@ def test_cli_writes_marks_as_json_lines(fixture_dir: Path, tmp_path: Path) -> No
         for m in c.marks
     ]
     assert lines == want and lines
+
+
+def test_word_marks_sit_on_the_words_in_the_voices_own_audio() -> None:
+    """addons.recipes.marks_check on one held-out text: the teacher's word boundaries, mapped onto
+    the voice's audio by DTW, fall within 25 ms of the marks; every word once, in order."""
+    from addons.recipes.marks_check import TEXTS, check
+
+    for name in ("chorus-fast", "chorus-taco"):
+        result = check(addons.load(name), TEXTS[0])
+        assert result is not None
+        assert result["words_in_order_once"] and result["ends_at_audio_end"]
+        errors = np.asarray(result["errors_ms"])
+        assert np.median(errors) <= 25 and np.mean(errors <= 25) >= 0.8, (name, errors)
