@@ -112,7 +112,9 @@ def check(voice: addons.Voice, text: str) -> dict[str, Any] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m addons.recipes.marks_check", description=__doc__.split("\n")[0])
-    parser.add_argument("--addons", nargs="+", default=["chorus-fast", "chorus-taco"], help="addon names or directories")
+    parser.add_argument(
+        "--addons", nargs="+", default=["chorus-fast", "chorus-taco"], help="addon names or directories"
+    )
     parser.add_argument("--texts", type=Path, help="one sentence per line (default: the built-in held-out set)")
     parser.add_argument("--out", type=Path, help="write per-text results as JSON here")
     args = parser.parse_args(argv)
@@ -121,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         parser.error(f"--texts: {exc.strerror or exc}")
     results: dict[str, list[dict[str, Any]]] = {}
-    print("| voice | texts compared | words in order, once | sentence mark ends at audio end | median error | p90 | within 25 ms |")
+    print(
+        "| voice | texts compared | words in order, once | sentence mark ends at audio end | median error | p90 | within 25 ms |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name in args.addons:
         try:
