@@ -17,7 +17,7 @@ import numpy as np
 
 from addons.manifest import FrontendConfig, LexiconEntry
 
-__all__ = ["Frontend", "Lexicon", "LexiconError", "Sentence", "TextError", "Word"]
+__all__ = ["Frontend", "Lexicon", "LexiconError", "Sentence", "TextError", "Word", "pause_mark", "pause_ms"]
 
 _SENTENCE_END = re.compile(r"[.!?;:…][\"')\]]*(\s+)")  # the whitespace group is where one ends
 # A full stop after these does not end a sentence ("Dr. Smith", "e.g. this", "J. R. R. Tolkien").
@@ -25,6 +25,25 @@ _ABBREVIATION = re.compile(
     r"(?:^|\s)(?:mr|mrs|ms|dr|prof|sr|jr|st|mt|vs|etc|e\.g|i\.e|cf|no|fig|approx|inc|ltd|co|[a-z])\.$", re.IGNORECASE
 )
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+#: A pause inside a sentence (an SSML <break> between words) is written in the text as one
+#: character of Unicode's plane-15 private use area: U+F0000 + its milliseconds (at most 65,533).
+PAUSE_BASE, PAUSE_LAST = 0xF0000, 0xFFFFD
+
+
+def pause_mark(ms: float) -> str:
+    """The character that stands for a pause of ``ms`` milliseconds inside a sentence."""
+    return chr(PAUSE_BASE + max(1, min(round(ms), PAUSE_LAST - PAUSE_BASE)))
+
+
+def pause_ms(word: str) -> int | None:
+    """The milliseconds of a pause mark (see :func:`pause_mark`), or None for any other word."""
+    return ord(word) - PAUSE_BASE if len(word) == 1 and PAUSE_BASE <= ord(word) <= PAUSE_LAST else None
+
+
+def _only_pauses(text: str) -> bool:
+    return all(pause_ms(w) is not None for w in text.split())
+
+
 _EDGE_PUNCTUATION = ".,;:!?\"'()[]{}…“”‘’«»—–-"
 
 
@@ -54,6 +73,8 @@ class Sentence:
     #: per phoneme, the index in ``words`` of the word it was read from; -1 for pauses
     phoneme_words: tuple[int, ...] = ()
     start: int = 0  # where the sentence starts in the text given to Frontend.sentences
+    #: pauses inside the sentence: (index of the phoneme they follow, -1 before the first; milliseconds)
+    pauses: tuple[tuple[int, int], ...] = ()
 
 
 class Lexicon:
@@ -133,10 +154,12 @@ class Frontend:
         for piece in pieces:
             if not piece:
                 continue
-            if sentences and _ABBREVIATION.search(sentences[-1]):
+            if sentences and (_ABBREVIATION.search(sentences[-1]) or _only_pauses(sentences[-1])):
                 sentences[-1] = f"{sentences[-1]} {piece}"
             else:
                 sentences.append(piece)
+        if len(sentences) > 1 and _only_pauses(sentences[-1]):  # a pause after the last sentence ends it
+            sentences[-2:] = [f"{sentences[-2]} {sentences[-1]}"]
         return sentences
 
     def phonemize(self, text: str) -> list[str]:
@@ -221,7 +244,13 @@ class Frontend:
             found += len(word)
         phoneme_words = tuple(w for _, w in aligned)
         ids = np.asarray([self.ids[p] for p, _ in aligned], dtype=np.int64)
-        yield Sentence(part, tuple(p for p, _ in aligned), ids, tuple(placed), phoneme_words, origin[at])
+        pauses = []
+        for i, word in enumerate(words):
+            ms = pause_ms(word)
+            if ms is not None:  # after the last phoneme of the words before it
+                before = [k for k, w in enumerate(phoneme_words) if 0 <= w < i]
+                pauses.append((before[-1] if before else -1, ms))
+        yield Sentence(part, tuple(p for p, _ in aligned), ids, tuple(placed), phoneme_words, origin[at], tuple(pauses))
 
     @staticmethod
     def _spoken_text(words: list[str], lexicon: Lexicon) -> tuple[str, list[int], dict[int, LexiconEntry]]:
@@ -236,7 +265,9 @@ class Frontend:
         at = 0
         for i, (written, core, entry) in enumerate(zip(words, cores, entries, strict=True)):
             cut = written.index(core)
-            if entry is not None:
+            if pause_ms(written) is not None:
+                piece = ""  # a pause says nothing; the decoder stage adds its silence
+            elif entry is not None:
                 said = entry.alias if entry.alias is not None else f"[[{entry.phonemes}]]"
                 piece = written[:cut] + said + written[cut + len(core) :]
                 overridden[i] = entry

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from addons.frontend import Frontend, Sentence, Word
+from addons.frontend import Frontend, Sentence, Word, pause_ms
 from addons.manifest import AddonManifest
 from blocks import parse_stack
 from blocks.stages import provides_alignment
@@ -197,7 +197,7 @@ class MarkTracker:
         self.frame += self._frames
         if sentence is None or not self._aligned or not self._tokens or not self.kinds:
             return []
-        tokens = np.concatenate(self._tokens)
+        tokens = tokens_all = np.concatenate(self._tokens)
         count = len(sentence.phonemes)
         valid = (tokens >= 0) & (tokens < count)
         frames = np.arange(len(tokens))[valid]
@@ -234,9 +234,21 @@ class MarkTracker:
                 marks.append(
                     self._text_mark("phoneme", sentence.phonemes[t], begin + a, begin + b, span[0] + off, span[1] + off)
                 )
-        marks += self._bookmarks_before(words, begin)
+        marks += self._bookmarks_before(sorted(words + self._pauses(sentence, tokens_all), key=lambda w: w[1]), begin)
         marks.sort(key=lambda m: (m.start_sample, MARK_TYPES.index(m.type)))
         return marks
+
+    @staticmethod
+    def _pauses(sentence: Sentence, tokens: np.ndarray) -> list[tuple[Word, int, int]]:
+        """The sentence's pause words (SSML breaks inside it) with their silence's frames: the runs
+        of frames aligned to no phoneme (-1), in order."""
+        pauses = [w for w in sentence.words if pause_ms(w.text) is not None]
+        if not pauses:
+            return []
+        silent = np.concatenate([[False], tokens == -1, [False]])
+        edges = np.flatnonzero(silent[1:] != silent[:-1])
+        runs = list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+        return [(word, a, b) for word, (a, b) in zip(pauses, runs, strict=False)]
 
     def _bookmarks_before(self, words: list[tuple[Word, int, int]], begin: int) -> list[SpeechMark]:
         """The part's ``<mark>``s that come before one of these heard words: heard as it starts."""

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from xml.parsers import expat
 
-from addons.frontend import TextError
+from addons.frontend import TextError, pause_mark
 from addons.ipa import ESPEAK_MNEMONICS, ipa_to_espeak
 from addons.manifest import LexiconEntry
 from addons.normalize import cardinal, ordinal, year
@@ -357,10 +357,17 @@ class _Reader:
         self.written.append((mark, written))
 
     def pause(self, ms: float) -> None:
+        """A <break>: a pause mark in the text, where the words around it are said as one sentence
+        (the decoder stage adds its silence after the word before it); between parts, a Pause."""
         if ms <= 0:
             return  # strength="none": no pause, and the sentence goes on
-        self.flush()
-        self.script.append(Pause(ms))
+        if not self.spoken:
+            self.flush()
+            self.script.append(Pause(ms))
+            return
+        at = self.offset()
+        self.chars.extend(f" {pause_mark(ms)} ")
+        self.spans.extend([(at, at)] * 3)
 
     def flush(self) -> None:
         """End the part being collected (a sentence boundary)."""

@@ -74,6 +74,18 @@ __all__ = [
 PlainFeatures = dict[str, np.ndarray]
 
 STAGES = ("encoders", "decoder", "audio")
+#: The feature that carries a sentence's inner pauses to the decoder stage: int64 ``[n, 2]``, each
+#: (index of the phoneme it follows, -1 before the first; milliseconds).
+PAUSES = "pauses"
+
+
+def with_pauses(features: PlainFeatures, sentence: Sentence) -> PlainFeatures:
+    """``features`` and, if the sentence has pauses inside it (SSML breaks), :data:`PAUSES`."""
+    if not sentence.pauses:
+        return features
+    return {**features, PAUSES: np.asarray(sentence.pauses, dtype=np.int64).reshape(-1, 2)}
+
+
 STATE_TYPE = "__state_type__"
 
 
@@ -298,19 +310,49 @@ class DecoderStage(Stage):
         Where no block of the stack sets the speaking rate (an attention decoder), the mel is
         stretched in time to ``speed`` here (:class:`blocks.tempo.MelTempo`), as it streams."""
         request = request or Request()
+        features = dict(features)
+        pauses = features.pop(PAUSES, None)
         speed = float(request.options.get("speed", 1.0))
         chunks = self._aligned(features, request)
-        if not self.stretches or speed == 1.0:
-            yield from chunks
-            return
-        tempo = MelTempo(speed)
+        if self.stretches and speed != 1.0:
+            chunks = _stretched(chunks, speed)
+        if pauses is not None and len(pauses):
+            chunks = self._paused(chunks, pauses)
+        yield from chunks
+
+    def _paused(
+        self, chunks: Iterator[tuple[np.ndarray, np.ndarray | None]], pauses: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Silent frames for each pause, before the first frame aligned past the phoneme it follows
+        (their tokens -1: no phoneme); without an alignment, at the end of the sentence."""
+        mel_settings = self.env.mel
+        pending = sorted((int(after), int(ms)) for after, ms in pauses)
+
+        def silence(ms: int, aligned: bool) -> tuple[np.ndarray, np.ndarray | None]:
+            frames = pause_frames(ms, mel_settings.sample_rate, mel_settings.hop_length)
+            mel = np.full((frames, mel_settings.n_mels), np.log(LOG_FLOOR), dtype=np.float32)
+            return mel, np.full(frames, -1, dtype=np.int64) if aligned else None
+
+        aligned = True
         for mel, tokens in chunks:
-            out, out_tokens = tempo.push(mel, tokens)
-            if len(out):
-                yield out, out_tokens
-        out, out_tokens = tempo.finish()
-        if len(out):
-            yield out, out_tokens
+            if tokens is None:
+                aligned = False
+                yield mel, tokens
+                continue
+            start = 0
+            while pending:
+                later = np.nonzero(tokens[start:] > pending[0][0])[0]
+                if not later.size:
+                    break
+                cut = start + int(later[0])
+                if cut > start:
+                    yield mel[start:cut], tokens[start:cut]
+                yield silence(pending.pop(0)[1], True)
+                start = cut
+            if start < len(mel):
+                yield mel[start:], tokens[start:]
+        for _, ms in pending:
+            yield silence(ms, aligned)
 
     def _aligned(self, features: PlainFeatures, request: Request) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         log: list[torch.Tensor] = request.report.setdefault(ALIGNMENT, [])
@@ -329,6 +371,20 @@ class DecoderStage(Stage):
                 yield mel, tokens
         finally:
             del log[base:]  # this sentence's, taken (a long text does not pile them up)
+
+
+def _stretched(
+    chunks: Iterator[tuple[np.ndarray, np.ndarray | None]], speed: float
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Mel chunks resampled in time to ``speed`` as they stream (:class:`blocks.tempo.MelTempo`)."""
+    tempo = MelTempo(speed)
+    for mel, tokens in chunks:
+        out, out_tokens = tempo.push(mel, tokens)
+        if len(out):
+            yield out, out_tokens
+    out, out_tokens = tempo.finish()
+    if len(out):
+        yield out, out_tokens
 
 
 class AudioStage(Stage):
@@ -510,7 +566,8 @@ def run_stages(
         for sentence in _sentences(encoders, item, options, len(script) > 1):
             if marks is not None:
                 marks.sentence(sentence)
-            for mel, tokens in decoder.decode_aligned(encoders.encode(sentence.ids, said), said):
+            features = with_pauses(encoders.encode(sentence.ids, said), sentence)
+            for mel, tokens in decoder.decode_aligned(features, said):
                 if marks is not None:
                     marks.frames(tokens, len(mel))
                 out = audio.process(state, mel, said) if audio is not None else empty

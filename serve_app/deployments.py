@@ -25,7 +25,7 @@ from ray import serve
 import addons
 from addons.frontend import LexiconError
 from addons.marks import sentence_arrays
-from addons.stages import AudioStage
+from addons.stages import AudioStage, with_pauses
 from blocks import Request
 from blocks.batching import DEADLINE
 from serve_app.autoscaling import BusyMeter
@@ -122,7 +122,10 @@ class EncodersDeployment(_Replica):
             return []
         results: list[dict[str, np.ndarray]] = await asyncio.gather(*(self._encode_batched(p.ids) for p in parts))
         # Beside each part's features, what speech marks need of its text (see addons.marks).
-        return [{**features, **sentence_arrays(part)} for features, part in zip(results, parts, strict=True)]
+        return [
+            {**with_pauses(features, part), **sentence_arrays(part)}
+            for features, part in zip(results, parts, strict=True)
+        ]
 
     @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=0.003)
     async def _encode_batched(self, batch: list[np.ndarray]) -> list[dict[str, np.ndarray]]:

@@ -553,7 +553,7 @@ def test_websocket_sends_marks_beside_the_audio(server: str, fixture_dir: Path) 
 def test_ssml_over_http_equals_in_process(server: str, fixture_dir: Path, model: str) -> None:
     """Breaks, rate, volume, sub, say-as, phoneme and marks: the same samples and marks as in process."""
     doc = (
-        '<speak><p><s>Say <sub alias="World Wide Web">WWW</sub> now.</s><s><mark name="m"/>Then '
+        '<speak><p><s>Say <sub alias="World Wide Web">WWW</sub> now.</s><s><mark name="m"/>Then <break time="200ms"/>'
         '<say-as interpret-as="digits">42</say-as>.</s></p><break time="350ms"/>'
         '<prosody rate="150%" volume="-6dB">Faster and softer, <phoneme ph="ˈbɪɡ">big</phoneme>.</prosody>'
         '<mark name="end"/></speak>'

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import addons
+from addons.frontend import pause_mark
 from addons.ipa import ipa_to_espeak
 from addons.ssml import MAX_BREAK_MS, Part, Pause, SSMLError, parse, say_as
 from blocks.tempo import MelTempo
@@ -40,20 +42,44 @@ def test_a_speak_root_alone_changes_nothing(voice: addons.Voice) -> None:
 
 
 @pytest.mark.parametrize("ms", [500.0, 1234.0])
-def test_a_break_is_exact_silence_within_a_frame(voice: addons.Voice, ms: float) -> None:
-    """The audio after a break is the audio of that text alone: only the silence is added."""
-    got = _audio(voice, f'<speak>First part.<break time="{ms:g}ms"/>Second part.</speak>')
+@pytest.mark.parametrize(
+    ("marked", "plain"),
+    [
+        ("Wait for it <break time='{ms}ms'/> now.", "Wait for it now."),  # inside a sentence
+        ("First part.<break time='{ms}ms'/>Second part.", "First part. Second part."),  # between two
+        ("Trailing words.<break time='{ms}ms'/>", "Trailing words."),  # after the last
+    ],
+)
+def test_a_break_adds_its_silence_within_a_frame(voice: addons.Voice, ms: float, marked: str, plain: str) -> None:
+    """The words around a break are said as without it; its silence is the only audio added."""
+    frame = voice.hop_length / voice.sample_rate
+    doc = "<speak>" + marked.format(ms=f"{ms:g}") + "</speak>"
+    chunks = list(voice.stream(doc, marks=["word"]))
+    got = np.concatenate([c.samples for c in chunks])
+    added = (got.size - _audio(voice, plain).size) / voice.sample_rate
+    assert abs(added - ms / 1000) <= frame / 2
+    words = [m for c in chunks for m in c.marks]
+    gaps = [b.start_ms - a.end_ms for a, b in itertools.pairwise(words)]
+    if len(words) > 2 and "Trailing" not in marked:
+        assert max(gaps) >= ms - 1000 * frame  # the silence sits between two words
+    quiet = np.abs(got) < 0.02
+    longest = max(len(run) for run in "".join("q" if q else "." for q in quiet).split("."))
+    window = voice.manifest.mel.n_fft / voice.sample_rate  # the vocoder blends its edges with the words
+    assert longest / voice.sample_rate >= ms / 1000 - window
+
+
+@pytest.mark.parametrize("ms", [500.0, 1234.0])
+def test_a_break_between_parts_is_exact_zeros(voice: addons.Voice, ms: float) -> None:
+    """Between sentences of their own (<s>), the vocoder's stream ends before the break and starts
+    after it: the audio is each sentence said alone, and exact zeros between."""
+    got = _audio(voice, f'<speak><s>First part.</s><break time="{ms:g}ms"/><s>Second part.</s></speak>')
     first, second = _audio(voice, "First part."), _audio(voice, "Second part.")
     silence = got.size - first.size - second.size
     assert abs(silence / voice.sample_rate * 1000 - ms) <= 1000 * voice.hop_length / voice.sample_rate / 2
     assert silence % voice.hop_length == 0
     assert np.array_equal(got, np.concatenate([first, np.zeros(silence, np.float32), second]))
-    # seconds, and a strength, the same way
-    assert _audio(voice, '<speak>First part.<break time="0.5s"/>Second part.</speak>').size == (
-        _audio(voice, '<speak>First part.<break time="500ms"/>Second part.</speak>').size
-    )
-    weak = _audio(voice, '<speak>First part.<break strength="weak"/>Second part.</speak>')
-    strong = _audio(voice, '<speak>First part.<break strength="x-strong"/>Second part.</speak>')
+    weak = _audio(voice, '<speak><s>First part.</s><break strength="weak"/><s>Second part.</s></speak>')
+    strong = _audio(voice, '<speak><s>First part.</s><break strength="x-strong"/><s>Second part.</s></speak>')
     assert first.size + second.size < weak.size < strong.size
 
 
@@ -240,8 +266,11 @@ def test_the_script_keeps_settings_and_boundaries() -> None:
         '<break strength="none"/>four<break time="2s"/></speak>'
     )
     parts = [(item.text.strip(), item.rate, item.volume_db) for item in script if isinstance(item, Part)]
-    assert parts == [("One", 1.0, 0.0), ("two", 1.0, 0.0), ("three", 0.75, 6.0), ("four", 1.0, 0.0)]
-    assert isinstance(script[-1], Pause) and script[-1].ms == 2000.0
+    assert parts[:3] == [("One", 1.0, 0.0), ("two", 1.0, 0.0), ("three", 0.75, 6.0)]
+    assert parts[3][0].split() == ["four", pause_mark(2000)]  # a break after words: a pause mark in them
+    assert not any(isinstance(item, Pause) for item in script)
+    opening = parse('<speak><break time="300ms"/>Hi</speak>')  # before any words: a pause of its own
+    assert isinstance(opening[0], Pause) and opening[0].ms == 300.0
     assert MAX_BREAK_MS == 10_000.0
 
 
