@@ -22,6 +22,7 @@ from xml.parsers import expat
 from pydantic import BeforeValidator, ValidationError
 
 from addons.manifest import LexiconEntry, format_validation_error
+from addons.ssml import guarded_parser
 
 __all__ = ["MAX_LEXICON_BYTES", "LexiconFileError", "LexiconInput", "load_lexicon", "read_pls"]
 
@@ -45,13 +46,7 @@ class LexiconFileError(ValueError):
 
 class _PlsReader:
     def __init__(self) -> None:
-        self.parser = expat.ParserCreate()
-        self.parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-        self.parser.StartDoctypeDeclHandler = self._refuse
-        self.parser.EntityDeclHandler = self._refuse
-        self.parser.StartElementHandler = self._start
-        self.parser.EndElementHandler = self._end
-        self.parser.CharacterDataHandler = self._text
+        self.parser = guarded_parser(self._refuse, self._start, self._end, self._text)
         self.stack: list[str] = []
         self.alphabet = "ipa"
         self.entries: list[LexiconEntry] = []

@@ -24,7 +24,7 @@ written and give their offsets in the document.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from xml.parsers import expat
 
@@ -38,6 +38,7 @@ __all__ = [
     "Part",
     "Pause",
     "SSMLError",
+    "guarded_parser",
     "is_ssml",
     "parse",
     "pause_frames",
@@ -168,6 +169,25 @@ def script_of(text: str, input_format: str = "text") -> list[Part | Pause]:
 # -- reading the document ------------------------------------------------------------------------
 
 
+def guarded_parser(
+    refuse: Callable[..., None],
+    start: Callable[[str, dict[str, str]], None],
+    end: Callable[[str], None],
+    text: Callable[[str], None],
+) -> expat.XMLParserType:
+    """An expat parser that calls ``refuse`` (which raises) at a document type declaration or an
+    entity declaration, before anything in it is read, and never reads parameter entities: no DTD,
+    no entity expansion, no external entities."""
+    parser = expat.ParserCreate()
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = text
+    return parser
+
+
 @dataclass
 class _Settings:
     rate: float = 1.0
@@ -200,13 +220,8 @@ class _Reader:
                 self._chars[at + k] = i
             at += n
         self._chars[at] = len(document)
-        self.parser = expat.ParserCreate()
-        self.parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-        self.parser.StartDoctypeDeclHandler = self._doctype
+        self.parser = guarded_parser(self._doctype, self._start, self._end, self._text)
         self.parser.EntityDeclHandler = self._entity
-        self.parser.StartElementHandler = self._start
-        self.parser.EndElementHandler = self._end
-        self.parser.CharacterDataHandler = self._text
         self.parser.ProcessingInstructionHandler = self._instruction
         self.stack: list[_Open] = []
         self.elements = 0
