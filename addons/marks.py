@@ -88,11 +88,7 @@ class MarkTracker:
     ``offset`` shifts text offsets (a sentence taken from a longer input).
     """
 
-    def __init__(
-        self, hop_length: int, sample_rate: int, kinds: Iterable[str] = MARK_TYPES, original: str | None = None
-    ) -> None:
-        """``original``: the whole input, when sentences arrive as text and arrays
-        (:meth:`sentence_text`): their offsets are then found in it."""
+    def __init__(self, hop_length: int, sample_rate: int, kinds: Iterable[str] = MARK_TYPES) -> None:
         self.hop, self.rate = hop_length, sample_rate
         self.kinds = frozenset(kinds)
         unknown = sorted(self.kinds - set(MARK_TYPES))
@@ -104,7 +100,7 @@ class MarkTracker:
         self._tokens: list[np.ndarray] = []
         self._frames = 0
         self._aligned = True
-        self.part(original)
+        self.part(None)
 
     def part(
         self,
@@ -166,8 +162,9 @@ class MarkTracker:
     def sentence_text(self, arrays: dict[str, np.ndarray]) -> None:
         """Start a sentence known as its text and :func:`sentence_arrays` (from another process).
 
-        With ``original`` given, offsets are mapped into it (the sentence is looked up in the
-        normalized input from where the previous one ended); without, they stay relative to ``text``.
+        With a part's text given (:meth:`part`), offsets are mapped into it (the sentence is looked
+        up in the normalized part from where the previous one ended); without, they stay relative
+        to the sentence's own text.
         """
         text = str(arrays.get("sentence", np.asarray("")))
         spans = arrays.get("word_spans", np.zeros((0, 2), np.int64)).tolist()

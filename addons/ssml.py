@@ -24,7 +24,7 @@ written and give their offsets in the document.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from xml.parsers import expat
 
@@ -643,11 +643,3 @@ def _date(text: str, fmt: str) -> str:
         head = f"the {day} of {month}" if fmt.index("d") < fmt.index("m") else f"{month} {day}"
         return f"{head}, {spoken_year}" if spoken_year else head
     return " ".join(w for w in (month, day, spoken_year) if w)
-
-
-def marks_of(script: Iterable[Part | Pause]) -> list[str]:
-    """The ``<mark>`` names of a script, in order."""
-    names: list[str] = []
-    for item in script:
-        names += [mark[0] for mark in item.marks]
-    return names

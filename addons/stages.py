@@ -79,6 +79,12 @@ STAGES = ("encoders", "decoder", "audio")
 PAUSES = "pauses"
 
 
+def silent_mel(ms: float, mel: MelSettings) -> np.ndarray:
+    """Silence as the voices' mel (the log floor): the whole number of frames closest to ``ms``."""
+    frames = pause_frames(ms, mel.sample_rate, mel.hop_length)
+    return np.full((frames, mel.n_mels), np.log(LOG_FLOOR), dtype=np.float32)
+
+
 def with_pauses(features: PlainFeatures, sentence: Sentence) -> PlainFeatures:
     """``features`` and, if the sentence has pauses inside it (SSML breaks), :data:`PAUSES`."""
     if not sentence.pauses:
@@ -325,13 +331,11 @@ class DecoderStage(Stage):
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """Silent frames for each pause, before the first frame aligned past the phoneme it follows
         (their tokens -1: no phoneme); without an alignment, at the end of the sentence."""
-        mel_settings = self.env.mel
         pending = sorted((int(after), int(ms)) for after, ms in pauses)
 
         def silence(ms: int, aligned: bool) -> tuple[np.ndarray, np.ndarray | None]:
-            frames = pause_frames(ms, mel_settings.sample_rate, mel_settings.hop_length)
-            mel = np.full((frames, mel_settings.n_mels), np.log(LOG_FLOOR), dtype=np.float32)
-            return mel, np.full(frames, -1, dtype=np.int64) if aligned else None
+            mel = silent_mel(ms, self.env.mel)
+            return mel, np.full(len(mel), -1, dtype=np.int64) if aligned else None
 
         aligned = True
         for mel, tokens in chunks:
@@ -531,30 +535,27 @@ def run_stages(
     volume. Raises ``TextError`` when ``text`` has nothing speakable.
     """
     script = script_of(text, str(request.options.get("input_format", "text")))
-    for item in script:  # a rate out of range is refused before anything is said
-        if isinstance(item, Part):
-            item.options(dict(request.options))
+    # each part with its options, resolved before anything is said (a rate out of range is refused here)
+    planned = [(item, item.options(dict(request.options)) if isinstance(item, Part) else {}) for item in script]
     mel_settings = encoders.env.mel
     empty = np.zeros(0, dtype=np.float32)
     state = audio.start() if audio is not None else None
     fresh = True  # nothing has gone through the vocoder's stream yet
     segment = request  # the request the vocoder's stream is said with (its gain)
     index = 0
-    for item in script:
+    for item, options in planned:
         if isinstance(item, Pause):
-            frames = pause_frames(item.ms, mel_settings.sample_rate, mel_settings.hop_length)
-            if marks is not None and (heard := marks.pause(frames, item.marks)):
+            silence = silent_mel(item.ms, mel_settings)
+            if marks is not None and (heard := marks.pause(len(silence), item.marks)):
                 yield StageOutput(-1, None, empty, tuple(heard))
-            if not frames:
+            if not len(silence):
                 continue
             if audio is not None and not fresh:
                 yield StageOutput(-1, None, audio.finish(state, segment))
                 state, fresh = audio.start(), True
-            silence = np.full((frames, mel_settings.n_mels), np.log(LOG_FLOOR), dtype=np.float32)
-            samples = np.zeros(frames * mel_settings.hop_length if audio is not None else 0, dtype=np.float32)
+            samples = np.zeros(len(silence) * mel_settings.hop_length if audio is not None else 0, dtype=np.float32)
             yield StageOutput(-1, silence, samples)
             continue
-        options = item.options(dict(request.options))
         said = request if options == request.options else Request(options=options, report=request.report)
         if audio is not None and not fresh and options.get("gain_db") != segment.options.get("gain_db"):
             yield StageOutput(-1, None, audio.finish(state, segment))

@@ -184,7 +184,7 @@ class _SocketBackend:
         except ValueError as exc:
             raise ProtocolError(str(exc), "invalid_option", "voice" if "voice" in str(exc) else "speed") from None
         try:
-            tracker = self.ingress._tracker(info, list(message.timestamps), None)
+            tracker = self.ingress._tracker(info, list(message.timestamps))
         except SpeechError as exc:
             raise ProtocolError(exc.message, exc.code or "timestamps_unavailable", exc.param) from None
         return Opened(body.model, body.voice_name, resolved, info.manifest.mel.sample_rate, tracker)
@@ -373,11 +373,11 @@ class Ingress:
         """Validate ``body`` and start its stream up to the first audio (errors before any byte is
         sent are ``SpeechError``); marks of ``kinds`` are appended to ``marks`` as they come."""
         info, resolved, encoder, items = self._prepare(body)
-        tracker = self._tracker(info, kinds, None)  # each part of the input tells it its text
+        tracker = self._tracker(info, kinds)  # each part of the input tells it its text
         audio = self._synthesize(body.model, items, resolved, tracker, marks.extend)
         return info, encoder, audio, await self._first_chunk(audio)
 
-    def _tracker(self, info: ModelInfo, kinds: Sequence[str], text: str | None) -> MarkTracker | None:
+    def _tracker(self, info: ModelInfo, kinds: Sequence[str]) -> MarkTracker | None:
         """Speech marks of ``kinds`` for a stream (None: not asked for); a model without an
         alignment to derive them from says so (400), rather than inventing them."""
         if not kinds:
@@ -391,7 +391,7 @@ class Ingress:
                 "timestamps_unavailable",
             )
         mel = info.manifest.mel
-        return MarkTracker(mel.hop_length, mel.sample_rate, kinds, original=text)
+        return MarkTracker(mel.hop_length, mel.sample_rate, kinds)
 
     def _map_names(self, body: SpeechRequest) -> tuple[SpeechRequest, dict[str, str]]:
         """OpenAI's model and voice names mapped to served ones (see :mod:`serve_app.aliases`), and

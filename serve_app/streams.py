@@ -135,8 +135,8 @@ async def synthesize(
     sentence's speech marks go to ``on_marks`` once its mel is complete (before the audio that
     follows it)."""
     source = _async_iter(sentences)
-    stream = _Stream(handles, model, options, _Resumes(on_resume=on_resume), sample_rate, marks, on_marks)
-    stream.hop_length = hop_length
+    resumes = _Resumes(on_resume=on_resume)
+    stream = _Stream(handles, model, options, resumes, sample_rate, hop_length, marks, on_marks)
     first = await anext(source, None)
     if first is None:
         raise NoSpeakableText("input has no speakable characters")
@@ -197,14 +197,14 @@ class _Stream:
         options: dict[str, Any],
         resumes: _Resumes,
         sample_rate: int,
+        hop_length: int,
         marks: MarkTracker | None = None,
         on_marks: Callable[[list[SpeechMark]], None] | None = None,
     ) -> None:
         self.handles, self.model, self.options, self.resumes = handles, model, options, resumes
-        self.sample_rate = sample_rate
+        self.sample_rate, self.hop_length = sample_rate, hop_length
         self.marks, self.on_marks = marks, on_marks
         self.state: Any = None
-        self.hop_length = 256
         self.fresh = True  # nothing has gone through the vocoder's stream since it started
         self.segment = options  # the options the vocoder's stream is said with (its gain)
         self.spoken = False
