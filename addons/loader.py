@@ -10,7 +10,7 @@ import torch
 
 from addons.manifest import MANIFEST_NAME, AddonError, AddonManifest, read_manifest
 from addons.stages import STAGES
-from addons.voice import Voice
+from addons.voice import AHEAD, Voice
 from blocks import ExecutionContext
 
 __all__ = ["BUNDLED_DIR", "DEFAULT_ADDON", "addon_dirs", "find_addon", "list_addons", "load", "resolve_device"]
@@ -61,16 +61,18 @@ def load(
     device: str | torch.device = "cpu",
     batching: int = 0,
     stages: Iterable[str] = STAGES,
+    ahead: int = AHEAD,
 ) -> Voice:
     """Load an addon as a :class:`Voice`; ``context`` is ``"dynamic"`` or ``"static"``, ``device`` may be ``"auto"``;
     ``batching`` > 0 lets that many concurrent streams share each forward pass; ``stages``: which
-    of ``encoders``, ``decoder``, ``audio`` to build (a server process builds only its own)."""
+    of ``encoders``, ``decoder``, ``audio`` to build (a server process builds only its own); ``ahead``:
+    mel chunks the decoder may run ahead of the vocoder in a worker thread (0: none)."""
     try:
         ctx = ExecutionContext(context)
     except ValueError:
         raise AddonError(f'unknown context "{context}" (known: dynamic, static)') from None
     directory = find_addon(name_or_path if name_or_path is not None else DEFAULT_ADDON)
-    return Voice(read_manifest(directory), directory, ctx, resolve_device(device), batching, stages)
+    return Voice(read_manifest(directory), directory, ctx, resolve_device(device), batching, stages, ahead)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

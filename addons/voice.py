@@ -29,7 +29,10 @@ from addons.stages import (
 )
 from blocks import ExecutionContext, Request, Vocoder
 
-__all__ = ["AudioChunk", "AudioStage", "MelChunk", "SynthesisOptions", "Voice", "resolve_options"]
+__all__ = ["AHEAD", "AudioChunk", "AudioStage", "MelChunk", "SynthesisOptions", "Voice", "resolve_options"]
+
+#: Mel chunks the decoder may run ahead of the vocoder by default (see :meth:`Voice.__init__`).
+AHEAD = 4
 
 
 @dataclass(frozen=True)
@@ -108,9 +111,15 @@ class Voice:
         device: str | torch.device = "cpu",
         batching: int = 0,
         stages: Iterable[str] = STAGES,
+        ahead: int = AHEAD,
     ) -> None:
         """``batching`` > 0 lets concurrent streams share forward passes, that many at most
-        (see :mod:`blocks.batching`); results equal unbatched ones to float rounding."""
+        (see :mod:`blocks.batching`); results equal unbatched ones to float rounding. ``ahead``
+        > 0: ``stream`` decodes in a worker thread up to that many mel chunks ahead of the
+        vocoder (see :func:`addons.stages.run_stages`); 0 runs both in the caller's thread."""
+        if ahead < 0:
+            raise ValueError(f"ahead must be >= 0, got {ahead}")
+        self.ahead = ahead
         self.manifest = manifest
         self.directory = directory
         self.context = ExecutionContext(context)
@@ -208,7 +217,9 @@ class Voice:
         """
         kinds = tuple(marks)
         tracker = MarkTracker(self.hop_length, self.sample_rate, kinds) if kinds else None
-        steps = run_stages(self.encoders, self.decoder, self.audio, text, self.request(request, **options), tracker)
+        steps = run_stages(
+            self.encoders, self.decoder, self.audio, text, self.request(request, **options), tracker, self.ahead
+        )
         for step in steps:
             if step.audio.size or (with_mel and step.mel is not None) or step.marks:
                 yield AudioChunk(step.audio, self.sample_rate, step.mel if with_mel else None, step.marks)

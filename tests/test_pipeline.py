@@ -247,3 +247,59 @@ def test_sentence_splitting_keeps_abbreviations(text: str, sentences: list[str])
     from addons.frontend import Frontend
 
     assert Frontend.split_sentences(Frontend.normalize(text)) == sentences
+
+
+AHEAD_TEXTS = [
+    LONG,
+    '<speak>Hello <break time="300ms"/> there. <prosody volume="+3dB">Louder now.</prosody>'
+    '<break time="200ms"/><mark name="m"/>Done, 42 times.</speak>',
+]
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("text", AHEAD_TEXTS)
+def test_decoding_ahead_in_a_thread_changes_nothing(fixture_dir: Path, name: str, text: str) -> None:
+    """The decoder in a worker thread, chunks ahead of the vocoder: the same chunks, samples, mel
+    and marks, in the same order, to the bit."""
+    marks = ("sentence", "word", "ssml")
+    here = list(addons.load(fixture_dir / name, ahead=0).stream(text, marks=marks, with_mel=True))
+    ahead = list(addons.load(fixture_dir / name, ahead=3).stream(text, marks=marks, with_mel=True))
+    assert len(here) == len(ahead)
+    for a, b in zip(here, ahead, strict=True):
+        assert np.array_equal(a.samples, b.samples) and a.marks == b.marks
+        assert (a.mel is None) == (b.mel is None)
+        assert a.mel is None or np.array_equal(a.mel, b.mel)
+
+
+def test_decoding_ahead_stops_with_the_stream_and_passes_errors_on(fixture_dir: Path) -> None:
+    import threading
+
+    from addons.frontend import TextError
+    from addons.ssml import SSMLError
+
+    voice = addons.load(fixture_dir / "tiny-taco", ahead=2)
+    stream = voice.stream(f"{LONG} {LONG} {LONG}")
+    next(stream)
+    stream.close()  # hung up after the first chunk: the worker is stopped and joined
+    assert not [t for t in threading.enumerate() if t.name == "chorus-stages-ahead"]
+    with pytest.raises(ValueError, match="ahead"):
+        addons.load(fixture_dir / "tiny-taco", ahead=-1)
+    with pytest.raises(TextError):
+        list(voice.stream("   "))
+    with pytest.raises(SSMLError, match="emphasis"):
+        list(voice.stream("<speak><emphasis>no</emphasis></speak>"))
+    assert not [t for t in threading.enumerate() if t.name == "chorus-stages-ahead"]
+
+
+def test_prefetched_keeps_order_and_raises_in_place() -> None:
+    from addons.stages import prefetched
+
+    def items() -> Any:
+        yield from range(5)
+        raise ValueError("sixth")
+
+    seen = []
+    with pytest.raises(ValueError, match="sixth"):
+        for item in prefetched(items(), 2):
+            seen.append(item)
+    assert seen == [0, 1, 2, 3, 4]

@@ -20,6 +20,12 @@ validation therefore decodes a few held-out texts freely both ways (``stopped``/
 ``stop_error_frames`` as exported, ``*_dropout`` with the prenet's dropout on) to show what that costs.
 Dropout rates and loss weights may change on ``--resume`` (only the sizes must match), so a run can
 end with a short stretch at a lower ``--prenet-dropout`` if decoding without it proves worse.
+
+``--init-from ADDON`` starts a new run from an exported chorus-taco's weights (read with the same
+checked loader as any addon) instead of random ones: a voice can be trained further, or retrained
+with another reduction factor. For another ``--reduction`` the frame and stop heads are rebuilt:
+frame ``j`` of the new step starts as frame ``min(j, r_old - 1)`` of the old one, so the first
+steps of training speak (too fast) rather than babble.
 """
 
 from __future__ import annotations
@@ -38,8 +44,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from addons.builders import attention_addon
-from addons.manifest import FrontendConfig
+from addons.manifest import AddonError, FrontendConfig, read_manifest
 from addons.models import AttentionEncoder, DecoderStep
+from addons.netfile import load_program
 from addons.recipes.corpus import SILENCE, Corpus, Utterance
 from addons.recipes.training import UsageError, main_with, recipe_parser
 
@@ -242,12 +249,15 @@ class TacoRecipe:
         self.dropout, self.prenet_dropout = args.dropout, args.prenet_dropout
         self.sigma, self.guide_weight, self.stop_weight = args.guide_sigma, args.guide_weight, args.stop_weight
         self.teacher_guide, self.window, self.free_runs = args.guide == "teacher", args.window, args.free_runs
+        self.init_from: Path | None = args.init_from
 
     def build(self, corpus: Corpus) -> TacoModel:
         model = TacoModel(len(corpus.phonemes) + 1, corpus.mel.n_mels, self.config, self.dropout, self.prenet_dropout)
         with torch.no_grad():  # start from the average frame and a low stop probability
             model.step.frames.bias.copy_(torch.from_numpy(np.tile(corpus.mean_mel(), self.config["reduction"])))
             model.step.stop.bias.fill_(-4.0)
+        if self.init_from is not None:
+            initialise_from(model, self.init_from, corpus.phonemes)
         return model
 
     def loss(self, model: nn.Module, batch: list[Utterance]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -292,6 +302,51 @@ class TacoRecipe:
         )
 
 
+def _addon_weights(directory: Path, role: str) -> dict[str, torch.Tensor]:
+    manifest = read_manifest(directory)
+    names = [name for name, spec in manifest.networks.items() if spec.role == role]
+    if len(names) != 1:
+        raise UsageError(f"--init-from {directory}: needs one {role!r} network, has {len(names)}")
+    spec = manifest.networks[names[0]]
+    try:
+        program = load_program(directory / spec.file, spec, directory)
+    except AddonError as exc:
+        raise UsageError(f"--init-from {directory}: network {names[0]!r}: {exc}") from None
+    return {k: v.detach().clone() for k, v in program.state_dict.items()}
+
+
+def initialise_from(model: TacoModel, directory: Path, phonemes: Sequence[str]) -> None:
+    """Copy an exported chorus-taco's weights into ``model`` (see the module doc); the sizes other
+    than the reduction factor must match. Phoneme embeddings are carried over by phoneme (a corpus
+    rebuilt since may list a few more or fewer); new phonemes keep their fresh rows. Raises
+    :class:`UsageError` naming what differs."""
+    try:
+        manifest = read_manifest(directory)
+    except AddonError as exc:
+        raise UsageError(f"--init-from: {exc}") from None
+    encoder, step = _addon_weights(directory, "encoder"), _addon_weights(directory, "decoder_step")
+    n_mels, r = model.step.n_mels, model.step.reduction
+    if manifest.mel.n_mels != n_mels:
+        raise UsageError(f"--init-from {directory}: {manifest.mel.n_mels} mel bands, the corpus has {n_mels}")
+    old_ids = {p: i + 1 for i, p in enumerate(manifest.frontend.phonemes)}
+    embed = model.encoder.embed.weight.detach().clone()
+    for i, p in enumerate(phonemes):
+        if p in old_ids:
+            embed[i + 1] = encoder["embed.weight"][old_ids[p]]
+    encoder["embed.weight"] = embed
+    old_r = int(step["stop.bias"].shape[0])
+    frames = [min(j, old_r - 1) for j in range(r)]
+    rows = torch.tensor([f * n_mels + b for f in frames for b in range(n_mels)])
+    step["frames.weight"], step["frames.bias"] = step["frames.weight"][rows], step["frames.bias"][rows]
+    step["stop.weight"], step["stop.bias"] = step["stop.weight"][frames], step["stop.bias"][frames]
+    for part, weights in ((model.encoder, encoder), (model.step, step)):
+        own = part.state_dict()
+        wrong = [k for k in own if k not in weights or weights[k].shape != own[k].shape]
+        if wrong:
+            raise UsageError(f"--init-from {directory}: sizes differ from this run's ({', '.join(wrong[:4])})")
+        part.load_state_dict({k: weights[k] for k in own})
+
+
 def _check(args: argparse.Namespace) -> None:
     sizes = {"--dim": args.dim, "--rnn": args.rnn, "--prenet": args.prenet, "--attention": args.attention}
     for name, value in sizes.items():
@@ -331,6 +386,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-weight", type=float, default=10.0, help="pos_weight of the stop-token BCE.")
     p.add_argument("--window", type=int, default=128, help="Export: tokens attended per step at inference.")
     p.add_argument("--free-runs", type=int, default=8, help="Held-out texts decoded free-running at each validation.")
+    p.add_argument(
+        "--init-from", type=Path, default=None, help="Start from this exported chorus-taco's weights (see module doc)."
+    )
     return p
 
 
