@@ -12,7 +12,7 @@ import torch
 
 import addons
 from addons.espeak import get_espeak
-from addons.recipes import corpus, evaluate, fast, taco
+from addons.recipes import corpus, evaluate, fast, taco, training
 from addons.recipes.corpus import Corpus, build_corpus, clean_sentences, durations_from_events, teacher_utterance
 from blocks import MelSettings
 
@@ -123,6 +123,33 @@ def test_recipe_resumes_exports_and_speaks(trained: dict[str, Path], name: str) 
     audio, mel = voice.synthesize("Keep the change.")
     assert mel.shape[0] > 0 and audio.shape == (mel.shape[0] * voice.hop_length,)
     assert np.isfinite(audio).all()
+
+
+def test_taco_starts_from_an_exported_voice_with_another_reduction(
+    trained: dict[str, Path], tiny_corpus: Path, tmp_path: Path
+) -> None:
+    """--init-from: the exported weights, frame heads rebuilt for the new r (frame j from old
+    frame min(j, r_old - 1)), everything else as exported."""
+    source = trained["taco"] / "voice"
+    sizes = [*TINY_TACO[: TINY_TACO.index("--reduction")], "--reduction", "6", "--window", "16", "--free-runs", "1"]
+    c = Corpus.load(tiny_corpus)
+    recipe = taco.TacoRecipe(taco.parser().parse_args([*sizes, "--init-from", str(source)]))
+    model = recipe.build(c)
+    old = taco.TacoRecipe(taco.parser().parse_args(TINY_TACO))
+    exported = training.load_model(old, c, trained["taco"] / "run" / "checkpoint.pt")
+    assert isinstance(model, taco.TacoModel) and isinstance(exported, taco.TacoModel)
+    assert torch.equal(model.encoder.embed.weight, exported.encoder.embed.weight)
+    assert torch.equal(model.step.att_rnn.weight_hh, exported.step.att_rnn.weight_hh)
+    n = c.mel.n_mels
+    for j, old_j in enumerate([0, 1, 2, 3, 3, 3]):
+        assert torch.equal(
+            model.step.frames.weight[j * n : (j + 1) * n], exported.step.frames.weight[old_j * n : (old_j + 1) * n]
+        )
+        assert torch.equal(model.step.stop.bias[j], exported.step.stop.bias[old_j])
+    assert _train(taco, tiny_corpus, tmp_path, [*sizes, "--init-from", str(source), "--steps", "1"]) == 0
+    assert addons.load(tmp_path / "voice").synthesize("Keep it.")[1].shape[0] > 0
+    bigger = [*sizes[: sizes.index("--rnn")], "--rnn", "32", *sizes[sizes.index("--rnn") + 2 :]]
+    assert _train(taco, tiny_corpus, tmp_path / "x", [*bigger, "--init-from", str(source), "--steps", "1"]) == 2
 
 
 def test_resumed_run_matches_an_uninterrupted_one(trained: dict[str, Path], tiny_corpus: Path, tmp_path: Path) -> None:
