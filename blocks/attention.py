@@ -151,14 +151,25 @@ class AttentionDecoder(StreamableBlock):
 
     @staticmethod
     def _step_tokens(n: int, previous: int, focus: int) -> torch.Tensor:
-        """The input token of each of a step's ``n`` frames: its focus; where the focus moved on
-        during the step, the first half of its frames still belong to the previous token (the
-        move happened within the step: its middle is the best estimate, and measured against the
-        teacher's word timing it is one frame closer than the step's start)."""
+        """The input token of each of a step's ``n`` frames.
+
+        Where the focus stayed (or this is the first step), all are the focus. Where it moved on
+        from ``previous`` to ``focus`` during the step, the step's frames sweep the tokens between
+        at an even pace: frame ``i`` is at ``previous + (focus - previous) * (i + 0.5) / n``, rounded
+        half up. One token on, the first half of the frames stay with the previous token (the
+        move's best estimate is the step's middle: measured against the teacher's word timing it is
+        a frame closer than the step's start); several tokens on (short phonemes, a large reduction
+        factor), each token passed over gets its share instead of none, so no word goes unheard.
+        A move back gives the first half to the previous token.
+        """
         tokens = torch.full((n,), focus, dtype=torch.int64)
-        if 0 <= previous != focus:
+        if previous < 0 or previous == focus:
+            return tokens
+        if focus < previous:
             tokens[: n // 2] = previous
-        return tokens
+            return tokens
+        position = previous + (focus - previous) * (torch.arange(n, dtype=torch.float64) + 0.5) / n
+        return torch.floor(position + 0.5).to(torch.int64)
 
     @staticmethod
     def _step_inputs(

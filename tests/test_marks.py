@@ -120,3 +120,21 @@ def test_word_marks_sit_on_the_words_in_the_voices_own_audio() -> None:
         assert result["words_in_order_once"] and result["ends_at_audio_end"]
         errors = np.asarray(result["errors_ms"])
         assert np.median(errors) <= 25 and np.mean(errors <= 25) >= 0.8, (name, errors)
+
+
+@pytest.mark.parametrize(
+    ("n", "previous", "focus", "tokens"),
+    [
+        (3, -1, 2, [2, 2, 2]),  # first step: all the focus
+        (6, 4, 4, [4] * 6),  # stayed
+        (3, 4, 5, [4, 5, 5]),  # one token on: the first half (rounded down) stays behind
+        (6, 4, 5, [4, 4, 4, 5, 5, 5]),
+        (6, 4, 6, [4, 5, 5, 5, 6, 6]),  # two on: the token passed over gets its share
+        (3, 4, 7, [5, 6, 7]),  # three on in three frames: one each (4 had the steps before)
+        (6, 5, 3, [5, 5, 5, 3, 3, 3]),  # back: the first half stays
+    ],
+)
+def test_attention_step_frames_sweep_the_tokens_passed(n: int, previous: int, focus: int, tokens: list[int]) -> None:
+    from blocks.attention import AttentionDecoder
+
+    assert AttentionDecoder._step_tokens(n, previous, focus).tolist() == tokens
