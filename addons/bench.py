@@ -1,4 +1,5 @@
-"""In-process synthesis benchmark: time to first audio, real-time factor, peak memory."""
+"""In-process synthesis benchmark: time to first audio, real-time factors (end to end, and the
+acoustic model and the vocoder apart), peak memory."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import gc
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
 
 from addons.voice import Voice
 
@@ -46,6 +50,9 @@ class BenchResult:
     audio_s: float  # seconds of audio produced
     rtf: float  # total_s / audio_s: below 1 is faster than real time
     peak_rss_mb: float  # the process's peak resident memory so far
+    threads: int = 1  # torch intra-op threads
+    acoustic_rtf: float = 0.0  # front-end, encoders and decoder alone (mel only), over audio_s
+    vocoder_rtf: float = 0.0  # the audio stage alone on that mel, chunk by chunk as streamed, over audio_s
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -79,12 +86,44 @@ def _run(voice: Voice, text: str, label: str) -> BenchResult:
     )
 
 
-def bench_voice(voice: Voice, repeats: int = 3) -> list[BenchResult]:
-    """Best of ``repeats`` runs for one sentence and for twenty, after a warm-up run."""
+def _acoustic(voice: Voice, text: str) -> tuple[float, list[np.ndarray]]:
+    gc.collect()
+    start = time.perf_counter()
+    chunks = [chunk.frames for chunk in voice.stream_mel(text)]
+    return time.perf_counter() - start, chunks
+
+
+def _vocoder(voice: Voice, chunks: list[np.ndarray]) -> float:
+    gc.collect()
+    request = voice.request()
+    start = time.perf_counter()
+    state = voice.audio.start()
+    for mel in chunks:
+        voice.audio.process(state, mel, request)
+    voice.audio.finish(state, request)
+    return time.perf_counter() - start
+
+
+def bench_voice(voice: Voice, repeats: int = 3, threads: int | None = None) -> list[BenchResult]:
+    """Best of ``repeats`` runs for one sentence and for twenty, after a warm-up run: end to end
+    as ``Voice.stream`` runs it, then the mel alone and the vocoder alone on that mel. ``threads``:
+    torch's intra-op threads for the run (default: as they are)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     texts = {"1 sentence": SENTENCES[0], "20 sentences": " ".join(SENTENCES)}
     _run(voice, SENTENCES[1], "warm-up")
     results = []
     for label, text in texts.items():
-        runs = [_run(voice, text, label) for _ in range(repeats)]
-        results.append(min(runs, key=lambda r: r.total_s))
+        best = min((_run(voice, text, label) for _ in range(repeats)), key=lambda r: r.total_s)
+        acoustic = [_acoustic(voice, text) for _ in range(repeats)]
+        vocoder = min(_vocoder(voice, acoustic[0][1]) for _ in range(repeats))
+        audio_s = max(best.audio_s, 1e-9)
+        results.append(
+            replace(
+                best,
+                threads=torch.get_num_threads(),
+                acoustic_rtf=min(t for t, _ in acoustic) / audio_s,
+                vocoder_rtf=vocoder / audio_s,
+            )
+        )
     return results

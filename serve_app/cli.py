@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     bsynth.add_argument("--addon", default=None, help="addon name or directory")
     bsynth.add_argument("--context", choices=["dynamic", "static"], default="dynamic")
     bsynth.add_argument("--repeats", type=int, default=3, help="runs per text; the best is reported")
+    bsynth.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    bsynth.add_argument(
+        "--ahead", type=int, default=None, help="mel chunks the decoder runs ahead in its thread (0: one thread)"
+    )
     bsynth.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bsynth.set_defaults(func=_bench_synth)
 
@@ -218,17 +222,26 @@ def _bench_synth(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise CliError("--repeats must be at least 1")
-    results = bench_voice(_load(args.addon, args.context), repeats=args.repeats)
+    if args.threads is not None and args.threads < 1:
+        raise CliError("--threads must be at least 1")
+    if args.ahead is not None and args.ahead < 0:
+        raise CliError("--ahead must be at least 0")
+    voice = _load(args.addon, args.context)
+    if args.ahead is not None:
+        voice.ahead = args.ahead
+    results = bench_voice(voice, repeats=args.repeats, threads=args.threads)
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
         return 0
+    print(f"threads {results[0].threads}, decoder ahead {voice.ahead} chunks")
     print(
-        f"{'addon':<16} {'context':<8} {'text':<13} {'first chunk':>12} {'total':>9} {'audio':>8} {'RTF':>7} {'peak RSS':>9}"
+        f"{'addon':<16} {'context':<8} {'text':<13} {'first chunk':>12} {'total':>9} {'audio':>8} {'RTF':>7} "
+        f"{'acoustic':>9} {'vocoder':>8} {'peak RSS':>9}"
     )
     for r in results:
         print(
             f"{r.addon:<16} {r.context:<8} {r.text:<13} {r.first_chunk_s * 1000:>9.1f} ms {r.total_s:>7.3f} s "
-            f"{r.audio_s:>6.2f} s {r.rtf:>7.4f} {r.peak_rss_mb:>6.0f} MB"
+            f"{r.audio_s:>6.2f} s {r.rtf:>7.4f} {r.acoustic_rtf:>9.4f} {r.vocoder_rtf:>8.4f} {r.peak_rss_mb:>6.0f} MB"
         )
     return 0
 
