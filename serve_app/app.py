@@ -22,7 +22,14 @@ from addons.manifest import AddonManifest, LexiconEntry, StageDeployment
 from addons.pls import LexiconFileError, load_lexicon
 from serve_app.aliases import Aliases, OpenAINames
 from serve_app.autoscaling import POLICY_FUNCTION
-from serve_app.deployments import DEFAULT_BATCHING, DEFAULTS, DecoderDeployment, EncodersDeployment, VocoderDeployment
+from serve_app.deployments import (
+    DEFAULT_BATCHING,
+    DEFAULTS,
+    STAGE_NICE,
+    DecoderDeployment,
+    EncodersDeployment,
+    VocoderDeployment,
+)
 from serve_app.http import API_KEYS_ENV, HttpPolicy, key_digests
 from serve_app.ingress import Ingress, ModelInfo
 from serve_app.options import DeploymentOptions, merge_deployment_options
@@ -63,6 +70,16 @@ class AppArgs(BaseModel):
         description=(
             "Continuous batching: streams on one decoder or vocoder replica that share a forward pass, "
             "at most; 0 runs every stream alone (the static context never batches)."
+        ),
+    )
+    stage_nice: int = Field(
+        STAGE_NICE,
+        ge=0,
+        le=19,
+        description=(
+            "Stage replicas (encoders, decoder, vocoder) lower their CPU priority by this much (os.nice), so an "
+            "ingress or HTTP proxy on the same node is not queued behind synthesis: refusals and first chunks "
+            "go out at once. 0 leaves it."
         ),
     )
     max_body_bytes: int = Field(
@@ -205,7 +222,9 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
     _add_decoder_replicas(options, [f"{m.name}-decoder" for _, m in found])
 
     universal = (
-        _VOCODER.options(name=UNIVERSAL_VOCODER, **options[UNIVERSAL_VOCODER]).bind(shared, args.device, args.batching)
+        _VOCODER.options(name=UNIVERSAL_VOCODER, **options[UNIVERSAL_VOCODER]).bind(
+            shared, args.device, args.batching, args.stage_nice
+        )
         if shared
         else None
     )
@@ -218,12 +237,14 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
         dec = _DECODER.options(name=f"{m.name}-decoder", **options[f"{m.name}-decoder"])
         if m.uses_own_vocoder:
             voc = _VOCODER.options(name=f"{m.name}-vocoder", **options[f"{m.name}-vocoder"])
-            vocoder = voc.bind({m.name: str(directory)}, args.device, args.batching)
+            vocoder = voc.bind({m.name: str(directory)}, args.device, args.batching, args.stage_nice)
         else:
             vocoder = universal
         handles[m.name] = (
-            enc.bind(str(directory), context, args.device),
-            dec.bind(str(directory), hints.decoder.context or args.context, args.device, args.batching),
+            enc.bind(str(directory), context, args.device, args.stage_nice),
+            dec.bind(
+                str(directory), hints.decoder.context or args.context, args.device, args.batching, args.stage_nice
+            ),
             vocoder,
         )
         models[m.name] = ModelInfo.of(m, _server_lexicon(args.lexicons, m.name))

@@ -9,6 +9,7 @@ that hung up reaches the replica at its next ``await``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 import time
@@ -47,6 +48,8 @@ DEFAULT_BATCHING = 32  # streams sharing one forward pass, at most; 0 turns cont
 # see serve_app.app), so that a hint naming only ``resources`` keeps these CPUs (Ray replaces
 # ray_actor_options whole); also the decorators' own, for a deployment bound directly.
 STAGE_CPUS = 0.25
+# Stage replicas run this much nicer than the ingress and proxy (see AppArgs.stage_nice).
+STAGE_NICE = 5
 DEFAULTS: dict[str, dict[str, Any]] = {
     "encoders": {"ray_actor_options": {"num_cpus": STAGE_CPUS}, "max_ongoing_requests": 2 * BATCH_SIZE},
     "decoder": {"ray_actor_options": {"num_cpus": STAGE_CPUS}, "max_ongoing_requests": 32},
@@ -98,6 +101,17 @@ class _Replica:
     def ready(self) -> bool:
         return True
 
+    @staticmethod
+    def _lower_priority(nice: int) -> None:
+        """Yield the CPU to the ingress and proxy on this node (a replica is its own process)."""
+        if nice > 0:
+            with contextlib.suppress(OSError):  # not allowed here: run as is
+                os.nice(nice)
+
+    def niceness(self) -> int:
+        """This replica's CPU niceness (diagnostics, tests)."""
+        return os.nice(0)
+
 
 @serve.deployment(**DEFAULTS["encoders"])
 class EncodersDeployment(_Replica):
@@ -106,7 +120,8 @@ class EncodersDeployment(_Replica):
     Concurrent requests are batched into one padded pass (``@serve.batch``).
     """
 
-    def __init__(self, addon_dir: str, context: str = "dynamic", device: str = "auto") -> None:
+    def __init__(self, addon_dir: str, context: str = "dynamic", device: str = "auto", nice: int = 0) -> None:
+        self._lower_priority(nice)
         self.stage = addons.load(Path(addon_dir), context=context, device=device, stages=["encoders"]).encoders
         self.stage.load()  # its own weights (and only those), read before the first request
 
@@ -137,8 +152,14 @@ class DecoderDeployment(_Replica):
     """The StreamableBlock side of one addon: features -> a stream of mel chunks [F, n_mels]."""
 
     def __init__(
-        self, addon_dir: str, context: str = "dynamic", device: str = "auto", batching: int = DEFAULT_BATCHING
+        self,
+        addon_dir: str,
+        context: str = "dynamic",
+        device: str = "auto",
+        batching: int = DEFAULT_BATCHING,
+        nice: int = 0,
     ) -> None:
+        self._lower_priority(nice)
         voice = addons.load(Path(addon_dir), context=context, device=device, batching=batching, stages=["decoder"])
         self.stage = voice.decoder
         self.stage.load()
@@ -214,7 +235,10 @@ class VocoderDeployment(_Replica):
     ``process`` call to the next, so any replica can take any chunk.
     """
 
-    def __init__(self, addon_dirs: dict[str, str], device: str = "auto", batching: int = DEFAULT_BATCHING) -> None:
+    def __init__(
+        self, addon_dirs: dict[str, str], device: str = "auto", batching: int = DEFAULT_BATCHING, nice: int = 0
+    ) -> None:
+        self._lower_priority(nice)
         self.stages: dict[str, AudioStage] = {}
         for name, directory in addon_dirs.items():
             manifest = addons.read_manifest(Path(directory))

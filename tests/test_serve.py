@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import threading
 import time
@@ -269,6 +270,22 @@ def test_catalogue_and_health(server: str) -> None:
 
 def _decoder(model: str) -> Any:
     return serve.get_deployment_handle(f"{model}-decoder", app_name="chorus")
+
+
+def test_stage_replicas_run_nicer_than_the_ingress(server: str) -> None:
+    """Synthesis yields the CPU to the ingress and proxy on its node (AppArgs.stage_nice, default 5)."""
+    from serve_app.deployments import STAGE_NICE
+
+    here = os.nice(0)
+    stages = [
+        d
+        for d in serve.status().applications["chorus"].deployments
+        if d.endswith(("-encoders", "-decoder", "-vocoder"))
+    ]
+    assert len(stages) >= 5
+    for name in stages:
+        handle = serve.get_deployment_handle(name, app_name="chorus")
+        assert handle.niceness.remote().result() >= min(19, here + STAGE_NICE), name
 
 
 def test_disconnect_cancels_the_work(server: str) -> None:
