@@ -151,6 +151,7 @@ ARRIVALS = ("burst", "steady")
 SYSTEMS = ("chorus", "unbatched", "floor")
 SYSTEM_NOTES = {
     "chorus": "continuous batching + admission control (the defaults)",
+    "chorus-nice0": "the defaults, but stage replicas at the ingress's CPU priority (stage_nice=0)",
     "unbatched": "batching=0, admission off: every stream alone, every stream admitted",
     "floor": "the real ingress over no-op stages: Ray's own cost for this hop structure",
 }
@@ -274,7 +275,7 @@ def run_capacity(
     import addons
     from serve_app.app import AppArgs, build_app
     from serve_app.bench_floor import build_floor_app, profile_addon
-    from serve_app.deployments import DEFAULTS
+    from serve_app.deployments import DEFAULTS, STAGE_NICE
     from serve_app.server import free_port
 
     directory = addons.find_addon(addon or addons.loader.DEFAULT_ADDON)
@@ -294,7 +295,12 @@ def run_capacity(
                 app = build_floor_app(directory, profile, DEFAULTS)
             else:
                 plain = system == "unbatched"
-                args = AppArgs(addons=[str(directory)], batching=0 if plain else 32, admission=not plain)
+                args = AppArgs(
+                    addons=[str(directory)],
+                    batching=0 if plain else 32,
+                    admission=not plain,
+                    stage_nice=0 if system == "chorus-nice0" else STAGE_NICE,
+                )
                 app = build_app(args)
             serve.run(app, name=system, route_prefix=f"/{system}")
             asyncio.run(_capacity_level(f"{url}/{system}", manifest.name, 1, "burst", 0.0))  # warm-up

@@ -90,9 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     bcap.add_argument(
         "--systems",
         nargs="+",
-        choices=["chorus", "unbatched", "floor"],
+        choices=["chorus", "chorus-nice0", "unbatched", "floor"],
         default=["chorus", "unbatched", "floor"],
-        help="chorus: the defaults; unbatched: batching and admission off; floor: no-op stages (Ray's cost)",
+        help=(
+            "chorus: the defaults; chorus-nice0: the defaults but stage_nice 0 (stages as urgent as the ingress); "
+            "unbatched: batching and admission off; floor: no-op stages (Ray's cost)"
+        ),
     )
     bcap.add_argument("--json", action="store_true")
     bcap.set_defaults(func=_bench_capacity)
