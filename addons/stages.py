@@ -34,7 +34,7 @@ import torch
 from addons.frontend import Frontend, LexiconError, Sentence, TextError
 from addons.manifest import AddonError, AddonManifest
 from addons.marks import MarkTracker, SpeechMark
-from addons.netfile import NetworkFileError, load_program, max_length, runnable
+from addons.netfile import NetworkFileError, load_program, max_length, runnable, traced
 from addons.ssml import Part, Pause, pause_frames, script_of
 from blocks import (
     ALIGNMENT,
@@ -128,10 +128,11 @@ class NetworkLoader:
                 self._programs[key] = runner
             return self._programs[key]
 
-    def _builder(self, path: Path, spec: NetworkSpec, device: torch.device) -> Callable[[], torch.nn.Module]:
-        def build() -> torch.nn.Module:
+    def _builder(self, path: Path, spec: NetworkSpec, device: torch.device) -> Callable[[], Callable[..., Any]]:
+        def build() -> Callable[..., Any]:
             try:
-                return runnable(load_program(path, spec, self.directory)).to(device)
+                program = load_program(path, spec, self.directory)
+                return traced(program, runnable(program).to(device), device)
             except NetworkFileError as exc:  # changed on disk since it was checked
                 raise AddonError(f"{path}: {exc}") from None
 

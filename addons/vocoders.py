@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from addons.loader import addon_dirs
 from addons.manifest import AddonError, format_validation_error
-from addons.netfile import NetworkFileError, load_program, runnable
+from addons.netfile import NetworkFileError, load_program, runnable, traced
 from blocks import ExecutionContext, LazyModule, MelSettings, NetworkRunner, NetworkSpec
 
 __all__ = ["PACKAGE_FILE", "VocoderPackage", "check_vocoder", "find_vocoder", "load_universal"]
@@ -74,9 +76,10 @@ def load_universal(name: str, device: torch.device, near: Path | None = None) ->
             except NetworkFileError as exc:
                 raise AddonError(f"{path}: {exc}") from None
 
-            def build(path: Path = path, spec: NetworkSpec = package.network) -> torch.nn.Module:
+            def build(path: Path = path, spec: NetworkSpec = package.network) -> Callable[..., Any]:
                 try:
-                    return runnable(load_program(path, spec, directory)).to(device)
+                    program = load_program(path, spec, directory)
+                    return traced(program, runnable(program).to(device), device)
                 except NetworkFileError as exc:
                     raise AddonError(f"{path}: {exc}") from None
 

@@ -119,19 +119,26 @@ class AttentionDecoder(StreamableBlock):
         prev_frame = torch.zeros(1, self.n_mels)
         focus, produced, reason, pending, held = 0, 0, "length_guard", [], 0
         heard = -1  # the focus of the previous step's frames (-1: none yet)
+        mask = torch.zeros(1, size)
+        mask[:, :width] = 1.0
         while produced < guard:
             start = max(0, min(focus - width // 4, tokens - width))
-            out = self.runner.call(self._step_inputs(memory, start, width, size, prev_frame, prev_att, cum_att, states))
+            out = self.runner.call(
+                self._step_inputs(memory, mask, start, width, size, prev_frame, prev_att, cum_att, states)
+            )
             att = out["attention"][:, :width]
-            prev_att = torch.zeros(1, tokens)
-            prev_att[:, start : start + width] = att
+            if width == tokens == size:  # the window is the whole text: the attention as it came
+                prev_att = out["attention"]
+            else:
+                prev_att = torch.zeros(1, tokens)
+                prev_att[:, start : start + width] = att
             cum_att = cum_att + prev_att
             focus = start + int(torch.argmax(att))
             states = {name: out[name] for name in states}
             frames = out["frames"]
-            stops = torch.sigmoid(out["stop_logit"][0]) > cfg.stop_threshold
-            if bool(stops.any()):
-                frames = frames[:, : int(torch.nonzero(stops)[0]) + 1]
+            stops = (torch.sigmoid(out["stop_logit"][0]) > cfg.stop_threshold).tolist()
+            if True in stops:
+                frames = frames[:, : stops.index(True) + 1]
                 reason = "stop_token"
             frames = frames[:, : guard - produced]
             request.align(self._step_tokens(int(frames.shape[1]), heard, focus))
@@ -174,6 +181,7 @@ class AttentionDecoder(StreamableBlock):
     @staticmethod
     def _step_inputs(
         memory: torch.Tensor,
+        mask: torch.Tensor,
         start: int,
         width: int,
         size: int,
@@ -189,8 +197,6 @@ class AttentionDecoder(StreamableBlock):
             pad = torch.zeros((1, size - width, *part.shape[2:]), dtype=part.dtype)
             return torch.cat([part, pad], dim=1)
 
-        mask = torch.zeros(1, size)
-        mask[:, :width] = 1.0
         return {
             "prev_frame": prev_frame,
             "memory": window(memory),

@@ -1,11 +1,12 @@
-"""The cheap per-call input check that replaces torch.export's symbolic one (addons.netfile.runnable)."""
+"""The cheap per-call input check that replaces torch.export's symbolic one (addons.netfile.runnable),
+and the verified TorchScript trace that runs behind it (addons.netfile.traced)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from addons.netfile import runnable
+from addons.netfile import PROBE_SIZES, runnable, traced
 
 
 class _Add(torch.nn.Module):
@@ -35,8 +36,41 @@ def test_same_results_as_the_exported_module(program: torch.export.ExportedProgr
         (torch.randn(1, 8, 4), torch.ones(1, 8), "axis 2 is 4; the network was exported for 3..3"),
     ],
 )
+@pytest.mark.parametrize("wrap", ["runnable", "traced"])
 def test_out_of_range_inputs_are_refused_clearly(
-    program: torch.export.ExportedProgram, x: torch.Tensor, mask: torch.Tensor, message: str
+    program: torch.export.ExportedProgram, x: torch.Tensor, mask: torch.Tensor, message: str, wrap: str
 ) -> None:
-    with pytest.raises(ValueError, match=message):
-        runnable(program)(x, mask)
+    network = runnable(program) if wrap == "runnable" else traced(program, runnable(program))
+    for _ in range(2):  # refused again: only shapes that passed are remembered
+        with pytest.raises(ValueError, match=message):
+            network(x, mask)
+
+
+def test_trace_runs_and_equals_the_module_at_every_size(program: torch.export.ExportedProgram) -> None:
+    network = traced(program, runnable(program))
+    assert not isinstance(network, torch.nn.Module)  # the trace was taken
+    for size in (2, 5, 9, 16, 9):
+        x, mask = torch.randn(1, size, 3), (torch.rand(1, size) > 0.5).float()
+        assert torch.equal(network(x, mask), program.module()(x, mask))
+
+
+def test_a_trace_that_differs_or_fails_is_not_used(
+    program: torch.export.ExportedProgram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = runnable(program)
+    calls: list[int] = []
+
+    def off_by_a_bit(*args: torch.Tensor) -> torch.Tensor:
+        calls.append(args[0].shape[1])
+        out = module(*args)
+        return out if len(calls) < len(PROBE_SIZES) else out + 1e-3  # right on the first sizes only
+
+    monkeypatch.setattr(torch.jit, "trace", lambda *_args, **_kw: off_by_a_bit)
+    assert traced(program, module) is module
+    assert len(calls) == len(PROBE_SIZES)  # every probe size was compared
+
+    def broken(*_args: object, **_kw: object) -> None:
+        raise RuntimeError("cannot trace this")
+
+    monkeypatch.setattr(torch.jit, "trace", broken)
+    assert traced(program, module) is module
