@@ -31,8 +31,9 @@ from blocks import ExecutionContext, Request, Vocoder
 
 __all__ = ["AHEAD", "AudioChunk", "AudioStage", "MelChunk", "SynthesisOptions", "Voice", "resolve_options"]
 
-#: Mel chunks the decoder may run ahead of the vocoder by default (see :meth:`Voice.__init__`).
-AHEAD = 4
+#: Mel chunks the decoder may run ahead of the vocoder by default (see :meth:`Voice.__init__`):
+#: none, one thread. The worker thread measured no faster on 2 cores (docs/performance.md).
+AHEAD = 0
 
 
 @dataclass(frozen=True)
