@@ -151,7 +151,7 @@ ARRIVALS = ("burst", "steady")
 SYSTEMS = ("chorus", "unbatched", "floor")
 SYSTEM_NOTES = {
     "chorus": "continuous batching + admission control (the defaults)",
-    "chorus-nice0": "the defaults, but stage replicas at the ingress's CPU priority (stage_nice=0)",
+    "chorus-nice5": "the defaults, but stage replicas 5 nicer than the ingress (stage_nice=5)",
     "unbatched": "batching=0, admission off: every stream alone, every stream admitted",
     "floor": "the real ingress over no-op stages: Ray's own cost for this hop structure",
 }
@@ -299,7 +299,7 @@ def run_capacity(
                     addons=[str(directory)],
                     batching=0 if plain else 32,
                     admission=not plain,
-                    stage_nice=0 if system == "chorus-nice0" else STAGE_NICE,
+                    stage_nice=5 if system == "chorus-nice5" else STAGE_NICE,
                 )
                 app = build_app(args)
             serve.run(app, name=system, route_prefix=f"/{system}")

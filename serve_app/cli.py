@@ -90,10 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     bcap.add_argument(
         "--systems",
         nargs="+",
-        choices=["chorus", "chorus-nice0", "unbatched", "floor"],
+        choices=["chorus", "chorus-nice5", "unbatched", "floor"],
         default=["chorus", "unbatched", "floor"],
         help=(
-            "chorus: the defaults; chorus-nice0: the defaults but stage_nice 0 (stages as urgent as the ingress); "
+            "chorus: the defaults; chorus-nice5: the defaults but stage_nice 5 (stages yield the CPU to the ingress); "
             "unbatched: batching and admission off; floor: no-op stages (Ray's cost)"
         ),
     )

@@ -48,8 +48,9 @@ DEFAULT_BATCHING = 32  # streams sharing one forward pass, at most; 0 turns cont
 # see serve_app.app), so that a hint naming only ``resources`` keeps these CPUs (Ray replaces
 # ray_actor_options whole); also the decorators' own, for a deployment bound directly.
 STAGE_CPUS = 0.25
-# Stage replicas run this much nicer than the ingress and proxy (see AppArgs.stage_nice).
-STAGE_NICE = 5
+# Stage replicas run this much nicer than the ingress and proxy (see AppArgs.stage_nice): by
+# default not at all, since 5 measured no faster refusals and slower first audio (docs/performance.md).
+STAGE_NICE = 0
 DEFAULTS: dict[str, dict[str, Any]] = {
     "encoders": {"ray_actor_options": {"num_cpus": STAGE_CPUS}, "max_ongoing_requests": 2 * BATCH_SIZE},
     "decoder": {"ray_actor_options": {"num_cpus": STAGE_CPUS}, "max_ongoing_requests": 32},
