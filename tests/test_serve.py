@@ -103,7 +103,7 @@ def test_load_on_one_model_scales_only_its_decoder(server: str) -> None:
                     if stop.is_set():  # hang up mid-stream: the server drops the work, the test goes on
                         break
 
-    threads = [threading.Thread(target=load) for _ in range(4)]
+    threads = [threading.Thread(target=load) for _ in range(8)]  # enough that decode streams overlap anywhere
     for t in threads:
         t.start()
     try:
