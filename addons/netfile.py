@@ -48,8 +48,11 @@ __all__ = [
     "check_expression",
     "check_inside",
     "check_signature",
+    "executable",
     "load_program",
     "max_length",
+    "runnable",
+    "traced",
 ]
 
 MAX_NETWORK_BYTES = 2 << 30  # one network file, and the sum of its members, at most 2 GiB
@@ -476,9 +479,11 @@ def traced(program: Any, module: torch.nn.Module, device: torch.device | str = "
     limits = _input_limits(program)
     if any(high is None and low == 0 and symbol is None for _, dims in limits for low, high, symbol in dims):
         return module  # a dim given by an expression of symbols: probes could not be sized right
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    dtypes = [getattr(placeholders[name].meta.get("val"), "dtype", torch.float32) for name, _ in limits]
     gen = torch.Generator().manual_seed(0)
-    probes = [_probe(program, limits, size, gen, device) for size in PROBE_SIZES]
     try:
+        probes = [_probe(limits, dtypes, size, gen, device) for size in PROBE_SIZES]
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")
             script = torch.jit.trace(module, probes[0], check_trace=False)
@@ -490,26 +495,29 @@ def traced(program: Any, module: torch.nn.Module, device: torch.device | str = "
     return _Traced(script, _checker(limits))
 
 
+def executable(program: Any, device: torch.device | str) -> Callable[..., Any]:
+    """How Chorus runs a checked program on ``device``: :func:`traced` where the trace is exact,
+    else :func:`runnable`."""
+    return traced(program, runnable(program).to(device), device)
+
+
 def _flat(out: Any) -> list[torch.Tensor]:
     return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
 def _probe(
-    program: Any,
     limits: list[tuple[str, list[tuple[int, int | None, str | None]]]],
+    dtypes: list[torch.dtype],
     size: int,
     gen: torch.Generator,
     device: torch.device | str,
 ) -> tuple[torch.Tensor, ...]:
-    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
     args = []
-    for name, dims in limits:
-        val = placeholders[name].meta.get("val")
+    for (_, dims), dtype in zip(limits, dtypes, strict=True):
         shape = [
             low if symbol is None else max(low, min(size, high if high is not None else size))
             for low, high, symbol in dims
         ]
-        dtype = getattr(val, "dtype", torch.float32)
         if dtype.is_floating_point:
             arg = torch.randn(shape, generator=gen).to(dtype)
         elif dtype == torch.bool:

@@ -34,7 +34,7 @@ import torch
 from addons.frontend import Frontend, LexiconError, Sentence, TextError
 from addons.manifest import AddonError, AddonManifest
 from addons.marks import MarkTracker, SpeechMark
-from addons.netfile import NetworkFileError, load_program, max_length, runnable, traced
+from addons.netfile import NetworkFileError, executable, load_program, max_length
 from addons.ssml import Part, Pause, pause_frames, script_of
 from blocks import (
     ALIGNMENT,
@@ -131,8 +131,7 @@ class NetworkLoader:
     def _builder(self, path: Path, spec: NetworkSpec, device: torch.device) -> Callable[[], Callable[..., Any]]:
         def build() -> Callable[..., Any]:
             try:
-                program = load_program(path, spec, self.directory)
-                return traced(program, runnable(program).to(device), device)
+                return executable(load_program(path, spec, self.directory), device)
             except NetworkFileError as exc:  # changed on disk since it was checked
                 raise AddonError(f"{path}: {exc}") from None
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from addons.loader import addon_dirs
 from addons.manifest import AddonError, format_validation_error
-from addons.netfile import NetworkFileError, load_program, runnable, traced
+from addons.netfile import NetworkFileError, executable, load_program
 from blocks import ExecutionContext, LazyModule, MelSettings, NetworkRunner, NetworkSpec
 
 __all__ = ["PACKAGE_FILE", "VocoderPackage", "check_vocoder", "find_vocoder", "load_universal"]
@@ -78,8 +78,7 @@ def load_universal(name: str, device: torch.device, near: Path | None = None) ->
 
             def build(path: Path = path, spec: NetworkSpec = package.network) -> Callable[..., Any]:
                 try:
-                    program = load_program(path, spec, directory)
-                    return traced(program, runnable(program).to(device), device)
+                    return executable(load_program(path, spec, directory), device)
                 except NetworkFileError as exc:
                     raise AddonError(f"{path}: {exc}") from None
 
