@@ -11,9 +11,10 @@ from typing import Any
 
 from addons.export import NetworkExport, export_addon
 from addons.models import AttentionEncoder, DecoderStep, DurationPredictor, FrameVocoder, MelDecoder, TextEncoder
+from addons.models.attention import AttentionKeys, KeyedDecoderStep
 from blocks import MelSettings, TensorSpec
 
-__all__ = ["DURATION_STACK", "attention_addon", "duration_addon", "frame_vocoder_network"]
+__all__ = ["DURATION_STACK", "attention_addon", "attention_step_networks", "duration_addon", "frame_vocoder_network"]
 
 DURATION_STACK: list[dict[str, Any]] = [
     {
@@ -102,11 +103,16 @@ def attention_addon(
     static_tokens: int = 64,
     stop_threshold: float = 0.5,
     max_frames_per_token: float = 12.0,
+    keys: bool = True,
     **manifest: Any,
 ) -> Path:
-    """Export an attention-based (Tacotron-style) addon: Encoders, then AttentionDecoder."""
+    """Export an attention-based (Tacotron-style) addon: Encoders, then AttentionDecoder.
+
+    ``keys``: the step's attention keys are computed once per sentence by a third network
+    (``attention_keys``, after the encoder) and passed to the step as a per-token input, instead of
+    being recomputed from ``memory`` at every step; the same weights and outputs either way.
+    """
     dim = encoder.embed.embedding_dim
-    states = [_t(name, "B", size) for name, size in step.state_shapes().items()]
     networks = {
         "encoder": NetworkExport(
             encoder,
@@ -116,26 +122,7 @@ def attention_addon(
             encoder.receptive_field,
             _static(encoder.receptive_field, static_tokens),
         ),
-        "decoder_step": NetworkExport(
-            step,
-            "decoder_step",
-            [
-                _t("prev_frame", "B", mel.n_mels),
-                _t("memory", "B", "T", dim),
-                _t("mask", "B", "T"),
-                _t("attention_prev", "B", "T"),
-                _t("attention_cum", "B", "T"),
-                *states,
-            ],
-            [
-                _t("frames", "B", step.reduction, mel.n_mels),
-                _t("stop_logit", "B", step.reduction),
-                _t("attention", "B", "T"),
-                *states,
-            ],
-            None,
-            window,
-        ),
+        **attention_step_networks(step, mel, window, static_tokens, keys),
     }
     stack = [
         {
@@ -150,3 +137,44 @@ def attention_addon(
         }
     ]
     return export_addon(out, networks, mel=mel, stack=manifest.pop("stack", stack), **manifest)
+
+
+def attention_step_networks(
+    step: DecoderStep, mel: MelSettings, window: int, static_tokens: int, keys: bool = True
+) -> dict[str, NetworkExport]:
+    """The decoder step network of an attention addon and, with ``keys``, the ``attention_keys``
+    encoder network that computes its keys once per sentence (see :func:`attention_addon`)."""
+    dim, attention = step.keys.in_features, step.keys.out_features
+    states = [_t(name, "B", size) for name, size in step.state_shapes().items()]
+    networks = {}
+    if keys:
+        networks["attention_keys"] = NetworkExport(
+            AttentionKeys(step),
+            "encoder",
+            [_t("memory", "B", "T", dim)],
+            [_t("keys", "B", "T", attention)],
+            0,
+            _static(0, static_tokens),
+        )
+    networks["decoder_step"] = NetworkExport(
+        KeyedDecoderStep(step) if keys else step,
+        "decoder_step",
+        [
+            _t("prev_frame", "B", mel.n_mels),
+            _t("memory", "B", "T", dim),
+            _t("mask", "B", "T"),
+            _t("attention_prev", "B", "T"),
+            _t("attention_cum", "B", "T"),
+            *([_t("keys", "B", "T", attention)] if keys else []),
+            *states,
+        ],
+        [
+            _t("frames", "B", step.reduction, mel.n_mels),
+            _t("stop_logit", "B", step.reduction),
+            _t("attention", "B", "T"),
+            *states,
+        ],
+        None,
+        window,
+    )
+    return networks

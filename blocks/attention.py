@@ -20,7 +20,7 @@ from blocks.base import (
     StreamableBlock,
     StreamKind,
 )
-from blocks.network import ExecutionContext
+from blocks.network import ExecutionContext, NetworkSpec, TensorSpec
 
 __all__ = ["AttentionDecoder"]
 
@@ -54,6 +54,10 @@ class AttentionDecoder(StreamableBlock):
     ``frames`` ``[1, r, n_mels]`` (r = reduction factor), ``stop_logit`` ``[1, r]``,
     ``attention`` ``[1, W]`` and the new states under the same names.
 
+    A further input with a token axis (``[1, T, ...]``, e.g. ``keys``: the attention keys of
+    every token, computed once per sentence by an encoder network instead of at every step) is a
+    per-token feature: read from the features under its own name and windowed like ``memory``.
+
     The block owns the alignment over the whole text: the window of ``window`` tokens follows
     the attention's focus, so text of any length fits a network compiled for ``window`` tokens
     (static context: padded and masked to ``static_length``). Decoding ends at the first frame
@@ -80,11 +84,14 @@ class AttentionDecoder(StreamableBlock):
             raise env.error(f'network "{config.network}" must take {", ".join(STEP_INPUTS)} first, takes {names}')
         if tuple(outs[: len(STEP_OUTPUTS)]) != STEP_OUTPUTS:
             raise env.error(f'network "{config.network}" must return {", ".join(STEP_OUTPUTS)} first, returns {outs}')
-        states_in, states_out = names[len(STEP_INPUTS) :], outs[len(STEP_OUTPUTS) :]
+        tokens = [t.name for t in _per_token(spec)]
+        env.require_keys(tokens, f'{cls.type_name} (per-token inputs of network "{config.network}")')
+        states_in = [n for n in names[len(STEP_INPUTS) :] if n not in tokens]
+        states_out = outs[len(STEP_OUTPUTS) :]
         if states_in != states_out:
             raise env.error(f'network "{config.network}": recurrent states in {states_in} and out {states_out} differ')
         for t in spec.inputs[len(STEP_INPUTS) :]:
-            if t.time_scale is not None or not all(isinstance(d, int) for d in t.shape[1:]):
+            if t.name not in tokens and (t.time_scale is not None or not all(isinstance(d, int) for d in t.shape[1:])):
                 raise env.error(f'network "{config.network}": state "{t.name}" must have a fixed shape, has {t.shape}')
         if spec.static_length is not None and spec.static_length < config.window:
             raise env.error(
@@ -98,7 +105,8 @@ class AttentionDecoder(StreamableBlock):
         self.runner = env.networks(config.network)
         spec = self.runner.spec
         self.n_mels = int(spec.inputs[0].shape[-1])
-        self.state_specs = spec.inputs[len(STEP_INPUTS) :]
+        self.token_inputs = tuple(t.name for t in _per_token(spec))
+        self.state_specs = [t for t in spec.inputs[len(STEP_INPUTS) :] if t.name not in self.token_inputs]
         self.static = env.context is ExecutionContext.STATIC
         if self.static and spec.static_length is None:
             raise ValueError(f'network "{config.network}" has no static_length for the static context')
@@ -110,6 +118,10 @@ class AttentionDecoder(StreamableBlock):
         assert isinstance(cfg, AttentionDecoderConfig)
         memory = features[cfg.memory]
         tokens = int(memory.shape[1])
+        per_token = {name: features[name] for name in self.token_inputs}
+        for name, x in per_token.items():
+            if x.dim() < 2 or x.shape[1] != tokens:
+                raise ValueError(f'per-token feature "{name}" has shape {list(x.shape)}; {cfg.memory} has {tokens} tokens')
         width = min(cfg.window, tokens)
         size = self.runner.spec.static_length if self.static else width
         assert size is not None
@@ -124,7 +136,7 @@ class AttentionDecoder(StreamableBlock):
         while produced < guard:
             start = max(0, min(focus - width // 4, tokens - width))
             out = self.runner.call(
-                self._step_inputs(memory, mask, start, width, size, prev_frame, prev_att, cum_att, states)
+                self._step_inputs(memory, mask, start, width, size, prev_frame, prev_att, cum_att, per_token, states)
             )
             att = out["attention"][:, :width]
             if width == tokens == size:  # the window is the whole text: the attention as it came
@@ -188,8 +200,11 @@ class AttentionDecoder(StreamableBlock):
         prev_frame: torch.Tensor,
         prev_att: torch.Tensor,
         cum_att: torch.Tensor,
+        per_token: dict[str, torch.Tensor],
         states: dict[str, torch.Tensor],
     ) -> dict[str, torch.Tensor]:
+        """The step's inputs by name: ``memory``, the attention and the ``per_token`` features
+        ``[1, T, ...]`` windowed, then the ``states``."""
         def window(x: torch.Tensor) -> torch.Tensor:
             part = x[:, start : start + width]
             if size == width:
@@ -203,5 +218,17 @@ class AttentionDecoder(StreamableBlock):
             "mask": mask,
             "attention_prev": window(prev_att),
             "attention_cum": window(cum_att),
+            **{name: window(x) for name, x in per_token.items()},
             **states,
         }
+
+
+def _per_token(spec: NetworkSpec) -> list[TensorSpec]:
+    """The step network's per-token inputs: those after :data:`STEP_INPUTS` with a token axis
+    ``[B, T, ...]`` (the axis ``memory`` has)."""
+    axis = spec.inputs[1].shape[1] if len(spec.inputs) > 1 and len(spec.inputs[1].shape) > 1 else None
+    return [
+        t
+        for t in spec.inputs[len(STEP_INPUTS) :]
+        if axis is not None and len(t.shape) >= 2 and t.shape[1] == axis
+    ]

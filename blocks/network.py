@@ -226,10 +226,13 @@ class NetworkRunner:
                     self.enable_batching(self.batching_wanted)
                     self.batching_wanted = 0
         args = []
+        device = self.device
         for t in self.spec.inputs:
-            if t.name not in inputs:
+            x = inputs.get(t.name)
+            if x is None:
                 raise KeyError(f"network {self.name!r} needs input {t.name!r}")
-            args.append(inputs[t.name].to(self.device, t.torch_dtype))
+            dtype = t.torch_dtype
+            args.append(x if x.dtype == dtype and x.device == device else x.to(device, dtype))
         try:
             if self.batch_queue is not None and all(a.shape[0] == 1 for a in args):
                 outs = self.batch_queue(tuple(args))
@@ -238,6 +241,8 @@ class NetworkRunner:
         except Exception as exc:  # the addon's network, not Chorus: say which one, keep the cause
             shapes = ", ".join(f"{t.name} {list(a.shape)}" for t, a in zip(self.spec.inputs, args, strict=True))
             raise NetworkError(f"network {self.name!r} failed on {shapes}: {type(exc).__name__}: {exc}") from exc
+        if device.type == "cpu":  # already plain CPU tensors (run under inference_mode: nothing to detach)
+            return {t.name: o for t, o in zip(self.spec.outputs, outs, strict=True)}
         return {t.name: o.detach().to("cpu") for t, o in zip(self.spec.outputs, outs, strict=True)}
 
     def _forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:

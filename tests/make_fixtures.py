@@ -69,7 +69,9 @@ def build_fast(out: Path, vocoder: bool = False) -> Path:
     )
 
 
-def build_taco(out: Path) -> Path:
+def build_taco(out: Path, keys: bool = True) -> Path:
+    """``keys=False``: the same voice with the attention keys computed inside the step network, as
+    exported before they had a network of their own."""
     torch.manual_seed(2)
     n = len(inventory()) + 1
     enc = AttentionEncoder(n, dim=16, kernel_size=3, dilations=[1, 2], dropout=0.0)
@@ -86,6 +88,7 @@ def build_taco(out: Path) -> Path:
         window=12,
         static_tokens=8,
         max_frames_per_token=4.0,
+        keys=keys,
         **_common("tiny-taco", "Fixture: attention-based, random weights"),
     )
 

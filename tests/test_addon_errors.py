@@ -116,6 +116,11 @@ BROKEN: dict[str, tuple[str, Callable[[dict[str, Any]], Any], str]] = {
         _set(["stack", 0, "streamable_block", "window"], 1000),
         r"stack\[0\]\.streamable_block: window 1000 exceeds network \"decoder_step\" static_length",
     ),
+    "attention keys nobody computes": (
+        "tiny-taco",
+        _set(["stack", 0, "sequence_block", "networks"], ["encoder"]),
+        r"stack\[0\]\.streamable_block: AttentionDecoder \(per-token inputs of network \"decoder_step\"\) needs 'keys'",
+    ),
     "vocoder that is not a vocoder": (
         "tiny-fast",
         _set(["vocoder"], {"type": "Gain", "db": 1}),

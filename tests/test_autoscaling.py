@@ -72,6 +72,7 @@ def _app_options(application: Any) -> dict[str, dict[str, Any]]:
             "autoscaling_config": deployment._deployment_config.autoscaling_config,
             "num_replicas": deployment._deployment_config.num_replicas,
             "max_ongoing_requests": deployment.max_ongoing_requests,
+            "init_args": deployment._replica_config.init_args,
         }
         for arg in list(deployment._replica_config.init_args) + list(deployment._replica_config.init_kwargs.values()):
             for item in arg.values() if isinstance(arg, dict) else [arg]:
@@ -110,3 +111,28 @@ def test_hints_and_overrides_keep_the_default_cpus_and_decoders_scale_on_load(
     voc = options["universal-vocoder"]
     assert voc["autoscaling_config"].policy.policy_function != POLICY_FUNCTION  # asked for requests
     assert options["ingress"]["ray_actor_options"]["num_cpus"] == 0.25
+
+
+def test_stage_nice_reaches_every_stage_replica_and_lowers_its_priority(fixture_dir: Path) -> None:
+    """AppArgs.stage_nice is each stage's last constructor argument (not the ingress's), and a
+    replica given it lowers its own process's priority by that much (0: left as it started)."""
+    import os
+
+    from serve_app.app import AppArgs, build_app
+    from serve_app.deployments import EncodersDeployment
+
+    options = _app_options(build_app(AppArgs(addons=[str(fixture_dir / "tiny-fast")], stage_nice=5)))
+    stages = {"tiny-fast-encoders", "tiny-fast-decoder", "universal-vocoder"}
+    assert {name for name in options if options[name]["init_args"][-1] == 5} == stages
+    plain = _app_options(build_app(AppArgs(addons=[str(fixture_dir / "tiny-fast")])))
+    assert all(plain[name]["init_args"][-1] == 0 for name in stages)
+
+    lower = EncodersDeployment.func_or_class._lower_priority
+    for nice in (0, 5):
+        before = os.nice(0)
+        pid = os.fork()
+        if pid == 0:  # the child lowers its own priority and reports it by exit status
+            lower(nice)
+            os._exit(os.nice(0) - before)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == min(nice, 19 - before), nice

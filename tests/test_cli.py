@@ -105,7 +105,7 @@ def test_addon_validate_and_list(fixture_dir: Path, tmp_path: Path) -> None:
 
 
 def test_bench_synth_reports_figures(fixture_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "synth", "--addon", str(fixture_dir / "tiny-fast"), "--json", "--repeats", "1"]) == 0
+    assert main(["bench", "synth", "--addon", str(fixture_dir / "tiny-neural"), "--json", "--repeats", "1"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert [r["text"] for r in results] == ["1 sentence", "20 sentences"]
     short, long = results

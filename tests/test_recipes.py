@@ -197,3 +197,24 @@ def test_bad_arguments_exit_2_with_one_line(
     assert module.main(argv) == 2  # type: ignore[attr-defined]
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "error:" in err
+
+
+def test_reexport_computes_attention_keys_once_with_the_same_audio(fixture_dir: Path, tmp_path: Path) -> None:
+    """A taco voice exported with the keys inside its step network, written again by
+    ``taco.reexport``: the keys get an encoder network of their own (a per-token input of the
+    step), and the audio is the same to the bit, whole-text and windowed, in both contexts."""
+    from tests.make_fixtures import build_taco
+
+    plain = build_taco(tmp_path / "plain", keys=False)
+    assert set(json.loads((plain / "addon.json").read_text())["networks"]) == {"encoder", "decoder_step"}
+    keyed = taco.reexport(plain, tmp_path / "keyed")
+    networks = json.loads((keyed / "addon.json").read_text())["networks"]
+    assert networks["attention_keys"]["role"] == "encoder"
+    assert "keys" in [t["name"] for t in networks["decoder_step"]["inputs"]]
+    texts = ["Hi.", "A sentence long enough to move the attention window along its phonemes."]
+    for context in ("dynamic", "static"):
+        voices = [addons.load(d, context=context) for d in (plain, keyed, fixture_dir / "tiny-taco")]
+        for text in texts:
+            audio = [v.synthesize(text)[0] for v in voices]
+            assert audio[0].size > 0
+            assert all(np.array_equal(audio[0], a) for a in audio[1:]), (context, text)

@@ -12,7 +12,7 @@ from torch import nn
 
 from addons.models.duration import TextEncoder
 
-__all__ = ["AttentionEncoder", "DecoderStep"]
+__all__ = ["AttentionEncoder", "AttentionKeys", "DecoderStep", "KeyedDecoderStep"]
 
 
 class AttentionEncoder(TextEncoder):
@@ -89,10 +89,29 @@ class DecoderStep(nn.Module):
         c_dec: torch.Tensor,
         context: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
+        return self.step(
+            prev_frame, memory, self.keys(memory), mask, attention_prev, attention_cum, h_att, c_att, h_dec, c_dec, context
+        )
+
+    def step(
+        self,
+        prev_frame: torch.Tensor,
+        memory: torch.Tensor,
+        keys: torch.Tensor,
+        mask: torch.Tensor,
+        attention_prev: torch.Tensor,
+        attention_cum: torch.Tensor,
+        h_att: torch.Tensor,
+        c_att: torch.Tensor,
+        h_dec: torch.Tensor,
+        c_dec: torch.Tensor,
+        context: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        """:meth:`forward` given the attention ``keys`` of ``memory`` (``self.keys(memory)``)."""
         h_att, c_att = self.att_rnn(torch.cat([self.prenet(prev_frame), context], dim=-1), (h_att, c_att))
         location = self.location_conv(torch.stack([attention_prev, attention_cum], dim=1)).transpose(1, 2)
         energies = self.energy(
-            torch.tanh(self.query(h_att).unsqueeze(1) + self.keys(memory) + self.location(location))
+            torch.tanh(self.query(h_att).unsqueeze(1) + keys + self.location(location))
         ).squeeze(-1)
         energies = energies.masked_fill(mask < 0.5, -1e9)
         weights = torch.softmax(energies, dim=-1) * mask
@@ -101,3 +120,48 @@ class DecoderStep(nn.Module):
         out = torch.cat([h_dec, context], dim=-1)
         frames = self.frames(out).view(-1, self.reduction, self.n_mels)
         return frames, self.stop(out), weights, h_att, c_att, h_dec, c_dec, context
+
+
+class AttentionKeys(nn.Module):
+    """``memory`` ``[B, T, dim]`` -> ``keys`` ``[B, T, attention]``: a decoder step's attention
+    keys, once per sentence. Exported beside :class:`KeyedDecoderStep` so that the step does not
+    recompute them (a ``[T, dim] x [dim, attention]`` product, about half its arithmetic) every step."""
+
+    def __init__(self, step: DecoderStep) -> None:
+        super().__init__()
+        self.keys = step.keys  # shared
+
+    def forward(self, memory: torch.Tensor) -> torch.Tensor:
+        return self.keys(memory)
+
+
+class KeyedDecoderStep(nn.Module):
+    """A :class:`DecoderStep` taking the precomputed ``keys`` ``[B, T, attention]`` (see
+    :class:`AttentionKeys`) after ``attention_cum``: the same submodules (shared, under the same
+    names, but for ``keys``), the same outputs."""
+
+    def __init__(self, step: DecoderStep) -> None:
+        super().__init__()
+        for name, module in step.named_children():
+            if name != "keys":
+                self.add_module(name, module)
+        self.n_mels, self.dim, self.reduction, self.rnn = step.n_mels, step.dim, step.reduction, step.rnn
+
+    def forward(
+        self,
+        prev_frame: torch.Tensor,
+        memory: torch.Tensor,
+        mask: torch.Tensor,
+        attention_prev: torch.Tensor,
+        attention_cum: torch.Tensor,
+        keys: torch.Tensor,
+        h_att: torch.Tensor,
+        c_att: torch.Tensor,
+        h_dec: torch.Tensor,
+        c_dec: torch.Tensor,
+        context: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        return DecoderStep.step(
+            self,  # type: ignore[arg-type]  # the same submodules under the same names
+            prev_frame, memory, keys, mask, attention_prev, attention_cum, h_att, c_att, h_dec, c_dec, context,
+        )

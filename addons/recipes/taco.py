@@ -26,12 +26,19 @@ checked loader as any addon) instead of random ones: a voice can be trained furt
 with another reduction factor. For another ``--reduction`` the frame and stop heads are rebuilt:
 frame ``j`` of the new step starts as frame ``min(j, r_old - 1)`` of the old one, so the first
 steps of training speak (too fast) rather than babble.
+
+``--reexport --init-from ADDON --export DIR`` trains nothing: it writes ADDON again in this
+version's export format (the attention keys computed once per sentence by a network of their own,
+the step's other weights unchanged, the same audio to the bit); that is how the bundled
+chorus-taco was brought to this format.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,8 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from addons.builders import attention_addon
-from addons.manifest import AddonError, FrontendConfig, read_manifest
+from addons.builders import attention_addon, attention_step_networks
+from addons.export import export_network
+from addons.manifest import MANIFEST_NAME, AddonError, FrontendConfig, read_manifest
 from addons.models import AttentionEncoder, DecoderStep
 from addons.netfile import load_program
 from addons.recipes.corpus import SILENCE, Corpus, Utterance
@@ -59,6 +67,7 @@ __all__ = [
     "free_run",
     "free_run_metrics",
     "main",
+    "reexport",
     "teacher_forced",
 ]
 
@@ -302,9 +311,13 @@ class TacoRecipe:
         )
 
 
-def _addon_weights(directory: Path, role: str) -> dict[str, torch.Tensor]:
+def _addon_weights(directory: Path, role: str, name: str | None = None) -> dict[str, torch.Tensor]:
+    """The weights of the addon's one network with ``role`` (of the one called ``name``, if
+    given); ``{}`` where ``name`` is given but the addon has no such network."""
     manifest = read_manifest(directory)
-    names = [name for name, spec in manifest.networks.items() if spec.role == role]
+    names = [n for n, spec in manifest.networks.items() if spec.role == role and name in (None, n)]
+    if name is not None and not names:
+        return {}
     if len(names) != 1:
         raise UsageError(f"--init-from {directory}: needs one {role!r} network, has {len(names)}")
     spec = manifest.networks[names[0]]
@@ -324,7 +337,9 @@ def initialise_from(model: TacoModel, directory: Path, phonemes: Sequence[str]) 
         manifest = read_manifest(directory)
     except AddonError as exc:
         raise UsageError(f"--init-from: {exc}") from None
-    encoder, step = _addon_weights(directory, "encoder"), _addon_weights(directory, "decoder_step")
+    encoder = _addon_weights(directory, "encoder", "encoder")
+    step = _addon_weights(directory, "decoder_step")
+    step = _addon_weights(directory, "encoder", "attention_keys") | step  # keys exported apart (or not)
     n_mels, r = model.step.n_mels, model.step.reduction
     if manifest.mel.n_mels != n_mels:
         raise UsageError(f"--init-from {directory}: {manifest.mel.n_mels} mel bands, the corpus has {n_mels}")
@@ -345,6 +360,49 @@ def initialise_from(model: TacoModel, directory: Path, phonemes: Sequence[str]) 
         if wrong:
             raise UsageError(f"--init-from {directory}: sizes differ from this run's ({', '.join(wrong[:4])})")
         part.load_state_dict({k: weights[k] for k in own})
+
+
+def reexport(directory: Path, out: Path) -> Path:
+    """Write the exported chorus-taco at ``directory`` to ``out`` in this version's export format
+    (attention keys once per sentence, see :func:`addons.builders.attention_addon`): the step
+    network is rebuilt from its weights (unchanged) and exported again beside its keys network;
+    every other file, and every other manifest field, is copied as it is."""
+    try:
+        manifest = read_manifest(directory)
+    except AddonError as exc:
+        raise UsageError(f"--reexport: {exc}") from None
+    weights = _addon_weights(directory, "encoder", "attention_keys") | _addon_weights(directory, "decoder_step")
+    filters, _, kernel = weights["location_conv.weight"].shape
+    step = DecoderStep(
+        n_mels=int(weights["prenet.0.weight"].shape[1]),
+        dim=int(weights["keys.weight"].shape[1]),
+        reduction=int(weights["stop.bias"].shape[0]),
+        prenet=int(weights["prenet.0.weight"].shape[0]),
+        rnn=int(weights["att_rnn.weight_hh"].shape[1]),
+        attention=int(weights["keys.weight"].shape[0]),
+        location_filters=int(filters),
+        location_kernel=int(kernel),
+    )
+    step.load_state_dict(weights)
+    encoder = manifest.networks["encoder"]
+    static_tokens = (encoder.static_length or 0) - 2 * (encoder.receptive_field or 0)
+    window = manifest.networks["decoder_step"].static_length or int(manifest.stack[0]["streamable_block"]["window"])
+    made = attention_step_networks(step.eval(), manifest.mel, window, static_tokens)
+    data = json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
+    networks: dict[str, Any] = {}
+    for name, spec in data["networks"].items():
+        if name == "decoder_step":
+            continue
+        networks[name] = spec
+        if name == "encoder":
+            networks |= {k: net.spec(f"{k}.pt2").model_dump(mode="json") for k, net in made.items()}
+    data["networks"] = networks
+    shutil.copytree(directory, out, ignore=shutil.ignore_patterns("decoder_step.pt2", "attention_keys.pt2"))
+    for name, net in made.items():
+        export_network(net, net.spec(f"{name}.pt2"), out / f"{name}.pt2")
+    (out / MANIFEST_NAME).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    read_manifest(out)  # checked as any addon
+    return out
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -389,11 +447,29 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init-from", type=Path, default=None, help="Start from this exported chorus-taco's weights (see module doc)."
     )
+    p.add_argument(
+        "--reexport",
+        action="store_true",
+        help="No training: write the --init-from voice to --export in this version's format (see reexport).",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return main_with(TacoRecipe, parser(), argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if not args.reexport:
+        return main_with(TacoRecipe, p, argv)
+    try:
+        if args.init_from is None:
+            raise UsageError("--reexport needs --init-from ADDON")
+        if args.export.resolve() == args.init_from.resolve() or args.export.exists():
+            raise UsageError(f"--reexport writes a new directory; {args.export} exists")
+        print(f"{NAME}: re-exported to {reexport(args.init_from, args.export)}", file=sys.stderr)
+        return 0
+    except UsageError as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
