@@ -121,7 +121,9 @@ class AttentionDecoder(StreamableBlock):
         per_token = {name: features[name] for name in self.token_inputs}
         for name, x in per_token.items():
             if x.dim() < 2 or x.shape[1] != tokens:
-                raise ValueError(f'per-token feature "{name}" has shape {list(x.shape)}; {cfg.memory} has {tokens} tokens')
+                raise ValueError(
+                    f'per-token feature "{name}" has shape {list(x.shape)}; {cfg.memory} has {tokens} tokens'
+                )
         width = min(cfg.window, tokens)
         size = self.runner.spec.static_length if self.static else width
         assert size is not None
@@ -205,6 +207,7 @@ class AttentionDecoder(StreamableBlock):
     ) -> dict[str, torch.Tensor]:
         """The step's inputs by name: ``memory``, the attention and the ``per_token`` features
         ``[1, T, ...]`` windowed, then the ``states``."""
+
         def window(x: torch.Tensor) -> torch.Tensor:
             part = x[:, start : start + width]
             if size == width:
@@ -227,8 +230,4 @@ def _per_token(spec: NetworkSpec) -> list[TensorSpec]:
     """The step network's per-token inputs: those after :data:`STEP_INPUTS` with a token axis
     ``[B, T, ...]`` (the axis ``memory`` has)."""
     axis = spec.inputs[1].shape[1] if len(spec.inputs) > 1 and len(spec.inputs[1].shape) > 1 else None
-    return [
-        t
-        for t in spec.inputs[len(STEP_INPUTS) :]
-        if axis is not None and len(t.shape) >= 2 and t.shape[1] == axis
-    ]
+    return [t for t in spec.inputs[len(STEP_INPUTS) :] if axis is not None and len(t.shape) >= 2 and t.shape[1] == axis]

@@ -345,7 +345,11 @@ def test_failure_mid_stream_never_looks_complete(server: str, edit_addon: Any) -
     def fragile(m: dict[str, Any]) -> None:  # fixed 12-token encoder that cannot be split: long sentences fail
         m["networks"]["text_encoder"].update(receptive_field=None, static_length=12)
 
-    args = AppArgs(addons=[str(edit_addon("tiny-fast", fragile))], context="static")
+    args = AppArgs(
+        addons=[str(edit_addon("tiny-fast", fragile))],
+        context="static",
+        deployments={"tiny-fast-decoder": {"num_replicas": 1}},  # one replica is enough to fail on
+    )
     serve.run(build_app(args), name="fragile", route_prefix="/fragile")
     text = "Hello there. " + "This second sentence is far too long for the fixed encoder size, so it fails."
     try:

@@ -90,7 +90,17 @@ class DecoderStep(nn.Module):
         context: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         return self.step(
-            prev_frame, memory, self.keys(memory), mask, attention_prev, attention_cum, h_att, c_att, h_dec, c_dec, context
+            prev_frame,
+            memory,
+            self.keys(memory),
+            mask,
+            attention_prev,
+            attention_cum,
+            h_att,
+            c_att,
+            h_dec,
+            c_dec,
+            context,
         )
 
     def step(
@@ -110,9 +120,7 @@ class DecoderStep(nn.Module):
         """:meth:`forward` given the attention ``keys`` of ``memory`` (``self.keys(memory)``)."""
         h_att, c_att = self.att_rnn(torch.cat([self.prenet(prev_frame), context], dim=-1), (h_att, c_att))
         location = self.location_conv(torch.stack([attention_prev, attention_cum], dim=1)).transpose(1, 2)
-        energies = self.energy(
-            torch.tanh(self.query(h_att).unsqueeze(1) + keys + self.location(location))
-        ).squeeze(-1)
+        energies = self.energy(torch.tanh(self.query(h_att).unsqueeze(1) + keys + self.location(location))).squeeze(-1)
         energies = energies.masked_fill(mask < 0.5, -1e9)
         weights = torch.softmax(energies, dim=-1) * mask
         context = torch.bmm(weights.unsqueeze(1), memory).squeeze(1)
@@ -163,5 +171,15 @@ class KeyedDecoderStep(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         return DecoderStep.step(
             self,  # type: ignore[arg-type]  # the same submodules under the same names
-            prev_frame, memory, keys, mask, attention_prev, attention_cum, h_att, c_att, h_dec, c_dec, context,
+            prev_frame,
+            memory,
+            keys,
+            mask,
+            attention_prev,
+            attention_cum,
+            h_att,
+            c_att,
+            h_dec,
+            c_dec,
+            context,
         )

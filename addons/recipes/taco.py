@@ -386,7 +386,9 @@ def reexport(directory: Path, out: Path) -> Path:
     step.load_state_dict(weights)
     encoder = manifest.networks["encoder"]
     static_tokens = (encoder.static_length or 0) - 2 * (encoder.receptive_field or 0)
-    window = manifest.networks["decoder_step"].static_length or int(manifest.stack[0]["streamable_block"]["window"])
+    window = manifest.networks["decoder_step"].static_length
+    if window is None:
+        raise UsageError(f"--reexport {directory}: its decoder_step declares no static_length")
     made = attention_step_networks(step.eval(), manifest.mel, window, static_tokens)
     data = json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
     networks: dict[str, Any] = {}
