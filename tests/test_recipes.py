@@ -185,6 +185,7 @@ def test_dtw_and_mcd_basics() -> None:
         (fast, ["--dim", "7"]),
         (taco, ["--reduction", "0"]),
         (taco, ["--no-such-option"]),
+        (taco, ["--reexport"]),
         (corpus, ["--train", "0"]),
         (evaluate, ["--addons", "/no/such/addon"]),
     ],

@@ -459,10 +459,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
-    args = p.parse_args(argv)
-    if not args.reexport:
-        return main_with(TacoRecipe, p, argv)
     try:
+        args = p.parse_args(argv)
+        if not args.reexport:
+            return main_with(TacoRecipe, p, argv)
         if args.init_from is None:
             raise UsageError("--reexport needs --init-from ADDON")
         if args.export.resolve() == args.init_from.resolve() or args.export.exists():
