@@ -11,6 +11,7 @@ deployment; addons that use the universal Griffin-Lim vocoder share one. Deploym
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,6 +82,15 @@ class AppArgs(BaseModel):
             "ingress or HTTP proxy on the same node is not queued behind synthesis: refusals and first chunks "
             "go out at once. 0 (the default) leaves it: on a 2-core machine shared with its clients, 5 measured no "
             "faster refusals and slower first audio under a burst (docs/performance.md)."
+        ),
+    )
+    fused_vocoder: bool = Field(
+        False,
+        description=(
+            "Each decoder replica also runs its model's vocoder and streams a sentence's audio in one call, "
+            "instead of one vocoder call per mel chunk through the ingress: fewer hops per stream, but no "
+            "vocoder deployment (the universal vocoder is then loaded by every decoder replica, not shared) and "
+            "the vocoder scales with the decoder (docs/performance.md)."
         ),
     )
     max_body_bytes: int = Field(
@@ -210,7 +220,12 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
     strangers = sorted(set(args.lexicons) - names - {"*"})
     if strangers:
         raise ValueError(f"lexicons names unknown models {strangers} (served: {', '.join(sorted(names))}, or '*')")
-    shared = {m.name: str(d) for d, m in found if not m.uses_own_vocoder}
+    fused = args.fused_vocoder
+    shared = {} if fused else {m.name: str(d) for d, m in found if not m.uses_own_vocoder}
+    if fused and any(n.endswith("-vocoder") or n == UNIVERSAL_VOCODER for n in args.deployments):
+        raise ValueError(
+            "fused_vocoder runs each model's vocoder in its decoder replicas: no vocoder deployment to set"
+        )
     ingress_defaults = {**DEFAULTS["ingress"], "max_ongoing_requests": args.max_concurrent_streams + INGRESS_HEADROOM}
     options = {INGRESS: merge_deployment_options(ingress_defaults, None, args.deployments.get(INGRESS))}
     if shared:
@@ -218,7 +233,7 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
     for _, m in found:
         options[f"{m.name}-encoders"] = _options(args, f"{m.name}-encoders", "encoders", m.deployment.encoders)
         options[f"{m.name}-decoder"] = _options(args, f"{m.name}-decoder", "decoder", m.deployment.decoder)
-        if m.uses_own_vocoder:
+        if m.uses_own_vocoder and not fused:
             options[f"{m.name}-vocoder"] = _options(args, f"{m.name}-vocoder", "vocoder", m.deployment.vocoder)
     _add_decoder_replicas(options, [f"{m.name}-decoder" for _, m in found])
 
@@ -236,19 +251,18 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
         context = hints.encoders.context or args.context
         enc = _ENCODERS.options(name=f"{m.name}-encoders", **options[f"{m.name}-encoders"])
         dec = _DECODER.options(name=f"{m.name}-decoder", **options[f"{m.name}-decoder"])
-        if m.uses_own_vocoder:
+        decoder = dec.bind(
+            str(directory), hints.decoder.context or args.context, args.device, args.batching, args.stage_nice, fused
+        )
+        if fused:
+            vocoder = decoder
+        elif m.uses_own_vocoder:
             voc = _VOCODER.options(name=f"{m.name}-vocoder", **options[f"{m.name}-vocoder"])
             vocoder = voc.bind({m.name: str(directory)}, args.device, args.batching, args.stage_nice)
         else:
             vocoder = universal
-        handles[m.name] = (
-            enc.bind(str(directory), context, args.device, args.stage_nice),
-            dec.bind(
-                str(directory), hints.decoder.context or args.context, args.device, args.batching, args.stage_nice
-            ),
-            vocoder,
-        )
-        models[m.name] = ModelInfo.of(m, _server_lexicon(args.lexicons, m.name))
+        handles[m.name] = (enc.bind(str(directory), context, args.device, args.stage_nice), decoder, vocoder)
+        models[m.name] = replace(ModelInfo.of(m, _server_lexicon(args.lexicons, m.name)), fused_vocoder=fused)
     default_model = addons.loader.DEFAULT_ADDON if addons.loader.DEFAULT_ADDON in models else next(iter(models))
     aliases = Aliases.build(args.openai, models, default_model)
     ingress = _INGRESS.options(name=INGRESS, **options[INGRESS])

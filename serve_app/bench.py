@@ -152,6 +152,7 @@ SYSTEMS = ("chorus", "unbatched", "floor")
 SYSTEM_NOTES = {
     "chorus": "continuous batching + admission control (the defaults)",
     "chorus-nice5": "the defaults, but stage replicas 5 nicer than the ingress (stage_nice=5)",
+    "chorus-fused": "the defaults, but each decoder replica also vocodes (fused_vocoder): one call per sentence",
     "unbatched": "batching=0, admission off: every stream alone, every stream admitted",
     "floor": "the real ingress over no-op stages: Ray's own cost for this hop structure",
 }
@@ -300,6 +301,7 @@ def run_capacity(
                     batching=0 if plain else 32,
                     admission=not plain,
                     stage_nice=5 if system == "chorus-nice5" else STAGE_NICE,
+                    fused_vocoder=system == "chorus-fused",
                 )
                 app = build_app(args)
             serve.run(app, name=system, route_prefix=f"/{system}")

@@ -90,10 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     bcap.add_argument(
         "--systems",
         nargs="+",
-        choices=["chorus", "chorus-nice5", "unbatched", "floor"],
+        choices=["chorus", "chorus-nice5", "chorus-fused", "unbatched", "floor"],
         default=["chorus", "unbatched", "floor"],
         help=(
             "chorus: the defaults; chorus-nice5: the defaults but stage_nice 5 (stages yield the CPU to the ingress); "
+            "chorus-fused: the defaults but fused_vocoder (each decoder replica vocodes its sentences); "
             "unbatched: batching and admission off; floor: no-op stages (Ray's cost)"
         ),
     )

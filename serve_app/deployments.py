@@ -114,133 +114,15 @@ class _Replica:
         return os.nice(0)
 
 
-@serve.deployment(**DEFAULTS["encoders"])
-class EncodersDeployment(_Replica):
-    """The SequenceBlock side of one addon: a sentence's text -> its phoneme ids -> features.
+class _Vocoding(_Replica):
+    """The vocoder's calls (``start``, ``process``, ``finish``) over ``self.stages``: the audio
+    stage of each model served. Stateless between calls: the caller carries each stream's vocoder
+    state from one call to the next, so any replica can take any chunk."""
 
-    Concurrent requests are batched into one padded pass (``@serve.batch``).
-    """
+    stages: dict[str, AudioStage]
 
-    def __init__(self, addon_dir: str, context: str = "dynamic", device: str = "auto", nice: int = 0) -> None:
-        self._lower_priority(nice)
-        self.stage = addons.load(Path(addon_dir), context=context, device=device, stages=["encoders"]).encoders
-        self.stage.load()  # its own weights (and only those), read before the first request
-
-    async def encode(self, sentence: str, options: dict[str, Any] | None = None) -> list[dict[str, np.ndarray]]:
-        """Features for each speakable part of ``sentence`` ([] if nothing in it is speakable), with
-        the part's text description (keys ``text.*``, for speech marks; not for the decoder)."""
-        try:
-            lexicon, normalize = (options or {}).get("lexicon", ()), bool((options or {}).get("normalize", True))
-            parts = await asyncio.to_thread(lambda: list(self.stage.sentences(sentence, lexicon, normalize)))
-        except LexiconError:
-            raise  # the request's own mistake: the ingress answers 400
-        except addons.TextError:
-            return []
-        results: list[dict[str, np.ndarray]] = await asyncio.gather(*(self._encode_batched(p.ids) for p in parts))
-        # Beside each part's features, what speech marks need of its text (see addons.marks).
-        return [
-            {**with_pauses(features, part), **sentence_arrays(part)}
-            for features, part in zip(results, parts, strict=True)
-        ]
-
-    @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=0.003)
-    async def _encode_batched(self, batch: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        return await asyncio.to_thread(self.stage.encode_batch, batch)
-
-
-@serve.deployment(**DEFAULTS["decoder"])
-class DecoderDeployment(_Replica):
-    """The StreamableBlock side of one addon: features -> a stream of mel chunks [F, n_mels]."""
-
-    def __init__(
-        self,
-        addon_dir: str,
-        context: str = "dynamic",
-        device: str = "auto",
-        batching: int = DEFAULT_BATCHING,
-        nice: int = 0,
-    ) -> None:
-        self._lower_priority(nice)
-        voice = addons.load(Path(addon_dir), context=context, device=device, batching=batching, stages=["decoder"])
-        self.stage = voice.decoder
-        self.stage.load()
-        self.frame_s = voice.hop_length / voice.sample_rate
-        self.active = 0  # streams in progress
-        self.frames = 0  # mel frames produced since start
-
-    @staticmethod
-    def _out(pending: list[np.ndarray], tokens: list[np.ndarray] | None, aligned: bool) -> Any:
-        mel = np.concatenate(pending)
-        if not aligned:
-            return mel
-        return {"mel": mel, "tokens": np.concatenate(tokens) if tokens else None}
-
-    def stats(self) -> dict[str, int]:
-        """This replica's streams in progress and frames produced (cancelled streams stop working)."""
-        return {"active": self.active, "frames": self.frames, "pid": os.getpid()}
-
-    async def decode(
-        self,
-        features: dict[str, np.ndarray],
-        options: dict[str, Any],
-        deadline: float | None = None,
-        first_frames: int = 0,
-        aligned: bool = False,
-    ) -> AsyncIterator[Any]:
-        """Mel chunks of one sentence, growing from the first chunk (at least MIN_MEL_CHUNK frames, and
-        ``first_frames``, what the vocoder needs for its first audio: one round trip, not two) to
-        MAX_MEL_CHUNK frames.
-
-        ``options`` are resolved already (see ``addons.voice.resolve_options``). ``deadline``
-        (Unix seconds) is when the listener's buffer runs dry at the start of this sentence
-        (now, if nothing was heard yet); each chunk's network calls are ranked by it, plus the
-        audio already produced, so streams ahead of playback yield to newer ones. ``aligned``: each
-        chunk comes as ``{"mel": [F, n_mels], "tokens": [F] or None}``, the phoneme of each frame.
-        """
-        chunks = self.stage.decode_aligned(features, Request(options=options))
-        frame_s = self.frame_s
-        start = time.time() if deadline is None else deadline
-        pending: list[np.ndarray] = []
-        held, produced, target = 0, 0, max(MIN_MEL_CHUNK, first_frames)
-        tokens: list[np.ndarray] | None = []
-        self.active += 1
-        try:
-            while True:
-                item = await self._in_thread(next, chunks, None, deadline=start + produced * frame_s)
-                if item is None:
-                    break
-                chunk, chunk_tokens = item
-                self.frames += len(chunk)
-                produced += len(chunk)
-                pending.append(chunk)
-                if tokens is not None and chunk_tokens is not None:
-                    tokens.append(chunk_tokens)
-                else:
-                    tokens = None
-                held += len(chunk)
-                if held >= target:
-                    yield self._out(pending, tokens, aligned)
-                    pending, held, target = [], 0, min(2 * target, MAX_MEL_CHUNK)
-                    tokens = [] if tokens is not None else None
-            if pending:
-                yield self._out(pending, tokens, aligned)
-        finally:  # also on cancellation, when the client has gone
-            self.active -= 1
-
-
-@serve.deployment(**DEFAULTS["vocoder"])
-class VocoderDeployment(_Replica):
-    """Mel -> audio for the addons it serves (the shared universal vocoder, or one addon's own).
-
-    Stateless between calls: the caller carries each stream's vocoder state from one
-    ``process`` call to the next, so any replica can take any chunk.
-    """
-
-    def __init__(
-        self, addon_dirs: dict[str, str], device: str = "auto", batching: int = DEFAULT_BATCHING, nice: int = 0
-    ) -> None:
-        self._lower_priority(nice)
-        self.stages: dict[str, AudioStage] = {}
+    def _load_audio(self, addon_dirs: dict[str, str], device: str, batching: int) -> None:
+        self.stages = {}
         for name, directory in addon_dirs.items():
             manifest = addons.read_manifest(Path(directory))
             self.stages[name] = AudioStage.load_from(
@@ -276,3 +158,164 @@ class VocoderDeployment(_Replica):
     async def finish(self, model: str, state: dict[str, Any], options: dict[str, Any]) -> np.ndarray:
         stage = self._stage(model)
         return await self._in_thread(stage.finish, stage.unpack(state), Request(options=options))
+
+
+@serve.deployment(**DEFAULTS["encoders"])
+class EncodersDeployment(_Replica):
+    """The SequenceBlock side of one addon: a sentence's text -> its phoneme ids -> features.
+
+    Concurrent requests are batched into one padded pass (``@serve.batch``).
+    """
+
+    def __init__(self, addon_dir: str, context: str = "dynamic", device: str = "auto", nice: int = 0) -> None:
+        self._lower_priority(nice)
+        self.stage = addons.load(Path(addon_dir), context=context, device=device, stages=["encoders"]).encoders
+        self.stage.load()  # its own weights (and only those), read before the first request
+
+    async def encode(self, sentence: str, options: dict[str, Any] | None = None) -> list[dict[str, np.ndarray]]:
+        """Features for each speakable part of ``sentence`` ([] if nothing in it is speakable), with
+        the part's text description (keys ``text.*``, for speech marks; not for the decoder)."""
+        try:
+            lexicon, normalize = (options or {}).get("lexicon", ()), bool((options or {}).get("normalize", True))
+            parts = await asyncio.to_thread(lambda: list(self.stage.sentences(sentence, lexicon, normalize)))
+        except LexiconError:
+            raise  # the request's own mistake: the ingress answers 400
+        except addons.TextError:
+            return []
+        results: list[dict[str, np.ndarray]] = await asyncio.gather(*(self._encode_batched(p.ids) for p in parts))
+        # Beside each part's features, what speech marks need of its text (see addons.marks).
+        return [
+            {**with_pauses(features, part), **sentence_arrays(part)}
+            for features, part in zip(results, parts, strict=True)
+        ]
+
+    @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=0.003)
+    async def _encode_batched(self, batch: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        return await asyncio.to_thread(self.stage.encode_batch, batch)
+
+
+@serve.deployment(**DEFAULTS["decoder"])
+class DecoderDeployment(_Vocoding):
+    """The StreamableBlock side of one addon: features -> a stream of mel chunks [F, n_mels].
+
+    With ``vocoder``, the replica also holds its model's vocoder (the vocoder's calls, and
+    :meth:`speak`: one sentence's audio in one streamed call, rather than a vocoder call per mel
+    chunk through the ingress); see ``AppArgs.fused_vocoder``.
+    """
+
+    def __init__(
+        self,
+        addon_dir: str,
+        context: str = "dynamic",
+        device: str = "auto",
+        batching: int = DEFAULT_BATCHING,
+        nice: int = 0,
+        vocoder: bool = False,
+    ) -> None:
+        self._lower_priority(nice)
+        voice = addons.load(Path(addon_dir), context=context, device=device, batching=batching, stages=["decoder"])
+        self.stage = voice.decoder
+        self.stage.load()
+        self._load_audio({voice.name: addon_dir} if vocoder else {}, device, batching)
+        self.frame_s = voice.hop_length / voice.sample_rate
+        self.active = 0  # streams in progress
+        self.frames = 0  # mel frames produced since start
+
+    @staticmethod
+    def _out(pending: list[np.ndarray], tokens: list[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray | None]:
+        return np.concatenate(pending), np.concatenate(tokens) if tokens else None
+
+    def stats(self) -> dict[str, int]:
+        """This replica's streams in progress and frames produced (cancelled streams stop working)."""
+        return {"active": self.active, "frames": self.frames, "pid": os.getpid()}
+
+    async def decode(
+        self,
+        features: dict[str, np.ndarray],
+        options: dict[str, Any],
+        deadline: float | None = None,
+        first_frames: int = 0,
+        aligned: bool = False,
+    ) -> AsyncIterator[Any]:
+        """Mel chunks of one sentence, growing from the first chunk (at least MIN_MEL_CHUNK frames, and
+        ``first_frames``, what the vocoder needs for its first audio: one round trip, not two) to
+        MAX_MEL_CHUNK frames.
+
+        ``options`` are resolved already (see ``addons.voice.resolve_options``). ``deadline``
+        (Unix seconds) is when the listener's buffer runs dry at the start of this sentence
+        (now, if nothing was heard yet); each chunk's network calls are ranked by it, plus the
+        audio already produced, so streams ahead of playback yield to newer ones. ``aligned``: each
+        chunk comes as ``{"mel": [F, n_mels], "tokens": [F] or None}``, the phoneme of each frame.
+        """
+        async for mel, tokens in self._chunks(features, options, deadline, first_frames):
+            yield {"mel": mel, "tokens": tokens} if aligned else mel
+
+    async def speak(
+        self,
+        model: str,
+        state: dict[str, Any],
+        features: dict[str, np.ndarray],
+        options: dict[str, Any],
+        deadline: float | None = None,
+        first_frames: int = 0,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """One sentence's audio from ``features``, the vocoder stream continuing from ``state``
+        (as :meth:`process` takes it): ``{"audio", "frames", "tokens"}`` per mel chunk as
+        :meth:`decode` makes them (``tokens``: the phoneme of each frame, or None), and last
+        ``{"state": ...}``, the vocoder's state after the sentence."""
+        stage = self._stage(model)
+        live = stage.unpack(state)
+        start = time.time() if deadline is None else deadline
+        produced = 0
+        async for mel, tokens in self._chunks(features, options, deadline, first_frames):
+            when = start + produced * self.frame_s
+            produced += len(mel)
+            audio = await self._in_thread(stage.process, live, mel, Request(options=options), deadline=when)
+            yield {"audio": audio, "frames": len(mel), "tokens": tokens}
+        yield {"state": stage.pack(live)}
+
+    async def _chunks(
+        self, features: dict[str, np.ndarray], options: dict[str, Any], deadline: float | None, first_frames: int
+    ) -> AsyncIterator[tuple[np.ndarray, np.ndarray | None]]:
+        """One sentence's mel in chunks growing from the first (see :meth:`decode`), each with
+        its frames' phonemes (or None)."""
+        chunks = self.stage.decode_aligned(features, Request(options=options))
+        frame_s = self.frame_s
+        start = time.time() if deadline is None else deadline
+        pending: list[np.ndarray] = []
+        held, produced, target = 0, 0, max(MIN_MEL_CHUNK, first_frames)
+        tokens: list[np.ndarray] | None = []
+        self.active += 1
+        try:
+            while True:
+                item = await self._in_thread(next, chunks, None, deadline=start + produced * frame_s)
+                if item is None:
+                    break
+                chunk, chunk_tokens = item
+                self.frames += len(chunk)
+                produced += len(chunk)
+                pending.append(chunk)
+                if tokens is not None and chunk_tokens is not None:
+                    tokens.append(chunk_tokens)
+                else:
+                    tokens = None
+                held += len(chunk)
+                if held >= target:
+                    yield self._out(pending, tokens)
+                    pending, held, target = [], 0, min(2 * target, MAX_MEL_CHUNK)
+                    tokens = [] if tokens is not None else None
+            if pending:
+                yield self._out(pending, tokens)
+        finally:  # also on cancellation, when the client has gone
+            self.active -= 1
+
+
+@serve.deployment(**DEFAULTS["vocoder"])
+class VocoderDeployment(_Vocoding):
+    """Mel -> audio for the addons it serves (the shared universal vocoder, or one addon's own)."""
+
+    def __init__(
+        self, addon_dirs: dict[str, str], device: str = "auto", batching: int = DEFAULT_BATCHING, nice: int = 0
+    ) -> None:
+        self._lower_priority(nice)
+        self._load_audio(addon_dirs, device, batching)

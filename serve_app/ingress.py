@@ -74,6 +74,8 @@ class ModelInfo:
     speech_marks: bool = False  # its stack aligns frames to phonemes (see addons.marks)
     #: the server's pronunciation overrides for this model (Serve argument ``lexicons``)
     lexicon: tuple[LexiconEntry, ...] = ()
+    #: its decoder replicas also vocode (``AppArgs.fused_vocoder``): one streamed call per sentence
+    fused_vocoder: bool = False
 
     @classmethod
     def of(cls, manifest: AddonManifest, lexicon: Sequence[LexiconEntry] = ()) -> "ModelInfo":
@@ -451,7 +453,7 @@ class Ingress:
         """Audio chunks for ``sentences`` (a list, or sentences still being written), if the model
         has room for one more listener; resumed on another replica if one dies under the stream."""
         encoders, decoder, vocoder = self.handles[model]
-        handles = StageHandles(encoders, decoder, vocoder)
+        handles = StageHandles(encoders, decoder, vocoder, self.models[model].fused_vocoder)
         resumed = lambda stage: self.outcomes.inc(tags={"model": model, "outcome": f"resumed_{stage}"})  # noqa: E731
         rate = self.models[model].manifest.mel.sample_rate
         try:

@@ -47,11 +47,13 @@ class NoSpeakableText(ValueError):
 
 @dataclass(frozen=True)
 class StageHandles:
-    """The three deployment handles of one model."""
+    """The three deployment handles of one model. ``fused``: the decoder also vocodes (its
+    ``speak`` streams a sentence's audio) and ``vocoder`` is the decoder's handle."""
 
     encoders: Any
     decoder: Any
     vocoder: Any
+    fused: bool = False
 
 
 @dataclass
@@ -293,12 +295,9 @@ class _Stream:
             if self.marks is not None:
                 self.marks.restart()
             try:
-                decode = self.handles.decoder.decode.options(stream=True)
-                async for item in decode.remote(features, options, self.deadline(), self.first_frames, aligned):
-                    mel = item["mel"] if aligned else item
+                async for tokens, frames, audio in self._sentence_audio(features, options, aligned):
                     if self.marks is not None:
-                        self.marks.frames(item["tokens"], len(mel))
-                    audio = await self._vocode(mel, options)
+                        self.marks.frames(tokens, frames)
                     self.fresh = False
                     skip = min(max(sent - produced, 0), audio.size)
                     produced += audio.size
@@ -311,6 +310,27 @@ class _Stream:
                 await asyncio.sleep(RETRY_DELAY_S)
         if self.marks is not None and self.on_marks is not None:
             self.on_marks(self.marks.end())
+
+    async def _sentence_audio(
+        self, features: dict[str, np.ndarray], options: dict[str, Any], aligned: bool
+    ) -> AsyncIterator[tuple[np.ndarray | None, int, np.ndarray]]:
+        """``(tokens, frames, audio)`` per mel chunk of one sentence, ``self.state`` carried on:
+        mel streamed from the decoder and each chunk sent to the vocoder, or, fused, the audio
+        streamed from the decoder in one call (its last item the vocoder's state)."""
+        if self.handles.fused:
+            speak = self.handles.decoder.speak.options(stream=True)
+            async for item in speak.remote(
+                self.model, self.state, features, options, self.deadline(), self.first_frames
+            ):
+                if "state" in item:
+                    self.state = item["state"]
+                else:
+                    yield item["tokens"], int(item["frames"]), item["audio"]
+            return
+        decode = self.handles.decoder.decode.options(stream=True)
+        async for item in decode.remote(features, options, self.deadline(), self.first_frames, aligned):
+            mel = item["mel"] if aligned else item
+            yield (item["tokens"] if aligned else None), len(mel), await self._vocode(mel, options)
 
     async def _vocode(self, mel: np.ndarray, options: dict[str, Any]) -> np.ndarray:
         vocoder, state, deadline = self.handles.vocoder, self.state, self.deadline()

@@ -122,10 +122,11 @@ def test_stage_nice_reaches_every_stage_replica_and_lowers_its_priority(fixture_
     from serve_app.deployments import EncodersDeployment
 
     options = _app_options(build_app(AppArgs(addons=[str(fixture_dir / "tiny-fast")], stage_nice=5)))
-    stages = {"tiny-fast-encoders", "tiny-fast-decoder", "universal-vocoder"}
-    assert {name for name in options if options[name]["init_args"][-1] == 5} == stages
+    at = {"tiny-fast-encoders": -1, "tiny-fast-decoder": -2, "universal-vocoder": -1}  # then the decoder's fused flag
+    assert {name for name in options if name in at and options[name]["init_args"][at[name]] == 5} == set(at)
+    assert 5 not in options["ingress"]["init_args"]
     plain = _app_options(build_app(AppArgs(addons=[str(fixture_dir / "tiny-fast")])))
-    assert all(plain[name]["init_args"][-1] == 0 for name in stages)
+    assert all(plain[name]["init_args"][i] == 0 for name, i in at.items())
 
     lower = EncodersDeployment.func_or_class._lower_priority
     for nice in (0, 5):
@@ -136,3 +137,22 @@ def test_stage_nice_reaches_every_stage_replica_and_lowers_its_priority(fixture_
             os._exit(os.nice(0) - before)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == min(nice, 19 - before), nice
+
+
+def test_fused_vocoder_binds_no_vocoder_deployment(fixture_dir: Path) -> None:
+    """AppArgs.fused_vocoder: the decoder replicas get the vocoder (their last argument), no
+    vocoder deployment is bound, and options for one are refused by name."""
+    from serve_app.app import AppArgs, build_app
+
+    addons = [str(fixture_dir / "tiny-universal"), str(fixture_dir / "tiny-neural")]
+    options = _app_options(build_app(AppArgs(addons=addons, fused_vocoder=True)))
+    assert set(options) == {
+        "ingress",
+        *(f"{m}-{s}" for m in ("tiny-universal", "tiny-neural") for s in ("encoders", "decoder")),
+    }
+    assert all(options[f"{m}-decoder"]["init_args"][-1] is True for m in ("tiny-universal", "tiny-neural"))
+    plain = _app_options(build_app(AppArgs(addons=addons)))
+    assert {"universal-vocoder", "tiny-neural-vocoder"} <= set(plain)
+    assert plain["tiny-neural-decoder"]["init_args"][-1] is False
+    with pytest.raises(ValueError, match="fused_vocoder"):
+        build_app(AppArgs(addons=addons, fused_vocoder=True, deployments={"universal-vocoder": {"num_replicas": 2}}))

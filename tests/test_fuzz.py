@@ -44,7 +44,10 @@ def server(fixture_dir: Path) -> Iterator[str]:
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(AppArgs(addons=[str(fixture_dir / MODEL)])), name="chorus", route_prefix="/")
+        # Fused (each decoder replica vocodes): the fuzzing does not depend on it, and this module
+        # then also checks that path's audio without an app of its own.
+        args = AppArgs(addons=[str(fixture_dir / MODEL)], fused_vocoder=True)
+        serve.run(build_app(args), name="chorus", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
@@ -102,3 +105,31 @@ def test_no_server_errors_and_every_error_in_shape(operations: list[Any]) -> Non
             _check(case, case.call(timeout=60))
 
         fuzz()
+
+
+def test_fused_vocoder_gives_the_in_process_audio_and_marks(server: str, fixture_dir: Path) -> None:
+    """AppArgs.fused_vocoder: no vocoder deployment; the bytes and speech marks over HTTP are the
+    in-process ones (tests/test_serve.py checks the same of the unfused default)."""
+    import base64
+    import json
+
+    import httpx
+
+    import addons
+    from serve_app.audio_format import make_encoder
+
+    assert not any("vocoder" in name for name in serve.status().applications["chorus"].deployments)
+    text = "Fused or not. The same samples, to the bit; and marks."
+    local = addons.load(fixture_dir / MODEL)
+    chunks = list(local.stream(text, marks=["word", "phoneme"]))
+    encoder = make_encoder("pcm", local.sample_rate)
+    want = b"".join(encoder.encode(c.samples) for c in chunks)
+    body = {"model": MODEL, "input": text, "response_format": "pcm"}
+    got = httpx.post(f"{server}{SPEECH}", json=body, timeout=120)
+    assert got.status_code == 200 and got.content == want
+    body |= {"stream_format": "sse", "timestamps": ["word", "phoneme"]}
+    sse = httpx.post(f"{server}{SPEECH}", json=body, timeout=120)
+    events = [json.loads(b.removeprefix("data: ")) for b in sse.text.split("\n\n") if b.strip()]
+    marks = [m for e in events if e["type"] == "speech.marks" for m in e["marks"]]
+    assert marks == [m.as_dict() for c in chunks for m in c.marks] and marks
+    assert b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta") == want
