@@ -155,6 +155,7 @@ SYSTEM_NOTES = {
     "chorus-fused": "the defaults, but each decoder replica also vocodes (fused_vocoder): one call per sentence",
     "unbatched": "batching=0, admission off: every stream alone, every stream admitted",
     "floor": "the real ingress over no-op stages: Ray's own cost for this hop structure",
+    "floor-fused": "the same no-op stages in the fused structure (fused_vocoder): its own floor",
 }
 STALL_S = 0.01  # a playback gap shorter than this is not counted as a stall
 
@@ -282,7 +283,7 @@ def run_capacity(
     directory = addons.find_addon(addon or addons.loader.DEFAULT_ADDON)
     manifest = addons.read_manifest(directory)
     rate = manifest.mel.sample_rate
-    profile = profile_addon(directory, TEXT) if "floor" in systems else None
+    profile = profile_addon(directory, TEXT) if {"floor", "floor-fused"} & set(systems) else None
     utterance_s = _utterance_seconds(directory)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -291,9 +292,9 @@ def run_capacity(
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         for system in systems:
-            if system == "floor":
+            if system in ("floor", "floor-fused"):
                 assert profile is not None
-                app = build_floor_app(directory, profile, DEFAULTS)
+                app = build_floor_app(directory, profile, DEFAULTS, fused=system == "floor-fused")
             else:
                 plain = system == "unbatched"
                 args = AppArgs(

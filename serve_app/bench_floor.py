@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,33 +97,9 @@ class FloorEncoders(_Replica):
         return out
 
 
-@serve.deployment
-class FloorDecoder(_Replica):
-    def __init__(self, profile: FloorProfile) -> None:
-        self.n_mels = profile.n_mels
+class _NoOpVocoding(_Replica):
+    """The vocoder's calls, answered with silence of the real sizes and the recorded state."""
 
-    async def decode(
-        self,
-        features: dict[str, np.ndarray],
-        options: dict[str, Any],
-        deadline: float | None = None,
-        first_frames: int = 0,
-        aligned: bool = False,
-    ) -> AsyncIterator[Any]:
-        left, size = int(features[_FRAMES_KEY]), max(MIN_MEL_CHUNK, first_frames)
-        while left > 0:
-            n = min(size, left)
-            await asyncio.sleep(0)
-            mel = np.zeros((n, self.n_mels), np.float32)
-            yield {"mel": mel, "tokens": None} if aligned else mel
-            left, size = left - n, min(2 * size, MAX_MEL_CHUNK)
-
-    def stats(self) -> dict[str, int]:
-        return {"active": 0, "frames": 0, "pid": self.pid()}
-
-
-@serve.deployment
-class FloorVocoder(_Replica):
     def __init__(self, profile: FloorProfile) -> None:
         self.hop, self.state, self.first_frames = profile.hop_length, profile.state, profile.first_chunk
 
@@ -139,20 +115,76 @@ class FloorVocoder(_Replica):
         return np.zeros(0, np.float32)
 
 
-def build_floor_app(directory: Path, profile: FloorProfile, options: dict[str, dict[str, Any]]) -> Any:
+@serve.deployment
+class FloorDecoder(_NoOpVocoding):
+    def __init__(self, profile: FloorProfile) -> None:
+        super().__init__(profile)
+        self.n_mels = profile.n_mels
+
+    def _sizes(self, features: dict[str, np.ndarray], first_frames: int) -> list[int]:
+        """The real decoder's chunk sizes for this sentence (see DecoderDeployment.decode)."""
+        left, size, sizes = int(features[_FRAMES_KEY]), max(MIN_MEL_CHUNK, first_frames), []
+        while left > 0:
+            sizes.append(min(size, left))
+            left, size = left - sizes[-1], min(2 * size, MAX_MEL_CHUNK)
+        return sizes
+
+    async def decode(
+        self,
+        features: dict[str, np.ndarray],
+        options: dict[str, Any],
+        deadline: float | None = None,
+        first_frames: int = 0,
+        aligned: bool = False,
+    ) -> AsyncIterator[Any]:
+        for n in self._sizes(features, first_frames):
+            await asyncio.sleep(0)
+            mel = np.zeros((n, self.n_mels), np.float32)
+            yield {"mel": mel, "tokens": None} if aligned else mel
+
+    async def speak(
+        self,
+        model: str,
+        state: Any,
+        features: dict[str, np.ndarray],
+        options: dict[str, Any],
+        deadline: float | None = None,
+        first_frames: int = 0,
+    ) -> AsyncIterator[dict[str, Any]]:
+        for n in self._sizes(features, first_frames):
+            await asyncio.sleep(0)
+            yield {"audio": np.zeros(n * self.hop, np.float32), "frames": n, "tokens": None}
+        yield {"state": state}
+
+    def stats(self) -> dict[str, int]:
+        return {"active": 0, "frames": 0, "pid": self.pid()}
+
+
+@serve.deployment
+class FloorVocoder(_NoOpVocoding):
+    pass
+
+
+def build_floor_app(
+    directory: Path, profile: FloorProfile, options: dict[str, dict[str, Any]], fused: bool = False
+) -> Any:
     """The real ingress for the addon in ``directory`` over no-op stages; ``options`` per stage
-    ("encoders", "decoder", "vocoder", "ingress") as the real graph would get them."""
+    ("encoders", "decoder", "vocoder", "ingress") as the real graph would get them. ``fused``: the
+    structure of ``AppArgs.fused_vocoder`` (the decoder speaks; no vocoder deployment)."""
     import addons
     from serve_app.http import HttpPolicy
     from serve_app.ingress import Ingress, ModelInfo
 
     manifest = addons.read_manifest(directory)
-    stages: Any = (FloorEncoders, FloorDecoder, FloorVocoder)
+    stages: Any = (FloorEncoders, FloorDecoder) if fused else (FloorEncoders, FloorDecoder, FloorVocoder)
     handles = tuple(
         d.options(name=f"floor-{stage}", **options[stage]).bind(profile)
-        for d, stage in zip(stages, ("encoders", "decoder", "vocoder"), strict=True)
+        for d, stage in zip(stages, ("encoders", "decoder", "vocoder"), strict=False)
     )
+    if fused:
+        handles = (*handles, handles[1])  # the decoder is the vocoder too
+    info = replace(ModelInfo.of(manifest), fused_vocoder=fused)
     ingress: Any = Ingress
     return ingress.options(name="floor-ingress", **options["ingress"]).bind(
-        {manifest.name: ModelInfo.of(manifest)}, {manifest.name: handles}, HttpPolicy(admission=False)
+        {manifest.name: info}, {manifest.name: handles}, HttpPolicy(admission=False)
     )

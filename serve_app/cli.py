@@ -90,12 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     bcap.add_argument(
         "--systems",
         nargs="+",
-        choices=["chorus", "chorus-nice5", "chorus-fused", "unbatched", "floor"],
+        choices=["chorus", "chorus-nice5", "chorus-fused", "unbatched", "floor", "floor-fused"],
         default=["chorus", "unbatched", "floor"],
         help=(
             "chorus: the defaults; chorus-nice5: the defaults but stage_nice 5 (stages yield the CPU to the ingress); "
             "chorus-fused: the defaults but fused_vocoder (each decoder replica vocodes its sentences); "
-            "unbatched: batching and admission off; floor: no-op stages (Ray's cost)"
+            "unbatched: batching and admission off; floor: no-op stages (Ray's cost); floor-fused: the same, fused"
         ),
     )
     bcap.add_argument("--json", action="store_true")
