@@ -46,7 +46,9 @@ def test_replicas_land_on_the_nodes_the_addon_names(cluster: dict[str, str], edi
     fast = edit_addon("tiny-fast", _hint(GPU_STAGE))
     taco = edit_addon("tiny-taco", _hint(INF2_STAGE))
     serve.start(http_options={"host": "127.0.0.1", "port": 0})
-    serve.run(build_app(AppArgs(addons=[str(fast), str(taco)])), name="placed", route_prefix="/placed")
+    one = {"num_replicas": 1}  # placement is the point, not the second decoder replica (tests/test_serve_faults.py)
+    args = AppArgs(addons=[str(fast), str(taco)], deployments={"tiny-fast-decoder": one, "tiny-taco-decoder": one})
+    serve.run(build_app(args), name="placed", route_prefix="/placed")
 
     def node_of(name: str) -> str:
         return serve.get_deployment_handle(name, app_name="placed").node_id.remote().result()
