@@ -84,13 +84,13 @@ class AppArgs(BaseModel):
             "faster refusals and slower first audio under a burst (docs/performance.md)."
         ),
     )
-    fused_vocoder: bool = Field(
+    fused_vocoder: bool | list[str] = Field(
         False,
         description=(
             "Each decoder replica also runs its model's vocoder and streams a sentence's audio in one call, "
             "instead of one vocoder call per mel chunk through the ingress: fewer hops per stream, but no "
-            "vocoder deployment (the universal vocoder is then loaded by every decoder replica, not shared) and "
-            "the vocoder scales with the decoder (docs/performance.md)."
+            "vocoder deployment for that model (its decoder replicas load the vocoder, not shared) and the "
+            "vocoder scales with the decoder. true: every model; a list: those models (docs/deploy.md)."
         ),
     )
     max_body_bytes: int = Field(
@@ -208,6 +208,16 @@ def _add_decoder_replicas(all_options: dict[str, dict[str, Any]], decoders: list
             all_options[name] = merge_deployment_options(all_options[name], {"num_replicas": DECODER_REPLICAS})
 
 
+def _fused_models(fused: bool | list[str], names: set[str]) -> set[str]:
+    """The models whose decoder replicas vocode (``AppArgs.fused_vocoder``)."""
+    if isinstance(fused, bool):
+        return set(names) if fused else set()
+    strangers = sorted(set(fused) - names)
+    if strangers:
+        raise ValueError(f"fused_vocoder names unknown models {strangers} (served: {', '.join(sorted(names))})")
+    return set(fused)
+
+
 def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
     """Bind the deployment graph for the requested addons (see the module docstring)."""
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
@@ -220,12 +230,13 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
     strangers = sorted(set(args.lexicons) - names - {"*"})
     if strangers:
         raise ValueError(f"lexicons names unknown models {strangers} (served: {', '.join(sorted(names))}, or '*')")
-    fused = args.fused_vocoder
-    shared = {} if fused else {m.name: str(d) for d, m in found if not m.uses_own_vocoder}
-    if fused and any(n.endswith("-vocoder") or n == UNIVERSAL_VOCODER for n in args.deployments):
-        raise ValueError(
-            "fused_vocoder runs each model's vocoder in its decoder replicas: no vocoder deployment to set"
-        )
+    fused = _fused_models(args.fused_vocoder, names)
+    shared = {m.name: str(d) for d, m in found if not m.uses_own_vocoder and m.name not in fused}
+    gone = sorted(
+        n for n in args.deployments if n in {f"{m}-vocoder" for m in fused} or (n == UNIVERSAL_VOCODER and not shared)
+    )
+    if gone:
+        raise ValueError(f"deployments names {gone}, but fused_vocoder runs those vocoders in the decoder replicas")
     ingress_defaults = {**DEFAULTS["ingress"], "max_ongoing_requests": args.max_concurrent_streams + INGRESS_HEADROOM}
     options = {INGRESS: merge_deployment_options(ingress_defaults, None, args.deployments.get(INGRESS))}
     if shared:
@@ -233,7 +244,7 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
     for _, m in found:
         options[f"{m.name}-encoders"] = _options(args, f"{m.name}-encoders", "encoders", m.deployment.encoders)
         options[f"{m.name}-decoder"] = _options(args, f"{m.name}-decoder", "decoder", m.deployment.decoder)
-        if m.uses_own_vocoder and not fused:
+        if m.uses_own_vocoder and m.name not in fused:
             options[f"{m.name}-vocoder"] = _options(args, f"{m.name}-vocoder", "vocoder", m.deployment.vocoder)
     _add_decoder_replicas(options, [f"{m.name}-decoder" for _, m in found])
 
@@ -252,9 +263,14 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
         enc = _ENCODERS.options(name=f"{m.name}-encoders", **options[f"{m.name}-encoders"])
         dec = _DECODER.options(name=f"{m.name}-decoder", **options[f"{m.name}-decoder"])
         decoder = dec.bind(
-            str(directory), hints.decoder.context or args.context, args.device, args.batching, args.stage_nice, fused
+            str(directory),
+            hints.decoder.context or args.context,
+            args.device,
+            args.batching,
+            args.stage_nice,
+            m.name in fused,
         )
-        if fused:
+        if m.name in fused:
             vocoder = decoder
         elif m.uses_own_vocoder:
             voc = _VOCODER.options(name=f"{m.name}-vocoder", **options[f"{m.name}-vocoder"])
@@ -262,7 +278,8 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
         else:
             vocoder = universal
         handles[m.name] = (enc.bind(str(directory), context, args.device, args.stage_nice), decoder, vocoder)
-        models[m.name] = replace(ModelInfo.of(m, _server_lexicon(args.lexicons, m.name)), fused_vocoder=fused)
+        info = ModelInfo.of(m, _server_lexicon(args.lexicons, m.name))
+        models[m.name] = replace(info, fused_vocoder=m.name in fused)
     default_model = addons.loader.DEFAULT_ADDON if addons.loader.DEFAULT_ADDON in models else next(iter(models))
     aliases = Aliases.build(args.openai, models, default_model)
     ingress = _INGRESS.options(name=INGRESS, **options[INGRESS])

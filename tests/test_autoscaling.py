@@ -141,7 +141,8 @@ def test_stage_nice_reaches_every_stage_replica_and_lowers_its_priority(fixture_
 
 def test_fused_vocoder_binds_no_vocoder_deployment(fixture_dir: Path) -> None:
     """AppArgs.fused_vocoder: the decoder replicas get the vocoder (their last argument), no
-    vocoder deployment is bound, and options for one are refused by name."""
+    vocoder deployment is bound, and options for one are refused by name; a list fuses only the
+    models it names."""
     from serve_app.app import AppArgs, build_app
 
     addons = [str(fixture_dir / "tiny-universal"), str(fixture_dir / "tiny-neural")]
@@ -156,3 +157,12 @@ def test_fused_vocoder_binds_no_vocoder_deployment(fixture_dir: Path) -> None:
     assert plain["tiny-neural-decoder"]["init_args"][-1] is False
     with pytest.raises(ValueError, match="fused_vocoder"):
         build_app(AppArgs(addons=addons, fused_vocoder=True, deployments={"universal-vocoder": {"num_replicas": 2}}))
+    # Per model: tiny-neural fused, tiny-universal still on the shared vocoder deployment.
+    some = _app_options(build_app(AppArgs(addons=addons, fused_vocoder=["tiny-neural"])))
+    assert "universal-vocoder" in some and "tiny-neural-vocoder" not in some
+    assert some["tiny-neural-decoder"]["init_args"][-1] is True
+    assert some["tiny-universal-decoder"]["init_args"][-1] is False
+    with pytest.raises(ValueError, match="tiny-neural-vocoder"):
+        build_app(AppArgs(addons=addons, fused_vocoder=["tiny-neural"], deployments={"tiny-neural-vocoder": {}}))
+    with pytest.raises(ValueError, match="unknown models"):
+        build_app(AppArgs(addons=addons, fused_vocoder=["nobody"]))
