@@ -229,5 +229,6 @@ class AttentionDecoder(StreamableBlock):
 def _per_token(spec: NetworkSpec) -> list[TensorSpec]:
     """The step network's per-token inputs: those after :data:`STEP_INPUTS` with a token axis
     ``[B, T, ...]`` (the axis ``memory`` has)."""
-    axis = spec.inputs[1].shape[1] if len(spec.inputs) > 1 and len(spec.inputs[1].shape) > 1 else None
+    memory = spec.inputs[STEP_INPUTS.index("memory")].shape  # plan() checked the inputs' order
+    axis = memory[1] if len(memory) > 1 else None
     return [t for t in spec.inputs[len(STEP_INPUTS) :] if axis is not None and len(t.shape) >= 2 and t.shape[1] == axis]

@@ -89,19 +89,8 @@ class DecoderStep(nn.Module):
         c_dec: torch.Tensor,
         context: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
-        return self.step(
-            prev_frame,
-            memory,
-            self.keys(memory),
-            mask,
-            attention_prev,
-            attention_cum,
-            h_att,
-            c_att,
-            h_dec,
-            c_dec,
-            context,
-        )
+        states = (h_att, c_att, h_dec, c_dec, context)
+        return self.step(prev_frame, memory, self.keys(memory), mask, attention_prev, attention_cum, states)
 
     def step(
         self,
@@ -111,13 +100,11 @@ class DecoderStep(nn.Module):
         mask: torch.Tensor,
         attention_prev: torch.Tensor,
         attention_cum: torch.Tensor,
-        h_att: torch.Tensor,
-        c_att: torch.Tensor,
-        h_dec: torch.Tensor,
-        c_dec: torch.Tensor,
-        context: torch.Tensor,
+        states: tuple[torch.Tensor, ...],
     ) -> tuple[torch.Tensor, ...]:
-        """:meth:`forward` given the attention ``keys`` of ``memory`` (``self.keys(memory)``)."""
+        """:meth:`forward` given the attention ``keys`` of ``memory`` (``self.keys(memory)``) and
+        the recurrent ``states`` in :attr:`state_names` order."""
+        h_att, c_att, h_dec, c_dec, context = states
         h_att, c_att = self.att_rnn(torch.cat([self.prenet(prev_frame), context], dim=-1), (h_att, c_att))
         location = self.location_conv(torch.stack([attention_prev, attention_cum], dim=1)).transpose(1, 2)
         energies = self.energy(torch.tanh(self.query(h_att).unsqueeze(1) + keys + self.location(location))).squeeze(-1)
@@ -169,17 +156,6 @@ class KeyedDecoderStep(nn.Module):
         c_dec: torch.Tensor,
         context: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
-        return DecoderStep.step(
-            self,  # type: ignore[arg-type]  # the same submodules under the same names
-            prev_frame,
-            memory,
-            keys,
-            mask,
-            attention_prev,
-            attention_cum,
-            h_att,
-            c_att,
-            h_dec,
-            c_dec,
-            context,
-        )
+        states = (h_att, c_att, h_dec, c_dec, context)
+        step = DecoderStep.step  # the same submodules under the same names
+        return step(self, prev_frame, memory, keys, mask, attention_prev, attention_cum, states)  # type: ignore[arg-type]

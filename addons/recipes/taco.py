@@ -465,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return main_with(TacoRecipe, p, argv)
         if args.init_from is None:
             raise UsageError("--reexport needs --init-from ADDON")
-        if args.export.resolve() == args.init_from.resolve() or args.export.exists():
+        if args.export.exists():
             raise UsageError(f"--reexport writes a new directory; {args.export} exists")
         print(f"{NAME}: re-exported to {reexport(args.init_from, args.export)}", file=sys.stderr)
         return 0
