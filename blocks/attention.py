@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from pydantic import Field
@@ -128,50 +129,70 @@ class AttentionDecoder(StreamableBlock):
         size = self.runner.spec.static_length if self.static else width
         assert size is not None
         guard = min(cfg.max_frames, math.ceil(cfg.max_frames_per_token * tokens))
+        # sigmoid(logit) > threshold as the network's float32 compares it, on plain floats
+        stop_above = float(torch.tensor(cfg.stop_threshold, dtype=torch.float32))
+        whole = width == tokens == size  # the window is the whole text: nothing to slice or pad
         prev_att, cum_att = torch.zeros(1, tokens), torch.zeros(1, tokens)
-        states = {t.name: torch.zeros(1, *[int(d) for d in t.shape[1:]]) for t in self.state_specs}
-        prev_frame = torch.zeros(1, self.n_mels)
-        focus, produced, reason, pending, held = 0, 0, "length_guard", [], 0
-        heard = -1  # the focus of the previous step's frames (-1: none yet)
         mask = torch.zeros(1, size)
         mask[:, :width] = 1.0
+        inputs: dict[str, torch.Tensor] = {
+            "prev_frame": torch.zeros(1, self.n_mels),
+            "memory": memory,
+            "mask": mask,
+            **per_token,
+            **{t.name: torch.zeros(1, *[int(d) for d in t.shape[1:]]) for t in self.state_specs},
+        }
+        states = [t.name for t in self.state_specs]
+        focus, produced, reason, pending, aligned, held = 0, 0, "length_guard", [], [], 0
+        heard = -1  # the focus of the previous step's frames (-1: none yet)
+        start = 0
         while produced < guard:
-            start = max(0, min(focus - width // 4, tokens - width))
-            out = self.runner.call(
-                self._step_inputs(memory, mask, start, width, size, prev_frame, prev_att, cum_att, per_token, states)
-            )
-            att = out["attention"][:, :width]
-            if width == tokens == size:  # the window is the whole text: the attention as it came
-                prev_att = out["attention"]
+            if whole:
+                inputs["attention_prev"], inputs["attention_cum"] = prev_att, cum_att
             else:
+                start = max(0, min(focus - width // 4, tokens - width))
+                window = _Window(start, width, size)
+                inputs["memory"] = window(memory)
+                inputs["attention_prev"], inputs["attention_cum"] = window(prev_att), window(cum_att)
+                inputs.update({name: window(x) for name, x in per_token.items()})
+            out = self.runner.call(inputs)
+            if whole:  # the attention as it came
+                att = prev_att = out["attention"]
+            else:
+                att = out["attention"][:, :width]
                 prev_att = torch.zeros(1, tokens)
                 prev_att[:, start : start + width] = att
             cum_att = cum_att + prev_att
             focus = start + int(torch.argmax(att))
-            states = {name: out[name] for name in states}
+            inputs.update({name: out[name] for name in states})
             frames = out["frames"]
-            stops = (torch.sigmoid(out["stop_logit"][0]) > cfg.stop_threshold).tolist()
-            if True in stops:
-                frames = frames[:, : stops.index(True) + 1]
-                reason = "stop_token"
-            frames = frames[:, : guard - produced]
-            request.align(self._step_tokens(int(frames.shape[1]), heard, focus))
+            n = int(frames.shape[1])
+            for i, p in enumerate(torch.sigmoid(out["stop_logit"][0]).tolist()):
+                if p > stop_above:
+                    n, reason = i + 1, "stop_token"
+                    break
+            n = min(n, guard - produced)
+            if n < frames.shape[1]:
+                frames = frames[:, :n]
+            aligned += self._step_tokens(n, heard, focus)
             heard = focus
-            produced += int(frames.shape[1])
-            prev_frame = frames[:, -1]
+            produced += n
+            inputs["prev_frame"] = frames[:, -1]
             pending.append(frames)
-            held += int(frames.shape[1])
+            held += n
             if reason == "stop_token" or held >= cfg.chunk_frames:
+                request.align(torch.tensor(aligned, dtype=torch.int64))
                 yield torch.cat(pending, dim=1)
-                pending, held = [], 0
+                pending, aligned, held = [], [], 0
             if reason == "stop_token":
                 break
         if pending:
+            request.align(torch.tensor(aligned, dtype=torch.int64))
             yield torch.cat(pending, dim=1)
         request.log(self.type_name, {"stop": reason, "frames": produced, "tokens": tokens, "final_focus": focus})
 
     @staticmethod
-    def _step_tokens(n: int, previous: int, focus: int) -> torch.Tensor:
+    def _step_tokens(n: int, previous: int, focus: int) -> list[int]:
         """The input token of each of a step's ``n`` frames.
 
         Where the focus stayed (or this is the first step), all are the focus. Where it moved on
@@ -183,47 +204,28 @@ class AttentionDecoder(StreamableBlock):
         factor), each token passed over gets its share instead of none, so no word goes unheard.
         A move back gives the first half to the previous token.
         """
-        tokens = torch.full((n,), focus, dtype=torch.int64)
         if previous < 0 or previous == focus:
-            return tokens
+            return [focus] * n
         if focus < previous:
-            tokens[: n // 2] = previous
-            return tokens
-        position = previous + (focus - previous) * (torch.arange(n, dtype=torch.float64) + 0.5) / n
-        return torch.floor(position + 0.5).to(torch.int64)
+            return [previous] * (n // 2) + [focus] * (n - n // 2)
+        return [math.floor(previous + (focus - previous) * (i + 0.5) / n + 0.5) for i in range(n)]
 
-    @staticmethod
-    def _step_inputs(
-        memory: torch.Tensor,
-        mask: torch.Tensor,
-        start: int,
-        width: int,
-        size: int,
-        prev_frame: torch.Tensor,
-        prev_att: torch.Tensor,
-        cum_att: torch.Tensor,
-        per_token: dict[str, torch.Tensor],
-        states: dict[str, torch.Tensor],
-    ) -> dict[str, torch.Tensor]:
-        """The step's inputs by name: ``memory``, the attention and the ``per_token`` features
-        ``[1, T, ...]`` windowed, then the ``states``."""
 
-        def window(x: torch.Tensor) -> torch.Tensor:
-            part = x[:, start : start + width]
-            if size == width:
-                return part
-            pad = torch.zeros((1, size - width, *part.shape[2:]), dtype=part.dtype)
-            return torch.cat([part, pad], dim=1)
+@dataclass(frozen=True)
+class _Window:
+    """A step's view of a per-token tensor ``[1, T, ...]``: ``width`` tokens from ``start``,
+    zero-padded to the network's ``size``."""
 
-        return {
-            "prev_frame": prev_frame,
-            "memory": window(memory),
-            "mask": mask,
-            "attention_prev": window(prev_att),
-            "attention_cum": window(cum_att),
-            **{name: window(x) for name, x in per_token.items()},
-            **states,
-        }
+    start: int
+    width: int
+    size: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        part = x[:, self.start : self.start + self.width]
+        if self.size == self.width:
+            return part
+        pad = torch.zeros((1, self.size - self.width, *part.shape[2:]), dtype=part.dtype)
+        return torch.cat([part, pad], dim=1)
 
 
 def _per_token(spec: NetworkSpec) -> list[TensorSpec]:

@@ -137,4 +137,4 @@ def test_word_marks_sit_on_the_words_in_the_voices_own_audio() -> None:
 def test_attention_step_frames_sweep_the_tokens_passed(n: int, previous: int, focus: int, tokens: list[int]) -> None:
     from blocks.attention import AttentionDecoder
 
-    assert AttentionDecoder._step_tokens(n, previous, focus).tolist() == tokens
+    assert AttentionDecoder._step_tokens(n, previous, focus) == tokens
