@@ -16,7 +16,8 @@ from addons.models.vocos import VocosVocoder
 from addons.recipes import vocoder
 from addons.recipes.corpus import build_corpus
 from blocks import MelSettings, log_mel
-from blocks.network import ExecutionContext, NetworkRunner
+from addons.netfile import _Traced, executable, load_program
+from blocks.network import ExecutionContext, NetworkRunner, NetworkSpec
 
 TINY = {"dim": 16, "hidden": 32, "layers": 2, "kernel": 3}
 SENTENCES = ["The cat sat on the mat.", "Where did you put my keys?", "We walked home in the rain.", "Keep calm."]
@@ -170,6 +171,65 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_corpus: Path, tmp_path: P
             assert vocoder.main(_options(tiny_corpus, run, "--steps", n, "--no-export", *resume)) == 0
     a, b = (torch.load(tmp_path / r / "run" / "checkpoint.pt", weights_only=True)["model"] for r in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _sized_overlap_add(self: VocosVocoder, frames: torch.Tensor) -> torch.Tensor:
+    """The overlap-add as exported before 2026-12-04: sizes computed from the input's shape."""
+    b, t, _ = frames.shape
+    k_half = self.segments // 2
+    padded = torch.nn.functional.pad(frames.reshape(b, t, self.segments, self.hop), (0, 0, 0, 0, k_half, k_half))
+    out = padded[:, 2 * k_half : 2 * k_half + t, 0]
+    for k in range(1, self.segments):
+        out = out + padded[:, 2 * k_half - k : 2 * k_half - k + t, k]
+    return out.reshape(b, t * self.hop)
+
+
+def _program(directory: Path) -> torch.export.ExportedProgram:
+    package = json.loads((directory / "vocoder.json").read_text())
+    spec = NetworkSpec.model_validate(package["network"])
+    return load_program(directory / spec.file, spec, directory)
+
+
+def test_reexport_gives_a_graph_traced_for_every_length_with_the_same_audio(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export whose overlap-add computes sizes from its input cannot be traced (a trace would fix
+    one length) and runs operator by operator; ``--reexport`` rebuilds it from its weights with
+    today's graph, which Chorus runs as a trace, and the audio is the same to the bit."""
+    with monkeypatch.context() as patch:
+        patch.setattr(VocosVocoder, "_overlap_add", _sized_overlap_add)
+        old = vocoder.export_vocoder(_tiny_model(), MelSettings(), tmp_path / "old", {"steps": 7})
+    assert vocoder.main(["--reexport", "--init-from", str(old), "--export", str(tmp_path / "new")]) == 0
+    new = tmp_path / "new"
+    assert json.loads((new / "vocoder.json").read_text()) == json.loads((old / "vocoder.json").read_text())
+    runs = [executable(_program(d), "cpu") for d in (old, new)]
+    assert not isinstance(runs[0], _Traced) and isinstance(runs[1], _Traced)
+    with torch.inference_mode():
+        for frames, batch in ((1, 1), (7, 2), (40, 1), (131, 3)):
+            mel, mask = _mel(frames, batch), torch.ones(batch, frames)
+            if batch > 1:
+                mask[-1, frames // 2 :] = 0.0  # a padded item
+            want, got = (run(mel, mask) for run in runs)
+            assert float(want.abs().max()) > 1e-3
+            assert torch.equal(got, want), (frames, batch)
+
+
+def test_bundled_vocoder_runs_as_a_trace() -> None:
+    assert isinstance(executable(_program(Path("addons/bundled/chorus-vocoder")), "cpu"), _Traced)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--reexport"],
+        ["--reexport", "--init-from", "addons/bundled/chorus-taco", "--export", "/nonexistent/out"],
+        ["--reexport", "--init-from", "addons/bundled/chorus-vocoder", "--export", "addons/bundled"],
+    ],
+)
+def test_bad_reexport_exits_2_with_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert vocoder.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "error:" in err
 
 
 @pytest.mark.parametrize("argv", [["--layers", "0"], ["--kernel", "4"], ["--evaluate", "--n", "0"], ["--bogus"]])

@@ -101,12 +101,12 @@ class VocosVocoder(nn.Module):
     def _overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
         """``[B, T, n_fft]`` centred frames -> ``[B, T * hop]``: hop block ``b`` sums segment ``k``
         of frame ``b + K/2 - k`` (``K = n_fft / hop``); frames outside ``0..T-1`` count as zero."""
-        b, t, _ = frames.shape
+        # No size is computed from the input (slices end counted from the end), so the exported
+        # graph holds none and a TorchScript trace of it fits every length (addons.netfile.traced).
         k_half = self.segments // 2
-        segs = frames.reshape(b, t, self.segments, self.hop)
+        segs = frames.unflatten(-1, (self.segments, self.hop))
         padded = nn.functional.pad(segs, (0, 0, 0, 0, k_half, k_half))  # K/2 zero frames on each side
-        out = padded[:, 2 * k_half : 2 * k_half + t, 0]
+        out = padded[:, 2 * k_half :, 0]
         for k in range(1, self.segments):
-            shift = 2 * k_half - k
-            out = out + padded[:, shift : shift + t, k]
-        return out.reshape(b, t * self.hop)
+            out = out + padded[:, 2 * k_half - k : -k, k]  # frames t + K/2 - k for t in 0..T-1
+        return out.flatten(1)

@@ -3,6 +3,7 @@ the teacher corpus audio, export it, and compare it with Griffin-Lim.
 
     python -m addons.recipes.vocoder --corpus data/corpus --minutes 95 --out runs/vocoder --threads 1 [--resume]
     python -m addons.recipes.vocoder --evaluate [--export addons/bundled/chorus-vocoder] [--n 20]
+    python -m addons.recipes.vocoder --reexport --init-from addons/bundled/chorus-vocoder --export DIR
 
 The corpus keeps mels, not audio; espeak-ng is deterministic, so each utterance's audio is spoken
 again when the run starts (a few ms each, checked against the stored mel length) and kept as int16.
@@ -57,6 +58,7 @@ __all__ = [
     "batch_log_mel",
     "evaluate_vocoders",
     "load_vocoder",
+    "reexport",
     "main",
     "stft_losses",
     "teacher_audio",
@@ -269,6 +271,33 @@ def export_vocoder(
     return directory
 
 
+def reexport(directory: Path, out: Path) -> Path:
+    """Write the exported vocoder at ``directory`` to ``out`` with this version's graph: the network
+    is rebuilt from its weights (unchanged) and exported again, its ``trained`` record kept. Since
+    2026-12-04 the graph computes no size from its input, so Chorus runs it as a TorchScript trace
+    (:func:`addons.netfile.traced`); the audio is the same to the bit."""
+    try:
+        doc = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+        package = VocoderPackage.model_validate(doc)
+        weights = load_program(directory / package.network.file, package.network, directory).state_dict
+    except (OSError, ValueError) as exc:  # AddonError and pydantic's errors are ValueErrors
+        raise UsageError(f"--reexport {directory}: {exc}") from None
+    try:
+        model = VocosVocoder(
+            n_mels=package.mel.n_mels,
+            n_fft=package.mel.n_fft,
+            hop=package.mel.hop_length,
+            dim=int(weights["embed.weight"].shape[0]),
+            hidden=int(weights["blocks.0.up.weight"].shape[0]),
+            layers=len({k.split(".")[1] for k in weights if k.startswith("blocks.")}),
+            kernel_size=int(weights["embed.weight"].shape[-1]),
+        )
+        model.load_state_dict(dict(weights))
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise UsageError(f"--reexport {directory}: not a {VocosVocoder.__name__} ({exc})") from None
+    return export_vocoder(model, package.mel, out, doc.get("trained", {}), package.name)
+
+
 def load_vocoder(directory: Path) -> tuple[NetworkRunner, MelSettings]:
     """The exported vocoder in ``directory`` as a dynamic-context runner, and the mel settings it expects."""
     package = VocoderPackage.model_validate(json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8")))
@@ -342,6 +371,25 @@ def _table(results: dict[str, dict[str, float]], n: int, threads: int) -> str:
     return "\n".join(lines)
 
 
+def _reexport_main(argv: Sequence[str]) -> int:
+    p = _Parser(
+        prog="python -m addons.recipes.vocoder --reexport",
+        description="Write an exported vocoder again in this version's format (weights unchanged).",
+    )
+    p.add_argument("--reexport", action="store_true")
+    p.add_argument("--init-from", type=Path, required=True, help="The exported vocoder directory to read.")
+    p.add_argument("--export", type=Path, required=True, help="The new directory to write.")
+    try:
+        args = p.parse_args(argv)
+        if args.export.exists():
+            raise UsageError(f"--reexport writes a new directory; {args.export} exists")
+        print(f"{NAME}: re-exported to {reexport(args.init_from, args.export)}", file=sys.stderr)
+    except UsageError as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(message)
@@ -385,6 +433,11 @@ def parser() -> argparse.ArgumentParser:
         lr=1e-3,
     )
     p.add_argument("--evaluate", action="store_true", help="Score the exported vocoder instead of training.")
+    p.add_argument(
+        "--reexport",
+        action="store_true",
+        help="No training: write the --init-from vocoder to --export in this version's format (see reexport).",
+    )
     p.add_argument("--dim", type=int, default=192, help="Backbone channels.")
     p.add_argument("--hidden", type=int, default=512, help="Channels inside each ConvNeXt block's MLP.")
     p.add_argument("--layers", type=int, default=6, help="ConvNeXt blocks.")
@@ -400,6 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--evaluate" in argv:
         return _evaluate_main(argv)
+    if "--reexport" in argv:
+        return _reexport_main(argv)
     return main_with(VocoderRecipe, parser(), argv)
 
 
