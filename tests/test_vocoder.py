@@ -13,10 +13,10 @@ import torch
 
 from addons.espeak import get_espeak
 from addons.models.vocos import VocosVocoder
+from addons.netfile import _Traced, executable, load_program
 from addons.recipes import vocoder
 from addons.recipes.corpus import build_corpus
 from blocks import MelSettings, log_mel
-from addons.netfile import _Traced, executable, load_program
 from blocks.network import ExecutionContext, NetworkRunner, NetworkSpec
 
 TINY = {"dim": 16, "hidden": 32, "layers": 2, "kernel": 3}

@@ -58,8 +58,8 @@ __all__ = [
     "batch_log_mel",
     "evaluate_vocoders",
     "load_vocoder",
-    "reexport",
     "main",
+    "reexport",
     "stft_losses",
     "teacher_audio",
 ]
