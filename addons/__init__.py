@@ -4,7 +4,7 @@ from addons.export import NetworkExport, export_addon
 from addons.frontend import TextError
 from addons.loader import addon_dirs, find_addon, list_addons, load
 from addons.manifest import AddonError, AddonManifest, read_manifest
-from addons.voice import AudioChunk, MelChunk, SynthesisOptions, Voice
+from addons.voice import AudioChunk, MelChunk, SynthesisOptions, ThreadsPlan, Voice, threads_plan
 
 __all__ = [
     "AddonError",
@@ -14,6 +14,7 @@ __all__ = [
     "NetworkExport",
     "SynthesisOptions",
     "TextError",
+    "ThreadsPlan",
     "Voice",
     "addon_dirs",
     "export_addon",
@@ -21,4 +22,5 @@ __all__ = [
     "list_addons",
     "load",
     "read_manifest",
+    "threads_plan",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,53 @@ from addons.stages import (
 )
 from blocks import ExecutionContext, Request, Vocoder
 
-__all__ = ["AHEAD", "AudioChunk", "AudioStage", "MelChunk", "SynthesisOptions", "Voice", "resolve_options"]
+__all__ = [
+    "AHEAD",
+    "PIPELINED_AHEAD",
+    "AudioChunk",
+    "AudioStage",
+    "MelChunk",
+    "SynthesisOptions",
+    "ThreadsPlan",
+    "Voice",
+    "resolve_options",
+    "threads_plan",
+]
 
 #: Mel chunks the decoder may run ahead of the vocoder by default (see :meth:`Voice.__init__`):
-#: none, one thread. The worker thread measured no faster on 2 cores (docs/performance.md).
+#: none, one thread. A worker thread pays only with torch's intra-op threads set to match
+#: (:func:`threads_plan`), which a library must not do for its caller's whole process.
 AHEAD = 0
+
+#: Mel chunks the decoder runs ahead of the vocoder in :func:`threads_plan`'s pipelined plan.
+PIPELINED_AHEAD = 8
+
+
+@dataclass(frozen=True)
+class ThreadsPlan:
+    """How one process synthesizing a stream at a time uses its cores: torch's intra-op
+    ``threads`` (``torch.set_num_threads``) and ``ahead`` for :meth:`Voice.__init__`."""
+
+    threads: int
+    ahead: int
+
+
+def threads_plan(cores: int | None = None) -> ThreadsPlan:
+    """The plan for ``cores`` cores (default: those this process may run on).
+
+    With two or more, a pipeline: the encoders and decoder in a worker thread up to
+    :data:`PIPELINED_AHEAD` mel chunks ahead of the vocoder in the caller's thread, each side with
+    half the cores as intra-op threads. An autoregressive decoder's small step network gains
+    nothing from a second intra-op thread, but it can run while the vocoder runs; and two calling
+    threads that each use every core's worth of intra-op threads contend (measured on 2 cores,
+    docs/performance.md: 1 thread with the worker is the fastest for both bundled voices, 2 threads
+    with it the slowest). With one core: one thread, no worker.
+    """
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cores < 2:
+        return ThreadsPlan(threads=1, ahead=0)
+    return ThreadsPlan(threads=cores // 2, ahead=PIPELINED_AHEAD)
 
 
 @dataclass(frozen=True)

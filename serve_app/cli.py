@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the text is an SSML document (docs/ssml.md); a text whose root is <speak> is read so anyway",
     )
+    _threads_flags(synth)
     synth.set_defaults(func=_synth)
 
     bench = sub.add_parser("bench", help="benchmarks")
@@ -55,10 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     bsynth.add_argument("--addon", default=None, help="addon name or directory")
     bsynth.add_argument("--context", choices=["dynamic", "static"], default="dynamic")
     bsynth.add_argument("--repeats", type=int, default=3, help="runs per text; the best is reported")
-    bsynth.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    bsynth.add_argument(
-        "--ahead", type=int, default=None, help="mel chunks the decoder runs ahead in its thread (0: one thread)"
-    )
+    _threads_flags(bsynth)
     bsynth.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bsynth.set_defaults(func=_bench_synth)
 
@@ -136,6 +134,32 @@ def _check_writable(path: Path, flag: str) -> None:
         raise CliError(f"{flag} {path} is not writable ({exc.strerror})") from None
 
 
+def _threads_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: addons.threads_plan's)"
+    )
+    parser.add_argument(
+        "--ahead",
+        type=int,
+        default=None,
+        help="mel chunks the decoder runs ahead of the vocoder in a worker thread, 0: none (default: threads_plan's)",
+    )
+
+
+def _threads(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """``--threads`` and ``--ahead``, each defaulting to :func:`addons.threads_plan`'s for this machine."""
+    import addons
+
+    if args.threads is not None and args.threads < 1:
+        raise CliError("--threads must be at least 1")
+    if args.ahead is not None and args.ahead < 0:
+        raise CliError("--ahead must be at least 0")
+    plan = addons.threads_plan()
+    return addons.ThreadsPlan(
+        plan.threads if args.threads is None else args.threads, plan.ahead if args.ahead is None else args.ahead
+    )
+
+
 def _load(addon: str | None, context: str = "dynamic"):  # type: ignore[no-untyped-def]
     import addons
 
@@ -147,16 +171,20 @@ def _load(addon: str | None, context: str = "dynamic"):  # type: ignore[no-untyp
 
 def _synth(args: argparse.Namespace) -> int:
     import soundfile as sf
+    import torch
 
     import addons
     from blocks import NetworkError
 
     text = _read_text(args)
+    plan = _threads(args)
     outputs = (("--out", args.out), ("--mel-out", args.mel_out), ("--mel-plot", args.mel_plot))
     for flag, path in (*outputs, ("--marks-out", args.marks_out)):
         if path is not None:
             _check_writable(path, flag)
     voice = _load(args.addon, args.context)
+    voice.ahead = plan.ahead
+    torch.set_num_threads(plan.threads)
     if args.marks_out is not None and not voice.provides_marks:
         raise CliError(f"--marks-out: addon {voice.name} gives no speech marks (its blocks report no alignment)")
     kinds = ("sentence", "ssml", "word", "phoneme") if args.marks_out is not None else ()
@@ -226,14 +254,10 @@ def _bench_synth(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise CliError("--repeats must be at least 1")
-    if args.threads is not None and args.threads < 1:
-        raise CliError("--threads must be at least 1")
-    if args.ahead is not None and args.ahead < 0:
-        raise CliError("--ahead must be at least 0")
+    plan = _threads(args)
     voice = _load(args.addon, args.context)
-    if args.ahead is not None:
-        voice.ahead = args.ahead
-    results = bench_voice(voice, repeats=args.repeats, threads=args.threads)
+    voice.ahead = plan.ahead
+    results = bench_voice(voice, repeats=args.repeats, threads=plan.threads)
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
         return 0

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
+import addons
+from addons.voice import PIPELINED_AHEAD
 from serve_app.cli import main
 from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads() -> Iterator[None]:
+    """``chorus synth`` and ``bench synth`` set torch's threads for their process, here pytest's."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 def test_synth_writes_wav_matching_mel_frames(fixture_dir: Path, tmp_path: Path) -> None:
@@ -76,6 +89,8 @@ def test_synth_static_context_and_text_file(fixture_dir: Path, tmp_path: Path) -
         (["--text", "hi", "--speed", "9"], "speed"),
         (["--text", "hi", "--voice", "nobody"], 'unknown voice "nobody"'),
         (["--text", "hi", "--context", "gpu"], "invalid choice"),
+        (["--text", "hi", "--ahead", "-1"], "--ahead must be at least 0"),
+        (["--text", "hi", "--threads", "0"], "--threads must be at least 1"),
     ],
 )
 def test_synth_bad_input_exits_2_with_one_line(
@@ -102,6 +117,30 @@ def test_addon_validate_and_list(fixture_dir: Path, tmp_path: Path) -> None:
     listing = run_cli("addon", "list", "--json", env={"CHORUS_ADDON_PATH": str(fixture_dir)})
     names = {a["name"] for a in json.loads(listing.stdout)}
     assert {"tiny-fast", "tiny-taco", "tiny-neural"} <= names
+
+
+def test_threads_plan_pipelines_where_there_are_two_cores_or_more() -> None:
+    assert addons.threads_plan(1) == addons.ThreadsPlan(threads=1, ahead=0)
+    assert addons.threads_plan(2) == addons.ThreadsPlan(threads=1, ahead=PIPELINED_AHEAD)
+    assert addons.threads_plan(7) == addons.ThreadsPlan(threads=3, ahead=PIPELINED_AHEAD)
+    assert addons.threads_plan() == addons.threads_plan(len(os.sched_getaffinity(0)))
+
+
+def test_synth_and_bench_default_to_the_threads_plan(
+    fixture_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    addon = str(fixture_dir / "tiny-taco")
+    plan = addons.threads_plan()
+    assert main(["bench", "synth", "--addon", addon, "--repeats", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"threads {plan.threads}, decoder ahead {plan.ahead} chunks"
+    assert main(["bench", "synth", "--addon", addon, "--repeats", "1", "--threads", "2", "--ahead", "3"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "threads 2, decoder ahead 3 chunks"
+    text = "Pipelined or not, the same samples."
+    for name, flags in (("plan", []), ("plain", ["--threads", "1", "--ahead", "0"])):
+        assert main(["synth", "--addon", addon, "--text", text, "--out", str(tmp_path / f"{name}.wav"), *flags]) == 0
+        if name == "plan":
+            assert torch.get_num_threads() == plan.threads
+    assert np.array_equal(sf.read(tmp_path / "plan.wav")[0], sf.read(tmp_path / "plain.wav")[0])
 
 
 def test_bench_synth_reports_figures(fixture_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
