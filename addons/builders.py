@@ -42,12 +42,15 @@ def duration_addon(
     mel: MelSettings,
     static_tokens: int = 64,
     static_frames: int = 128,
-    vocoder: FrameVocoder | None = None,
+    vocoder_network: FrameVocoder | None = None,
     **manifest: Any,
 ) -> Path:
     """Export a duration-based (FastSpeech-style) addon with the design-example stack.
 
     ``static_tokens``/``static_frames`` are the window centres compiled for the static context.
+    ``vocoder_network``: a vocoder of the addon's own, exported beside the others (the manifest's
+    ``vocoder`` then defaults to the NeuralVocoder block running it); ``manifest`` fields, such as
+    ``vocoder``, go into addon.json as they are.
     """
     dim = encoder.embed.embedding_dim
     networks = {
@@ -76,8 +79,8 @@ def duration_addon(
             _static(decoder.receptive_field, static_frames),
         ),
     }
-    if vocoder is not None:
-        networks["vocoder"] = frame_vocoder_network(vocoder, mel, static_frames)
+    if vocoder_network is not None:
+        networks["vocoder"] = frame_vocoder_network(vocoder_network, mel, static_frames)
         manifest.setdefault("vocoder", {"type": "NeuralVocoder"})
     return export_addon(out, networks, mel=mel, stack=manifest.pop("stack", DURATION_STACK), **manifest)
 

@@ -64,7 +64,7 @@ def build_fast(out: Path, vocoder: bool = False) -> Path:
         mel=MEL,
         static_tokens=8,
         static_frames=16,
-        vocoder=voc,
+        vocoder_network=voc,
         **_common(name, "Fixture: duration-based, random weights"),
     )
 

@@ -120,9 +120,17 @@ def test_recipe_resumes_exports_and_speaks(trained: dict[str, Path], name: str) 
     assert all(np.isfinite(h["train"]["loss"]) for h in history)
     voice = addons.load(run / "voice")
     assert voice.name == f"chorus-{name}"
+    assert voice.manifest.vocoder == {"type": "UniversalVocoder", "name": "chorus-vocoder"}
     audio, mel = voice.synthesize("Keep the change.")
     assert mel.shape[0] > 0 and audio.shape == (mel.shape[0] * voice.hop_length,)
     assert np.isfinite(audio).all()
+
+
+def test_recipe_exports_a_voice_with_griffin_lim_when_asked(tiny_corpus: Path, tmp_path: Path) -> None:
+    assert _train(fast, tiny_corpus, tmp_path, [*TINY_FAST, "--steps", "1", "--vocoder", "griffin-lim"]) == 0
+    vocoder = json.loads((tmp_path / "voice" / "addon.json").read_text())["vocoder"]
+    assert vocoder["type"] == "GriffinLim"
+    assert addons.load(tmp_path / "voice").synthesize("Keep it.")[0].size > 0
 
 
 def test_taco_starts_from_an_exported_voice_with_another_reduction(
@@ -183,6 +191,7 @@ def test_dtw_and_mcd_basics() -> None:
     [
         (fast, ["--minutes", "0"]),
         (fast, ["--dim", "7"]),
+        (fast, ["--vocoder", "no-such-vocoder"]),
         (taco, ["--reduction", "0"]),
         (taco, ["--no-such-option"]),
         (taco, ["--reexport"]),

@@ -25,7 +25,7 @@ from addons.builders import duration_addon
 from addons.manifest import FrontendConfig
 from addons.models import DurationPredictor, MelDecoder, TextEncoder
 from addons.recipes.corpus import SILENCE, Corpus, Utterance
-from addons.recipes.training import UsageError, main_with, recipe_parser
+from addons.recipes.training import UsageError, add_vocoder_option, main_with, recipe_parser, vocoder_section
 
 __all__ = ["FastBatch", "FastModel", "FastRecipe", "collate", "main"]
 
@@ -106,6 +106,7 @@ class FastRecipe:
             raise UsageError("need 0 <= --dropout < 1, --l2 >= 0 and --duration-weight > 0")
         self.config: dict[str, Any] = {"dim": args.dim}
         self.dropout, self.l2, self.duration_weight = args.dropout, args.l2, args.duration_weight
+        self.vocoder = vocoder_section(args.vocoder)
 
     def build(self, corpus: Corpus) -> FastModel:
         model = FastModel(len(corpus.phonemes) + 1, corpus.mel.n_mels, self.config["dim"], self.dropout)
@@ -148,6 +149,7 @@ class FastRecipe:
             description="Reference duration-based voice (FastSpeech-style), distilled from espeak-ng en-us",
             frontend=FrontendConfig(phonemes=corpus.phonemes),
             voices={"default": {"description": "espeak-ng en-us, as learned by a parallel conv decoder"}},
+            vocoder=self.vocoder,
         )
 
 
@@ -160,6 +162,7 @@ def parser() -> argparse.ArgumentParser:
         batch_frames=6000,
         lr=1e-3,
     )
+    add_vocoder_option(p)
     p.add_argument("--dim", type=int, default=192, help="Channels of the encoder, duration predictor and decoder.")
     p.add_argument("--dropout", type=float, default=0.1, help="Dropout in the encoder and duration predictor.")
     p.add_argument("--l2", type=float, default=0.0, help="Weight of the mel MSE added to the mel L1.")

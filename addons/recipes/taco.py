@@ -56,7 +56,7 @@ from addons.manifest import MANIFEST_NAME, AddonError, FrontendConfig, read_mani
 from addons.models import AttentionEncoder, DecoderStep
 from addons.netfile import load_program
 from addons.recipes.corpus import SILENCE, Corpus, Utterance
-from addons.recipes.training import UsageError, main_with, recipe_parser
+from addons.recipes.training import UsageError, add_vocoder_option, main_with, recipe_parser, vocoder_section
 
 __all__ = [
     "FreeRun",
@@ -259,6 +259,7 @@ class TacoRecipe:
         self.sigma, self.guide_weight, self.stop_weight = args.guide_sigma, args.guide_weight, args.stop_weight
         self.teacher_guide, self.window, self.free_runs = args.guide == "teacher", args.window, args.free_runs
         self.init_from: Path | None = args.init_from
+        self.vocoder = vocoder_section(args.vocoder)
 
     def build(self, corpus: Corpus) -> TacoModel:
         model = TacoModel(len(corpus.phonemes) + 1, corpus.mel.n_mels, self.config, self.dropout, self.prenet_dropout)
@@ -308,6 +309,7 @@ class TacoRecipe:
             description="Reference attention-based voice (Tacotron-style), distilled from espeak-ng en-us",
             frontend=FrontendConfig(phonemes=corpus.phonemes, max_sentence_phonemes=self.window),
             voices={"default": {"description": "espeak-ng en-us, as learned by an attention decoder"}},
+            vocoder=self.vocoder,
         )
 
 
@@ -431,6 +433,7 @@ def parser() -> argparse.ArgumentParser:
         batch_frames=8000,
         lr=1e-3,
     )
+    add_vocoder_option(p)
     p.add_argument("--dim", type=int, default=128, help="Encoder channels (the attention memory).")
     p.add_argument("--rnn", type=int, default=256, help="Units of both decoder LSTMs.")
     p.add_argument("--prenet", type=int, default=128, help="Prenet width.")

@@ -24,9 +24,23 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from addons.manifest import AddonError
 from addons.recipes.corpus import CORPUS_FILE, META_FILE, Corpus, Utterance, length_batches
+from addons.vocoders import find_vocoder
 
-__all__ = ["Progress", "Recipe", "UsageError", "load_model", "main_with", "parse_args", "recipe_parser", "run"]
+__all__ = [
+    "GRIFFIN_LIM",
+    "Progress",
+    "Recipe",
+    "UsageError",
+    "add_vocoder_option",
+    "load_model",
+    "main_with",
+    "parse_args",
+    "recipe_parser",
+    "run",
+    "vocoder_section",
+]
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.jsonl"
@@ -97,6 +111,31 @@ def recipe_parser(prog: str, description: str, out: str, export: str, batch_fram
     p.add_argument("--export", type=Path, default=Path(export), help="Addon directory written at the end.")
     p.add_argument("--no-export", action="store_true", help="Train and checkpoint only.")
     return p
+
+
+#: ``--vocoder`` value for the weightless Griffin-Lim block instead of a universal vocoder package.
+GRIFFIN_LIM = "griffin-lim"
+
+
+def add_vocoder_option(parser: argparse.ArgumentParser) -> None:
+    """``--vocoder``, for the recipes that export a voice: what its addon names as its vocoder."""
+    parser.add_argument(
+        "--vocoder",
+        default="chorus-vocoder",
+        help=f"The exported voice's vocoder: a universal vocoder package's name, or {GRIFFIN_LIM}.",
+    )
+
+
+def vocoder_section(name: str) -> dict[str, str]:
+    """The manifest's ``vocoder`` for ``--vocoder NAME``; :class:`UsageError` where no installed
+    universal vocoder has that name (found before training, not when the voice is first loaded)."""
+    if name == GRIFFIN_LIM:
+        return {"type": "GriffinLim"}
+    try:
+        find_vocoder(name)
+    except AddonError as exc:
+        raise UsageError(f"--vocoder: {exc}") from None
+    return {"type": "UniversalVocoder", "name": name}
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
