@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
-from addons.voice import Voice
+from addons.voice import ThreadsPlan, Voice
 
-__all__ = ["SENTENCES", "BenchResult", "bench_voice"]
+__all__ = ["SENTENCES", "BenchResult", "bench_voice", "compare_plans"]
 
 SENTENCES = [
     "The morning train to the coast was late again.",
@@ -127,3 +127,24 @@ def bench_voice(voice: Voice, repeats: int = 3, threads: int | None = None) -> l
             )
         )
     return results
+
+
+def compare_plans(voice: Voice, plans: list[ThreadsPlan], rounds: int = 4) -> dict[ThreadsPlan, list[float]]:
+    """End-to-end real-time factor of the twenty sentences under each plan (torch threads and
+    decoder ``ahead``), the plans taking turns for ``rounds`` rounds in this one process, so that
+    a noisy machine's drift falls on all of them alike; after a warm-up run. Leaves the voice's
+    ``ahead`` and torch's threads as they were."""
+    text = " ".join(SENTENCES)
+    before = (voice.ahead, torch.get_num_threads())
+    _run(voice, SENTENCES[1], "warm-up")
+    rtf: dict[ThreadsPlan, list[float]] = {plan: [] for plan in plans}
+    try:
+        for _ in range(rounds):
+            for plan in plans:
+                torch.set_num_threads(plan.threads)
+                voice.ahead = plan.ahead
+                rtf[plan].append(_run(voice, text, "20 sentences").rtf)
+    finally:
+        voice.ahead = before[0]
+        torch.set_num_threads(before[1])
+    return rtf

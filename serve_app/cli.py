@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     bsynth.add_argument("--repeats", type=int, default=3, help="runs per text; the best is reported")
     _threads_flags(bsynth)
     bsynth.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bsynth.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="THREADS:AHEAD",
+        help="instead: these plans taking turns on the 20 sentences, e.g. 1:8 2:0 (RTF per round)",
+    )
+    bsynth.add_argument("--rounds", type=int, default=4, help="with --compare: rounds of the plans in turn")
     bsynth.set_defaults(func=_bench_synth)
 
     serve = sub.add_parser("serve", help="serve every installed addon over HTTP (embedded local Ray Serve)")
@@ -255,6 +262,8 @@ def _bench_synth(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise CliError("--repeats must be at least 1")
     plan = _threads(args)
+    if args.compare:
+        return _compare_plans(args)
     voice = _load(args.addon, args.context)
     voice.ahead = plan.ahead
     results = bench_voice(voice, repeats=args.repeats, threads=plan.threads)
@@ -270,6 +279,35 @@ def _bench_synth(args: argparse.Namespace) -> int:
         print(
             f"{r.addon:<16} {r.context:<8} {r.text:<13} {r.first_chunk_s * 1000:>9.1f} ms {r.total_s:>7.3f} s "
             f"{r.audio_s:>6.2f} s {r.rtf:>7.4f} {r.acoustic_rtf:>9.4f} {r.vocoder_rtf:>8.4f} {r.peak_rss_mb:>6.0f} MB"
+        )
+    return 0
+
+
+def _compare_plans(args: argparse.Namespace) -> int:
+    import addons
+    from addons.bench import compare_plans
+
+    plans = []
+    for item in args.compare:
+        threads, _, ahead = item.partition(":")
+        try:
+            plan = addons.ThreadsPlan(int(threads), int(ahead))
+        except ValueError:
+            raise CliError(f"--compare: {item!r} is not THREADS:AHEAD, e.g. 1:8") from None
+        if plan.threads < 1 or plan.ahead < 0:
+            raise CliError(f"--compare: {item!r} needs THREADS >= 1 and AHEAD >= 0")
+        plans.append(plan)
+    if args.rounds < 1:
+        raise CliError("--rounds must be at least 1")
+    voice = _load(args.addon, args.context)
+    results = compare_plans(voice, plans, args.rounds)
+    if args.json:
+        print(json.dumps([{"threads": p.threads, "ahead": p.ahead, "rtf": r} for p, r in results.items()], indent=2))
+        return 0
+    print(f"{voice.name}, 20 sentences, end-to-end RTF per round (plans in turn)")
+    for p, rtf in results.items():
+        print(
+            f"threads {p.threads}, ahead {p.ahead:>2}: best {min(rtf):.4f}  rounds {' '.join(f'{x:.4f}' for x in rtf)}"
         )
     return 0
 

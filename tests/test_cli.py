@@ -143,6 +143,20 @@ def test_synth_and_bench_default_to_the_threads_plan(
     assert np.array_equal(sf.read(tmp_path / "plan.wav")[0], sf.read(tmp_path / "plain.wav")[0])
 
 
+def test_bench_synth_compares_plans_in_turn(fixture_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    addon = str(fixture_dir / "tiny-taco")
+    before = torch.get_num_threads()
+    argv = ["bench", "synth", "--addon", addon, "--compare", "1:0", "1:2", "--rounds", "2", "--json"]
+    assert main(argv) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [(r["threads"], r["ahead"]) for r in results] == [(1, 0), (1, 2)]
+    assert all(len(r["rtf"]) == 2 and min(r["rtf"]) > 0 for r in results)
+    assert torch.get_num_threads() == before
+    for bad in (["1x"], ["0:8"], ["1:-1"]):
+        assert main(["bench", "synth", "--addon", addon, "--compare", *bad]) == 2
+        assert "--compare" in capsys.readouterr().err
+
+
 def test_bench_synth_reports_figures(fixture_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "synth", "--addon", str(fixture_dir / "tiny-neural"), "--json", "--repeats", "1"]) == 0
     results = json.loads(capsys.readouterr().out)

@@ -42,7 +42,7 @@ from torch import nn
 from addons.espeak import get_espeak
 from addons.export import NetworkExport, export_network
 from addons.models.vocos import VocosVocoder
-from addons.netfile import load_program
+from addons.netfile import executable, load_program
 from addons.recipes.corpus import META_FILE, SILENCE, Corpus, Utterance
 from addons.recipes.evaluate import mcd
 from addons.recipes.training import CHECKPOINT, UsageError, main_with, recipe_parser
@@ -299,10 +299,11 @@ def reexport(directory: Path, out: Path) -> Path:
 
 
 def load_vocoder(directory: Path) -> tuple[NetworkRunner, MelSettings]:
-    """The exported vocoder in ``directory`` as a dynamic-context runner, and the mel settings it expects."""
+    """The exported vocoder in ``directory`` as a dynamic-context runner, run as Chorus runs it
+    (:func:`addons.netfile.executable`), and the mel settings it expects."""
     package = VocoderPackage.model_validate(json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8")))
     program = load_program(directory / package.network.file, package.network, directory)  # runs nothing from the file
-    return NetworkRunner(package.name, package.network, program.module()), package.mel
+    return NetworkRunner(package.name, package.network, executable(program, "cpu")), package.mel
 
 
 # -- evaluation ------------------------------------------------------------------------------------------
