@@ -197,18 +197,21 @@ class AttentionDecoder(StreamableBlock):
 
         Where the focus stayed (or this is the first step), all are the focus. Where it moved on
         from ``previous`` to ``focus`` during the step, the step's frames sweep the tokens between
-        at an even pace: frame ``i`` is at ``previous + (focus - previous) * (i + 0.5) / n``, rounded
-        half up. One token on, the first half of the frames stay with the previous token (the
-        move's best estimate is the step's middle: measured against the teacher's word timing it is
-        a frame closer than the step's start); several tokens on (short phonemes, a large reduction
-        factor), each token passed over gets its share instead of none, so no word goes unheard.
-        A move back gives the first half to the previous token.
+        at an even pace: frame ``i`` is at ``previous + (focus - previous) * (i + a) / n``, rounded
+        half up and at most ``focus``, with ``a = max(0.5, (n - 2) / 2)``. One token on, the
+        step's first frame stays with the previous token and the rest go to the new one: measured
+        against the teacher's word timing, the move lands about one frame into a step whether it
+        has 3 frames or 5 (half the step, or the step's start, were a frame or more off). Several
+        tokens on (short phonemes, a large reduction factor), each token passed over gets its
+        share instead of none, so no word goes unheard. A move back gives the first half to the
+        previous token.
         """
         if previous < 0 or previous == focus:
             return [focus] * n
         if focus < previous:
             return [previous] * (n // 2) + [focus] * (n - n // 2)
-        return [math.floor(previous + (focus - previous) * (i + 0.5) / n + 0.5) for i in range(n)]
+        a = max(0.5, (n - 2) / 2)
+        return [min(focus, math.floor(previous + (focus - previous) * (i + a) / n + 0.5)) for i in range(n)]
 
 
 @dataclass(frozen=True)

@@ -127,10 +127,13 @@ def test_word_marks_sit_on_the_words_in_the_voices_own_audio() -> None:
     [
         (3, -1, 2, [2, 2, 2]),  # first step: all the focus
         (6, 4, 4, [4] * 6),  # stayed
-        (3, 4, 5, [4, 5, 5]),  # one token on: the first half (rounded down) stays behind
-        (6, 4, 5, [4, 4, 4, 5, 5, 5]),
-        (6, 4, 6, [4, 5, 5, 5, 6, 6]),  # two on: the token passed over gets its share
+        (3, 4, 5, [4, 5, 5]),  # one token on: the first frame stays behind
+        (5, 4, 5, [4, 5, 5, 5, 5]),  # ... whatever the step's length
+        (6, 4, 5, [4, 5, 5, 5, 5, 5]),
+        (2, 4, 5, [4, 5]),
+        (6, 4, 6, [5, 5, 5, 6, 6, 6]),  # two on: the token passed over gets its share
         (3, 4, 7, [5, 6, 7]),  # three on in three frames: one each (4 had the steps before)
+        (5, 4, 7, [5, 6, 6, 7, 7]),
         (6, 5, 3, [5, 5, 5, 3, 3, 3]),  # back: the first half stays
     ],
 )
