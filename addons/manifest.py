@@ -11,7 +11,17 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    JsonValue,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from addons.ipa import ipa_to_espeak
 from blocks import (
@@ -33,6 +43,7 @@ __all__ = [
     "AddonManifest",
     "DeploymentHints",
     "FrontendConfig",
+    "PiperFrontendConfig",
     "StageDeployment",
     "SynthesisDefaults",
     "VoicePreset",
@@ -77,6 +88,12 @@ class LexiconEntry(Strict):
         "x-espeak",
         description="How 'phonemes' are written: espeak-ng mnemonics, or IPA (mapped to mnemonics when read).",
     )
+    ipa: str | None = Field(
+        None,
+        max_length=200,
+        description="The IPA as written, where the entry was given in IPA (voices that read IPA, such as "
+        "Piper's, take it as it is); set when the entry is read.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -86,7 +103,7 @@ class LexiconEntry(Strict):
                 mnemonics = ipa_to_espeak(data["phonemes"])
             except ValueError as exc:
                 raise ValueError(f"lexicon entry {data.get('grapheme')!r}: {exc}") from None
-            return {**data, "phonemes": mnemonics, "alphabet": "x-espeak"}
+            return {**data, "phonemes": mnemonics, "alphabet": "x-espeak", "ipa": data["phonemes"]}
         return data
 
     @model_validator(mode="after")
@@ -123,6 +140,60 @@ class FrontendConfig(Strict):
         return v
 
 
+class PiperFrontendConfig(Strict):
+    """Text to phoneme ids as Piper's espeak voices read them: espeak-ng IPA per clause, the clause's
+    punctuation kept, codepoints split by NFD, then ``^ _ p1 _ p2 _ ... pn _ $`` through the voice's
+    ``phoneme_id_map`` (its ``.onnx.json``)."""
+
+    type: Literal["piper"] = Field(description="Piper's front end: espeak-ng IPA and the voice's id map.")
+    voice: str = Field("en-us", min_length=1, description="espeak-ng voice used for G2P (the config's espeak.voice).")
+    phoneme_id_map: dict[str, list[int]] = Field(
+        description="Each phoneme (one codepoint, or a cluster) -> its ids, as in the voice's .onnx.json."
+    )
+    max_sentence_phonemes: int = Field(
+        400, ge=8, description="Sentences with more ids than this are split at word boundaries before synthesis."
+    )
+    lexicon: list[LexiconEntry] = Field(
+        default_factory=list, max_length=10_000, description="The addon's pronunciation overrides."
+    )
+    lexicon_files: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="More of them in files of the addon directory: PLS (.pls, .xml) or a JSON list (.json).",
+    )
+
+    @field_validator("phoneme_id_map")
+    @classmethod
+    def _map(cls, v: dict[str, list[int]]) -> dict[str, list[int]]:
+        missing = [p for p in ("_", "^", "$") if p not in v]
+        if missing:
+            raise ValueError(f"phoneme_id_map lacks {', '.join(repr(p) for p in missing)} (pad, start and end)")
+        bad = sorted(p for p, ids in v.items() if not ids or any(i < 0 for i in ids))
+        if bad:
+            raise ValueError(f"phoneme_id_map entries need one or more ids >= 0: {', '.join(map(repr, bad[:5]))}")
+        return v
+
+    @property
+    def phonemes(self) -> tuple[str, ...]:
+        """The symbols the voice knows."""
+        return tuple(self.phoneme_id_map)
+
+    @property
+    def symbols(self) -> int:
+        """One more than the largest id (the size of the model's embedding, at least)."""
+        return 1 + max(i for ids in self.phoneme_id_map.values() for i in ids)
+
+
+def _frontend_type(value: Any) -> str:
+    return str(value.get("type", "espeak") if isinstance(value, dict) else getattr(value, "type", "espeak"))
+
+
+AnyFrontendConfig = Annotated[
+    Annotated[FrontendConfig, Tag("espeak")] | Annotated[PiperFrontendConfig, Tag("piper")],
+    Discriminator(_frontend_type),
+]
+
+
 class SynthesisDefaults(Strict):
     """Per-request options and their defaults; a request may override each."""
 
@@ -133,6 +204,9 @@ class VoicePreset(Strict):
     description: str = Field("", description="What this voice sounds like.")
     speed: float | None = Field(None, ge=0.25, le=4.0, description="Speed for this voice, unless the request sets one.")
     gain_db: float = Field(0.0, ge=-60, le=24, description="Output gain of this voice in dB.")
+    speaker: int | None = Field(
+        None, ge=0, le=65535, description="The model's speaker id for this voice (a multi-speaker model's)."
+    )
 
 
 class StageDeployment(Strict):
@@ -167,10 +241,15 @@ class AddonManifest(Strict):
     version: str = Field("0.1.0", description="Version of this addon's weights.")
     language: Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] = Field(description="BCP 47 tag.")
     mel: MelSettings = Field(description="Mel settings shared by the acoustic model and vocoder.")
-    frontend: FrontendConfig = Field(description="Text normalization, G2P and the phoneme-to-id map.")
+    frontend: AnyFrontendConfig = Field(description="Text normalization, G2P and the phoneme-to-id map.")
     networks: dict[str, NetworkSpec] = Field(description="Exported networks by name.")
-    stack: list[BlockSpecJson] = Field(min_length=1, description="Blocks from phoneme ids to a mel stream.")
-    vocoder: BlockSpecJson = Field(default_factory=_default_vocoder, description="Mel to audio.")
+    stack: list[BlockSpecJson] = Field(
+        min_length=1, description="Blocks from phoneme ids to a stream of frames: mel, or the model's own latent frames."
+    )
+    vocoder: BlockSpecJson = Field(
+        default_factory=_default_vocoder,
+        description="The waveform stage: the stack's frames to audio (a universal vocoder for mel, or the addon's own).",
+    )
     effects: list[BlockSpecJson] = Field(default_factory=list, description="Audio-to-audio blocks after the vocoder.")
     defaults: SynthesisDefaults = Field(default_factory=SynthesisDefaults, description="Request option defaults.")
     voices: dict[str, VoicePreset] = Field(default_factory=lambda: {"default": VoicePreset()}, description="Voices.")
@@ -255,7 +334,10 @@ def _with_lexicon_files(manifest: AddonManifest, directory: Path, path: Path) ->
 def format_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
-        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        path = list(err["loc"])
+        if len(path) > 1 and path[0] == "frontend" and path[1] in ("espeak", "piper"):
+            del path[1]  # the tag of the frontend's kind, not a field anyone wrote
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
         msg = err["msg"].removeprefix("Value error, ")
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
@@ -303,11 +385,11 @@ def check_manifest(manifest: AddonManifest) -> None:
     _check_sizes(manifest)
     env = PlanEnv(frozenset({"phoneme_ids"}), None, manifest.networks)
     node = parse_stack(manifest.stack)
-    env = plan_stack(node, env, StreamKind.MEL)
+    env = plan_stack(node, env, (StreamKind.MEL, StreamKind.FRAMES))
     vocoder = parse_block(manifest.vocoder, Vocoder, "vocoder")
     env = vocoder.plan(env)
     if env.kind is not StreamKind.AUDIO:
-        raise StackError("vocoder", "must turn mel into audio")
+        raise StackError("vocoder", "must turn the stack's frames into audio")
     for i, spec in enumerate(manifest.effects):
         env = parse_block(spec, ChunkwiseBlock, f"effects[{i}]").plan(env)
         if env.kind is not StreamKind.AUDIO:

@@ -32,9 +32,10 @@ import numpy as np
 import torch
 
 from addons.frontend import Frontend, LexiconError, Sentence, TextError
-from addons.manifest import AddonError, AddonManifest
+from addons.manifest import AddonError, AddonManifest, FrontendConfig, PiperFrontendConfig
 from addons.marks import MarkTracker, SpeechMark
-from addons.netfile import NetworkFileError, executable, load_program, max_length
+from addons.netfile import NetworkFileError
+from addons.runtimes import check_network, open_network
 from addons.ssml import Part, Pause, pause_frames, script_of
 from blocks import (
     ALIGNMENT,
@@ -44,6 +45,7 @@ from blocks import (
     Features,
     LazyModule,
     MelSettings,
+    NetworkError,
     NetworkRunner,
     NetworkSpec,
     Request,
@@ -100,8 +102,9 @@ STATE_TYPE = "__state_type__"
 class NetworkLoader:
     """Loads an addon's exported networks on first use, once per (network, device).
 
-    Files are read by :func:`addons.netfile.load_program`, which runs nothing from them and
-    checks each against its declared signature; a refused file is an :class:`AddonError`.
+    Files are read by :mod:`addons.runtimes` (the format's checked reader: ``.pt2`` or ONNX), which
+    runs nothing from them and checks each against its declared signature; a refused file is an
+    :class:`AddonError`.
     """
 
     def __init__(self, manifest: AddonManifest, directory: Path, context: ExecutionContext, batching: int = 0) -> None:
@@ -117,11 +120,9 @@ class NetworkLoader:
                 spec = self.manifest.networks[name]
                 path = self.directory / spec.file
                 try:  # checked now; its weights are read again when the network first runs
-                    program = load_program(path, spec, self.directory)
-                    self._check_static(name, spec, max_length(program, spec))
+                    self._check_static(name, spec, check_network(path, spec, self.directory))
                 except NetworkFileError as exc:
                     raise AddonError(f"{path}: {exc}") from None
-                del program
                 runner = NetworkRunner(name, spec, LazyModule(self._builder(path, spec, device)), self.context, device)
                 if self.batching:
                     runner.batch_when_used(self.batching)
@@ -131,7 +132,7 @@ class NetworkLoader:
     def _builder(self, path: Path, spec: NetworkSpec, device: torch.device) -> Callable[[], Callable[..., Any]]:
         def build() -> Callable[..., Any]:
             try:
-                return executable(load_program(path, spec, self.directory), device)
+                return open_network(path, spec, self.directory, device)
             except NetworkFileError as exc:  # changed on disk since it was checked
                 raise AddonError(f"{path}: {exc}") from None
 
@@ -144,6 +145,15 @@ class NetworkLoader:
                 f"networks.{name}.static_length {spec.static_length} exceeds the {longest} frames "
                 "the network was exported for"
             )
+
+
+def make_frontend(config: FrontendConfig | PiperFrontendConfig) -> Frontend:
+    """The text front end an addon's config names: Chorus's espeak phoneme events, or Piper's IPA."""
+    if isinstance(config, PiperFrontendConfig):
+        from addons.piper_text import PiperFrontend
+
+        return PiperFrontend(config)
+    return Frontend(config)
 
 
 def universal_vocoders(directory: Path) -> Callable[[str, torch.device], tuple[NetworkRunner, MelSettings]]:
@@ -230,10 +240,13 @@ class EncoderStage(Stage):
         super().__init__(env)
         self.manifest = manifest
         self.context = env.context
-        self.frontend = Frontend(manifest.frontend)
+        self.frontend = make_frontend(manifest.frontend)
         block = self.env.build(node) if node is not None else None
         assert block is None or isinstance(block, SequenceBlock)
         self.block: SequenceBlock | None = block
+        #: The request options its blocks read (a VITS front part: rate, noise seed, speaker);
+        #: sentences said with different values of these are never encoded in one pass.
+        self.option_keys: tuple[str, ...] = ("speed", "seed", "speaker") if honours(node, "speed") else ()
         self._batch_exact: bool | None = None  # padded batches equal single passes (probed once)
 
     def sentences(self, text: str, lexicon: Sequence[Any] = (), normalize: bool = True) -> Iterator[Sentence]:
@@ -268,11 +281,15 @@ class EncoderStage(Stage):
         this machine (kernels may sum in another order for another shape); probed once."""
         if self._batch_exact is None:
             gen = np.random.default_rng(0)
-            symbols = max(2, len(self.manifest.frontend.phonemes))
+            config = self.manifest.frontend
+            symbols = max(2, config.symbols - 1 if isinstance(config, PiperFrontendConfig) else len(config.phonemes))
             items = [gen.integers(1, symbols, n) for n in (7, 12, 5, 12)]
             alone = [self.encode(ids, request) for ids in items]
-            together = self._encode_padded(items, request)
-            self._batch_exact = all(
+            try:
+                together = self._encode_padded(items, request)
+            except NetworkError:  # a graph that takes no padded batch: one by one it is
+                together = []
+            self._batch_exact = len(together) == len(alone) and all(
                 a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
                 for a, b in zip(alone, together, strict=True)
             )
@@ -297,12 +314,13 @@ class DecoderStage(Stage):
     name = "decoder"
     honours = ("speed",)
 
-    def __init__(self, env: BuildEnv, node: BlockNode) -> None:
+    def __init__(self, env: BuildEnv, node: BlockNode, rate_set: bool = False) -> None:
+        """``rate_set``: the encoders already set the speaking rate (a VITS front part's length_scale)."""
         super().__init__(env)
         block = self.env.build(node)
         assert isinstance(block, StreamableBlock)
         self.block: StreamableBlock = block
-        self.stretches = not honours(node, "speed")  # no block sets the rate: the mel is stretched
+        self.stretches = not (rate_set or honours(node, "speed"))  # no block sets the rate: the mel is stretched
 
     def decode(self, features: PlainFeatures, request: Request | None = None) -> Iterator[np.ndarray]:
         """One sentence's mel chunks; work is done as they are pulled."""
@@ -500,7 +518,7 @@ def build_stages(
         if name == "encoders":
             built[name] = EncoderStage(manifest, env, plan.encoders)
         elif name == "decoder":
-            built[name] = DecoderStage(env, plan.decoder)
+            built[name] = DecoderStage(env, plan.decoder, plan.encoders is not None and honours(plan.encoders, "speed"))
         else:
             built[name] = AudioStage(manifest, env)
     return built

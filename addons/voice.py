@@ -113,6 +113,12 @@ class SynthesisOptions(BaseModel):
     input_format: Literal["text", "ssml"] = Field(
         "text", description="'ssml': the text is an SSML document (see addons.ssml); a <speak> root is read so anyway."
     )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**32 - 1,
+        description="For voices that draw noise (VITS, Piper): which draw; unset: 0. The same seed, the same audio.",
+    )
 
 
 def resolve_options(manifest: AddonManifest, **options: Any) -> tuple[SynthesisOptions, dict[str, Any]]:
@@ -130,6 +136,10 @@ def resolve_options(manifest: AddonManifest, **options: Any) -> tuple[SynthesisO
         opts.speed if opts.speed is not None else preset.speed if preset.speed is not None else manifest.defaults.speed
     )
     resolved = {"speed": speed, "voice": opts.voice, "gain_db": preset.gain_db}
+    if preset.speaker is not None:
+        resolved["speaker"] = preset.speaker
+    if opts.seed:
+        resolved["seed"] = opts.seed
     if opts.lexicon:
         resolved["lexicon"] = [entry.model_dump() for entry in opts.lexicon]
     if not opts.normalize:

@@ -27,6 +27,7 @@ from blocks.encoders import CustomizedEncoders, Encoders
 from blocks.network import ExecutionContext, LazyModule, NetworkError, NetworkRunner, NetworkSpec, TensorSpec
 from blocks.registry import REGISTRY, BlockRegistry, parse_block, parse_stack, plan_stack, register_block
 from blocks.upsampler import Upsampler
+from blocks.vits import FramedAudio, FrameSource, VitsInputs
 from blocks.vocoders import GriffinLim, NeuralVocoder, UniversalVocoder, Vocoder
 
 for _cls in (
@@ -43,6 +44,9 @@ for _cls in (
     UniversalVocoder,
     Gain,
     ChunkStats,
+    VitsInputs,
+    FrameSource,
+    FramedAudio,
 ):
     REGISTRY.register(_cls)
 
@@ -63,6 +67,8 @@ __all__ = [
     "Encoders",
     "ExecutionContext",
     "Features",
+    "FrameSource",
+    "FramedAudio",
     "Gain",
     "GriffinLim",
     "LazyModule",
@@ -83,6 +89,7 @@ __all__ = [
     "TensorSpec",
     "UniversalVocoder",
     "Upsampler",
+    "VitsInputs",
     "Vocoder",
     "log_mel",
     "parse_block",

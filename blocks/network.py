@@ -23,6 +23,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -30,6 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from blocks.batching import BatchQueue, stack_call
 
 __all__ = [
+    "FORMATS",
+    "FREE_LENGTH",
     "MAX_FRAMES",
     "ExecutionContext",
     "NetworkError",
@@ -45,6 +48,11 @@ __all__ = [
 MAX_FRAMES = 65536
 
 _TIME = re.compile(r"^T(?:\*(\d+))?$")
+#: A sequence axis whose length the network decides (e.g. frames after its own durations): never
+#: windowed or padded by the runner.
+FREE_LENGTH = "F"
+#: Network file formats by extension, and the runtime that runs each.
+FORMATS = {".pt2": "torch.export", ".onnx": "onnx"}
 _DTYPES = {"float32": torch.float32, "int64": torch.int64}
 
 
@@ -65,7 +73,8 @@ class TensorSpec(BaseModel):
     name: str = Field(min_length=1, description="Feature name (or 'mask' for the runner's mask).")
     dtype: str = Field("float32", description="float32 or int64.")
     shape: tuple[int | str, ...] = Field(
-        description='Dimensions: integers, "B" (batch, axis 0), "T" or "T*k" (sequence, axis 1).'
+        description='Dimensions: integers, "B" (batch, axis 0), "T" or "T*k" (sequence, axis 1), '
+        '"F" (a length the network decides, axis 1).'
     )
 
     @field_validator("dtype")
@@ -79,8 +88,10 @@ class TensorSpec(BaseModel):
     @classmethod
     def _shape(cls, v: tuple[int | str, ...]) -> tuple[int | str, ...]:
         for i, d in enumerate(v):
-            if isinstance(d, str) and not (d == "B" and i == 0) and not (_TIME.match(d) and i == 1):
-                raise ValueError(f'dimension {i} is "{d}": only "B" at axis 0 and "T"/"T*k" at axis 1 are symbolic')
+            if isinstance(d, str) and not (d == "B" and i == 0) and not ((_TIME.match(d) or d == FREE_LENGTH) and i == 1):
+                raise ValueError(
+                    f'dimension {i} is "{d}": only "B" at axis 0 and "T"/"T*k"/"F" at axis 1 are symbolic'
+                )
             if isinstance(d, int) and d <= 0:
                 raise ValueError(f"dimension {i} must be positive, got {d}")
         return v
@@ -88,7 +99,7 @@ class TensorSpec(BaseModel):
     @property
     def time_scale(self) -> int | None:
         """Samples (or steps) per input frame along axis 1, or None without a sequence axis."""
-        if len(self.shape) < 2 or not isinstance(self.shape[1], str):
+        if len(self.shape) < 2 or not isinstance(self.shape[1], str) or self.shape[1] == FREE_LENGTH:
             return None
         m = _TIME.match(self.shape[1])
         assert m is not None
@@ -104,7 +115,10 @@ class NetworkSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    file: str = Field(description="Path of the .pt2 file, relative to the addon directory.")
+    file: str = Field(description="The network's file in the addon directory: .pt2 (torch.export) or .onnx (ONNX).")
+    format: Literal["torch.export", "onnx"] | None = Field(
+        None, description="Its format, which picks the runtime; null: from the file's extension."
+    )
     role: str = Field(description="encoder, decoder, decoder_step or vocoder.")
     inputs: tuple[TensorSpec, ...] = Field(min_length=1, description="Inputs, in call order.")
     outputs: tuple[TensorSpec, ...] = Field(min_length=1, description="Outputs, in return order.")
@@ -126,12 +140,17 @@ class NetworkSpec(BaseModel):
     @field_validator("file")
     @classmethod
     def _file(cls, v: str) -> str:
-        if not v.endswith(".pt2") or "/" in v or "\\" in v or v.startswith("."):
-            raise ValueError(f'"{v}" must be a plain file name ending in .pt2 inside the addon directory')
+        if not v.endswith(tuple(FORMATS)) or "/" in v or "\\" in v or v.startswith("."):
+            raise ValueError(
+                f'"{v}" must be a plain file name ending in {" or ".join(FORMATS)} inside the addon directory'
+            )
         return v
 
     @model_validator(mode="after")
     def _check(self) -> NetworkSpec:
+        by_extension = FORMATS[next(ext for ext in FORMATS if self.file.endswith(ext))]
+        if self.format is not None and self.format != by_extension:
+            raise ValueError(f'format "{self.format}" does not match the file {self.file} ({by_extension})')
         names = [t.name for t in self.inputs]
         if len(set(names)) != len(names):
             raise ValueError("input names must be unique")
@@ -142,6 +161,11 @@ class NetworkSpec(BaseModel):
                 f"receptive_field {rf} on each side (needs > {2 * rf})"
             )
         return self
+
+    @property
+    def runtime(self) -> str:
+        """The format that picks the runtime: ``torch.export`` or ``onnx``."""
+        return self.format or FORMATS[next(ext for ext in FORMATS if self.file.endswith(ext))]
 
     @property
     def feature_inputs(self) -> tuple[str, ...]:

@@ -139,10 +139,12 @@ def parse_stack(stack: Sequence[Any], path: str = "stack", registry: BlockRegist
     return BlockNode(StreamableStack, StreamableStack.Config(), path, children)
 
 
-def plan_stack(node: BlockNode, env: PlanEnv, produces: StreamKind) -> PlanEnv:
-    """Check a parsed stack end to end before weights load; it must end in ``produces``."""
+def plan_stack(node: BlockNode, env: PlanEnv, produces: StreamKind | tuple[StreamKind, ...]) -> PlanEnv:
+    """Check a parsed stack end to end before weights load; it must end in ``produces`` (one of them)."""
+    kinds = produces if isinstance(produces, tuple) else (produces,)
     out = node.plan(env)
-    if out.kind is not produces:
+    if out.kind not in kinds:
         got = out.kind.value if out.kind else "nothing"
-        raise StackError(node.path, f'must produce a "{produces.value}" stream, but its last block produces {got}')
+        wanted = " or ".join(f'"{k.value}"' for k in kinds)
+        raise StackError(node.path, f"must produce a {wanted} stream, but its last block produces {got}")
     return out

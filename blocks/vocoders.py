@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
@@ -36,11 +36,16 @@ __all__ = ["GriffinLim", "NeuralVocoder", "UniversalVocoder", "Vocoder"]
 
 
 class Vocoder(StreamableBlock):
-    """Base of vocoders. ``mel`` chunks ``[1, F, n_mels]`` in, ``audio`` chunks ``[1, S]`` out.
+    """Base of vocoders, the waveform stage. ``mel`` chunks ``[1, F, n_mels]`` in (or a model's own
+    latent ``frames`` ``[1, F, D]``, for a vocoder that says it consumes them), ``audio`` chunks
+    ``[1, S]`` out.
 
     Over a whole stream ``sum(S) == hop_length * sum(F)``; output may lag input by a few frames
-    (the vocoder's look-ahead) and is flushed when the mel stream ends.
+    (the vocoder's look-ahead) and is flushed when the stream ends.
     """
+
+    #: The stream kinds this vocoder turns into audio.
+    consumes: ClassVar[tuple[StreamKind, ...]] = (StreamKind.MEL,)
 
     def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
         super().__init__(config, env, children)
@@ -52,9 +57,10 @@ class Vocoder(StreamableBlock):
 
     @classmethod
     def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
-        if env.kind is not StreamKind.MEL:
+        if env.kind not in cls.consumes:
             got = env.kind.value if env.kind else "nothing"
-            raise env.error(f'{cls.type_name} consumes a "mel" stream, upstream gives {got}')
+            wanted = " or ".join(f'"{k.value}"' for k in cls.consumes)
+            raise env.error(f"{cls.type_name} consumes a {wanted} stream, upstream gives {got}")
         return PlanEnv(env.keys, StreamKind.AUDIO, env.networks, env.path)
 
     def enable_batching(self, max_batch: int = 32, when_used: bool = False) -> bool:
@@ -242,10 +248,12 @@ class NeuralVocoder(Vocoder):
 
     The network must declare a finite ``receptive_field`` (in frames) and an output of shape
     ``[1, "T*hop_length"]``; chunked audio then equals whole-utterance audio to float rounding.
+    Its input is mel, or a model's own latent frames (a VITS decoder, imported from a Piper voice).
     """
 
     type_name = "NeuralVocoder"
     Config = NeuralVocoderConfig
+    consumes = (StreamKind.MEL, StreamKind.FRAMES)
 
     @classmethod
     def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
@@ -325,6 +333,7 @@ class UniversalVocoder(NeuralVocoder):
 
     type_name = "UniversalVocoder"
     Config = UniversalVocoderConfig
+    consumes = (StreamKind.MEL,)
 
     @classmethod
     def _plan_network(cls, config: NeuralVocoderConfig, env: PlanEnv) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -114,6 +115,14 @@ def _parser() -> argparse.ArgumentParser:
     listing = addon_sub.add_parser("list", help="list installed addons")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=_addon_list)
+    importing = addon_sub.add_parser("import", help="import a foreign voice as an addon")
+    import_sub = importing.add_subparsers(dest="import_kind", required=True)
+    piper = import_sub.add_parser("piper", help="a Piper voice: MODEL.onnx and its MODEL.onnx.json")
+    piper.add_argument("model", type=Path, help="the voice's .onnx file")
+    piper.add_argument("--config", type=Path, default=None, help="its .onnx.json (default: beside the model)")
+    piper.add_argument("--out", type=Path, default=None, help="the addon directory to write (default: ./NAME)")
+    piper.add_argument("--name", default=None, help="the addon's name (default: from the file, lower case)")
+    piper.set_defaults(func=_addon_import_piper)
     return parser
 
 
@@ -387,6 +396,29 @@ def _vocoder_validate(directory: Path) -> int:
     except AddonError as exc:
         raise CliError(str(exc)) from None
     print(f"{directory}: ok — {summary}")
+    return 0
+
+
+def _addon_import_piper(args: argparse.Namespace) -> int:
+    from addons.manifest import AddonError
+    from addons.piper import import_piper
+
+    if args.name is not None and not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", args.name):
+        raise CliError(f"--name {args.name!r}: lower-case letters, digits, '_', '.', '-' (at most 64)")
+    try:
+        report = import_piper(args.model, args.out, args.config, args.name)
+    except AddonError as exc:
+        raise CliError(str(exc)) from None
+    how = (
+        f"split at the waveform decoder (chained parts equal the graph to {report.split_difference:.1g}; windows "
+        f"with {report.context_frames} frames of context to {report.window_difference:.1g}), streams within a sentence"
+        if report.split
+        else "imported whole (no split point reproduced the graph), streams sentence by sentence"
+    )
+    print(
+        f"{report.directory}: ok — {how}; {report.noise_inputs} noise inputs seeded by Chorus; "
+        f"speech marks {'from the durations' if report.marks else 'unavailable (no durations found)'}"
+    )
     return 0
 
 

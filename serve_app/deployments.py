@@ -182,7 +182,10 @@ class EncodersDeployment(_Replica):
             raise  # the request's own mistake: the ingress answers 400
         except addons.TextError:
             return []
-        results: list[dict[str, np.ndarray]] = await asyncio.gather(*(self._encode_batched(p.ids) for p in parts))
+        said = {k: (options or {}).get(k) for k in self.stage.option_keys}
+        results: list[dict[str, np.ndarray]] = await asyncio.gather(
+            *(self._encode_batched((p.ids, said)) for p in parts)
+        )
         # Beside each part's features, what speech marks need of its text (see addons.marks).
         return [
             {**with_pauses(features, part), **sentence_arrays(part)}
@@ -190,8 +193,23 @@ class EncodersDeployment(_Replica):
         ]
 
     @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=0.003)
-    async def _encode_batched(self, batch: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        return await asyncio.to_thread(self.stage.encode_batch, batch)
+    async def _encode_batched(
+        self, batch: list[tuple[np.ndarray, dict[str, Any]]]
+    ) -> list[dict[str, np.ndarray]]:
+        return await asyncio.to_thread(self._encode_groups, batch)
+
+    def _encode_groups(self, batch: list[tuple[np.ndarray, dict[str, Any]]]) -> list[dict[str, np.ndarray]]:
+        """One padded pass per set of the options the encoders read (none for most models: one pass)."""
+        groups: dict[str, list[int]] = {}
+        for i, (_, said) in enumerate(batch):
+            groups.setdefault(repr(sorted(said.items())), []).append(i)
+        out: list[dict[str, np.ndarray]] = [{} for _ in batch]
+        for members in groups.values():
+            options = {k: v for k, v in batch[members[0]][1].items() if v is not None}
+            encoded = self.stage.encode_batch([batch[i][0] for i in members], Request(options=options))
+            for i, features in zip(members, encoded, strict=True):
+                out[i] = features
+        return out
 
 
 @serve.deployment(**DEFAULTS["decoder"])

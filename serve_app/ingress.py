@@ -181,7 +181,7 @@ class _SocketBackend:
             raise ProtocolError(f"model '{message.model}' not found (available: {known})", "model_not_found", "model")
         try:
             resolved = info.resolve(
-                voice=body.voice_name, speed=body.speed, lexicon=body.lexicon, normalize=body.normalize
+                voice=body.voice_name, speed=body.speed, lexicon=body.lexicon, normalize=body.normalize, seed=body.seed
             )
         except ValueError as exc:
             raise ProtocolError(str(exc), "invalid_option", "voice" if "voice" in str(exc) else "speed") from None
@@ -418,7 +418,7 @@ class Ingress:
             raise SpeechError(404, f"model '{body.model}' not found (available: {known})", "model", "model_not_found")
         try:
             resolved = info.resolve(
-                voice=body.voice_name, speed=body.speed, lexicon=body.lexicon, normalize=body.normalize
+                voice=body.voice_name, speed=body.speed, lexicon=body.lexicon, normalize=body.normalize, seed=body.seed
             )
         except ValueError as exc:
             raise SpeechError(400, str(exc), "voice" if "voice" in str(exc) else "speed") from None

@@ -125,6 +125,15 @@ class SpeechRequest(_Strict):
             "'invalid_ssml' naming the tag and its line and column; markup is never read aloud."
         ),
     )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**32 - 1,
+        description=(
+            "For models that draw noise (VITS voices such as Piper's): which draw, so the same request gives the "
+            "same audio; unset: 0. Other models ignore it."
+        ),
+    )
     normalize: bool = Field(
         True,
         description="Read money ($3.50), times (10:00), dates, units (5 km) and abbreviations as words; false reads them as espeak-ng does.",

