@@ -48,7 +48,7 @@ from pathlib import Path
 import espeakng_loader
 import numpy as np
 
-__all__ = ["Espeak", "PhonemeEvent", "TeacherUtterance", "get_espeak", "is_pause"]
+__all__ = ["Espeak", "IpaClause", "PhonemeEvent", "TeacherUtterance", "get_espeak", "is_pause"]
 
 # Constants from speak_lib.h.
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -60,6 +60,10 @@ _EVENT_LIST_TERMINATED = 0
 _EVENT_PHONEME = 7
 _EE_OK = 0
 _PARAM_RATE = 1
+_PHONEMES_IPA = 0x02  # espeak_TextToPhonemes phonememode: IPA instead of mnemonics
+# Written between the phonemes of a word (phonememode bits 8-23); a control character, so it
+# never occurs in a phoneme name.
+_SEPARATOR = "\x1f"
 _RATE_MINIMUM = 80
 _RATE_NORMAL = 175
 # speak_lib.h allows 450, but from 450 wpm up espeak-ng speeds the audio up with libsonic
@@ -128,6 +132,25 @@ class TeacherUtterance:
     phonemes: tuple[PhonemeEvent, ...]
 
 
+@dataclass(frozen=True)
+class IpaClause:
+    """One clause of text as ``espeak_TextToPhonemes`` reads it.
+
+    ``ipa`` is espeak's IPA for the clause, its words separated by single spaces (language
+    switch flags such as ``(fr)`` included). ``terminator`` is the punctuation that ended the
+    clause as Piper names it (one of ``. , ? ! : ;``, or ``""`` for none, an ellipsis or the
+    end of the text); ``sentence_end`` whether espeak ends a sentence there. ``text[start:end]``
+    is the part of the input the clause read (its terminator included, the whitespace after it
+    not); consecutive clauses do not overlap.
+    """
+
+    ipa: str
+    terminator: str
+    sentence_end: bool
+    start: int
+    end: int
+
+
 def is_pause(name: str) -> bool:
     """Whether a phoneme name is one of espeak's pauses (``_``, ``_:``, ``_!`` ...)."""
     return name.startswith("_")
@@ -137,6 +160,60 @@ def _decode_name(raw: bytes) -> str:
     # espeak copies the name into 8 bytes without clearing them: what follows the NUL is
     # left over from earlier names.
     return raw.split(b"\0", 1)[0].decode("utf-8")
+
+
+# The clause type ReadClause gives to a clause-ending character, as Piper names it
+# (espeakbridge keeps "." "?" "!" "," ":" ";" for the plain types and "" for any other):
+# character -> (terminator, ends a sentence).
+_CLAUSE_ENDS = {
+    ".": (".", True),
+    "?": ("?", True),
+    "!": ("!", True),
+    ",": (",", False),
+    ":": (":", False),
+    ";": (";", False),
+    "\u061f": ("?", True),  # Arabic question mark
+    "\u0964": ("", True),  # danda: a full stop that needs no space after it
+    "\u3002": ("", True),  # ideographic full stop, likewise
+    "\u3001": ("", False),  # ideographic comma
+    # "Extended dashes" (en and em dash and kin) end a clause as a semicolon does.
+    **dict.fromkeys("\u2013\u2014\u2e3a\u2e3b\ufe31\ufe32", (";", False)),
+}
+# An ellipsis ends a clause with a type Piper does not name, and no sentence.
+_ELLIPSES = ("...", "\u2026", "\u22ee", "\u22ef", "\u22f0", "\u22f1")
+# The IPA that espeak-ng 1.52.0 leaves out of espeak_TextToPhonemes, by mnemonic: ";" is the
+# palatal off-glide that English appends to [i] and [I] before a vowel ("happy apples"); the
+# espeak-ng that Piper's voices were trained with writes it as "ʲ".
+_IPA_MISSING = {";": "\u02b2"}
+
+
+def _clause_end(consumed: str, at_end: bool) -> tuple[str, bool]:
+    """(terminator, sentence end) of a clause whose text is ``consumed``; ``at_end``: it reached the
+    end of the text (a clause that ends without punctuation there still ends a sentence)."""
+    text = consumed.rstrip()
+    if text.endswith(_ELLIPSES):
+        return "", False
+    if text.endswith(("?", "!")):  # "?!" and "!!?" take the type of their first mark
+        text = text.rstrip("?!") + text[len(text.rstrip("?!"))]
+    if text and text[-1] in _CLAUSE_ENDS:
+        return _CLAUSE_ENDS[text[-1]]
+    return "", at_end
+
+
+def _merge_ipa(ipa: str, mnemonics: str) -> str:
+    """Separated IPA of a clause with the phonemes it lost restored from the same clause's
+    separated mnemonics (see ``_IPA_MISSING``), separators removed. A word whose phonemes do not
+    pair up (an IPA name that starts with a modifier letter gets no separator) stays as it is."""
+    ipa_words, mnemonic_words = ipa.split(" "), mnemonics.split(" ")
+    if len(ipa_words) != len(mnemonic_words):
+        return ipa.replace(_SEPARATOR, "")
+    merged = []
+    for word, names in zip(ipa_words, mnemonic_words, strict=True):
+        ipas, mnems = word.split(_SEPARATOR), names.split(_SEPARATOR)
+        if len(ipas) == len(mnems):
+            ipas = [p or _IPA_MISSING.get(m, "") for p, m in zip(ipas, mnems, strict=True)]
+        merged.append("".join(ipas))
+    return " ".join(merged)
 
 
 # libespeak-ng is one global synthesizer: every call into it happens under this lock.
@@ -300,6 +377,24 @@ class _Runtime:
             raise RuntimeError(f"espeak_Synth failed ({status})")
         return sink
 
+    def text_to_phonemes(self, data: bytes, mode: int) -> list[tuple[str, int]]:
+        """(phonemes, byte offset in ``data`` where espeak's pointer stopped) per clause of NUL-free
+        UTF-8 ``data``, read to its end; the offset is ``len(data)`` after the last clause.
+
+        Reading to the end matters: ReadClause keeps the character it looked ahead at in a static
+        (``ungot_char``), and only the end of the text leaves that static empty for the next call.
+        """
+        buf = ctypes.create_string_buffer(data)
+        base = ctypes.addressof(buf)
+        pointer = ctypes.c_void_p(base)
+        clauses: list[tuple[str, int]] = []
+        while pointer.value and len(clauses) <= len(data):  # each clause reads at least one byte
+            result = self.lib.espeak_TextToPhonemes(ctypes.byref(pointer), _CHARS_UTF8, mode)
+            if result is None:  # the text could not be decoded
+                break
+            clauses.append((result.decode("utf-8", "replace"), pointer.value - base if pointer.value else len(data)))
+        return clauses
+
     def _on_synth(self, wav: ctypes._Pointer, numsamples: int, events: ctypes._Pointer) -> int:
         # ctypes prints and swallows exceptions raised in callbacks, so hand them over to
         # synth() and ask espeak to abort (return 1).
@@ -345,6 +440,12 @@ def _declare(lib: ctypes.CDLL) -> None:
         ctypes.c_void_p,  # user_data
     ]
     lib.espeak_Synth.restype = ctypes.c_int
+    lib.espeak_TextToPhonemes.argtypes = [
+        ctypes.POINTER(ctypes.c_void_p),  # const void **textptr: advanced past the clause read, NULL at the end
+        ctypes.c_int,  # textmode (espeakCHARS_*)
+        ctypes.c_int,  # phonememode: bit 1 IPA, bits 8-23 a separator between phonemes
+    ]
+    lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
 
 
 @functools.cache
@@ -408,6 +509,25 @@ class Espeak:
         ``phoneme_input``: ``[[...]]`` in ``text`` gives those phoneme mnemonics as they are."""
         return list(self._run(text, keep_audio=False, phoneme_input=phoneme_input).events)
 
+    def clauses_ipa(self, text: str) -> list[IpaClause]:
+        """``text`` as espeak-ng's IPA, clause by clause, the way Piper reads it
+        (``espeak_TextToPhonemes`` in IPA mode), with each clause's punctuation and span.
+
+        The whole of ``text`` is read in one go under the library lock, so calls never disturb
+        each other. ``[[`` is read as two brackets, never as phoneme input. Raises ValueError on
+        NUL characters.
+        """
+        data = _encode(text.replace("[[", "[ "))  # same length; brackets are silent
+        separator = ord(_SEPARATOR) << 8
+        with _LOCK:
+            runtime = _runtime()
+            runtime.select(self.voice, self.rate)
+            ipa = runtime.text_to_phonemes(data, _PHONEMES_IPA | separator)
+            mnemonics = runtime.text_to_phonemes(data, separator)
+        if len(ipa) != len(mnemonics):  # cannot happen: the same text read the same way
+            raise RuntimeError("espeak-ng read the text into different clauses in IPA and mnemonic modes")
+        return _clauses(text, data, ipa, mnemonics)
+
     def _run(self, text: str, keep_audio: bool, phoneme_input: bool = False) -> _Sink:
         data = _encode(text)
         with _LOCK:
@@ -418,6 +538,33 @@ class Espeak:
             # espeak still emits pause events ("_:", "_") for empty or punctuation-only text.
             raise ValueError(f"espeak-ng produced no phonemes (only pauses) for {text!r}")
         return sink
+
+
+def _clauses(text: str, data: bytes, ipa: list[tuple[str, int]], mnemonics: list[tuple[str, int]]) -> list[IpaClause]:
+    """``IpaClause``s from the two readings of ``data`` (``text`` encoded)."""
+    char_at = [0] * (len(data) + 1)  # byte offset -> index of the character it belongs to
+    at = 0
+    for i, ch in enumerate(text):
+        size = len(ch.encode("utf-8"))
+        char_at[at : at + size] = [i] * size
+        at += size
+    char_at[len(data)] = len(text)
+    clauses = []
+    start = 0
+    for index, ((phonemes, stop), (names, _)) in enumerate(zip(ipa, mnemonics, strict=True)):
+        at_end = index == len(ipa) - 1
+        # Where a clause ends, ReadClause has already read the next character and kept it
+        # for the next clause (the first letter of the next word, or a closing quote), even
+        # when that character was the text's last.
+        end = len(text) if at_end else max(start, char_at[stop] - 1)
+        consumed = text[start:end]
+        end = start + len(consumed.rstrip())
+        terminator, sentence_end = _clause_end(consumed, at_end)
+        clauses.append(IpaClause(_merge_ipa(phonemes, names), terminator, sentence_end, start, end))
+        start = end
+        while start < len(text) and text[start].isspace():
+            start += 1
+    return clauses
 
 
 _instances: dict[str, Espeak] = {}
