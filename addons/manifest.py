@@ -244,7 +244,8 @@ class AddonManifest(Strict):
     frontend: AnyFrontendConfig = Field(description="Text normalization, G2P and the phoneme-to-id map.")
     networks: dict[str, NetworkSpec] = Field(description="Exported networks by name.")
     stack: list[BlockSpecJson] = Field(
-        min_length=1, description="Blocks from phoneme ids to a stream of frames: mel, or the model's own latent frames."
+        min_length=1,
+        description="Blocks from phoneme ids to a stream of frames: mel, or the model's own latent frames.",
     )
     vocoder: BlockSpecJson = Field(
         default_factory=_default_vocoder,

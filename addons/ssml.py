@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 from xml.parsers import expat
 
 from addons.frontend import TextError, pause_mark
@@ -361,7 +362,8 @@ class _Reader:
                 said = say_as(attrs["interpret-as"], written, attrs.get("format"))
                 entry = LexiconEntry(grapheme=mark, alias=said, case_sensitive=True)
             else:
-                entry = LexiconEntry(grapheme=mark, phonemes=_phonemes(attrs, self), case_sensitive=True)
+                ph, alphabet = _phonemes(attrs, self)  # IPA kept as written too, for voices that read IPA
+                entry = LexiconEntry(grapheme=mark, phonemes=ph, alphabet=alphabet, case_sensitive=True)
         except SSMLError as exc:
             raise SSMLError(f"{exc.args[0]} (<{element.name}> at {element.position})") from None
         except ValueError as exc:  # the entry's own validation (lengths, characters)
@@ -475,18 +477,20 @@ def _break_ms(attrs: dict[str, str], reader: _Reader) -> float:
 # -- <phoneme>: IPA or espeak-ng mnemonics ------------------------------------------------------
 
 
-def _phonemes(attrs: dict[str, str], reader: _Reader) -> str:
+def _phonemes(attrs: dict[str, str], reader: _Reader) -> tuple[str, Literal["ipa", "x-espeak"]]:
+    """The element's phonemes and their alphabet (IPA is checked to map to mnemonics here)."""
     alphabet = attrs.get("alphabet", "ipa").strip().lower()
     ph = attrs["ph"].strip()
     if alphabet == "ipa":
         try:
-            return ipa_to_espeak(ph)
+            ipa_to_espeak(ph)
         except ValueError as exc:
             raise SSMLError(f"SSML: <phoneme ph='{ph}'>: {exc}") from None
+        return ph, "ipa"
     if alphabet in ("x-espeak", "espeak"):
         if not ph or not ESPEAK_MNEMONICS.match(ph):
             raise SSMLError(f"SSML: <phoneme alphabet='{alphabet}' ph='{ph}'>: espeak-ng mnemonics are printable ASCII")
-        return ph
+        return ph, "x-espeak"
     raise SSMLError(f"SSML: <phoneme alphabet='{alphabet}'> is not supported (supported: ipa, x-espeak)")
 
 

@@ -352,13 +352,17 @@ class DecoderStage(Stage):
         """Silent frames for each pause, before the first frame aligned past the phoneme it follows
         (their tokens -1: no phoneme); without an alignment, at the end of the sentence."""
         pending = sorted((int(after), int(ms)) for after, ms in pauses)
+        width = self.env.mel.n_mels
 
         def silence(ms: int, aligned: bool) -> tuple[np.ndarray, np.ndarray | None]:
             mel = silent_mel(ms, self.env.mel)
+            if width != mel.shape[1]:  # a model's own latent frames, not mel: zeros are its silence
+                mel = np.zeros((len(mel), width), dtype=np.float32)
             return mel, np.full(len(mel), -1, dtype=np.int64) if aligned else None
 
         aligned = True
         for mel, tokens in chunks:
+            width = mel.shape[1]
             if tokens is None:
                 aligned = False
                 yield mel, tokens

@@ -88,10 +88,12 @@ class TensorSpec(BaseModel):
     @classmethod
     def _shape(cls, v: tuple[int | str, ...]) -> tuple[int | str, ...]:
         for i, d in enumerate(v):
-            if isinstance(d, str) and not (d == "B" and i == 0) and not ((_TIME.match(d) or d == FREE_LENGTH) and i == 1):
-                raise ValueError(
-                    f'dimension {i} is "{d}": only "B" at axis 0 and "T"/"T*k"/"F" at axis 1 are symbolic'
-                )
+            if (
+                isinstance(d, str)
+                and not (d == "B" and i == 0)
+                and not ((_TIME.match(d) or d == FREE_LENGTH) and i == 1)
+            ):
+                raise ValueError(f'dimension {i} is "{d}": only "B" at axis 0 and "T"/"T*k"/"F" at axis 1 are symbolic')
             if isinstance(d, int) and d <= 0:
                 raise ValueError(f"dimension {i} must be positive, got {d}")
         return v

@@ -203,7 +203,7 @@ class FramedAudio(Vocoder):
     samples each (``[1, F, hop]``) in, the same samples as ``[1, F * hop]`` out."""
 
     type_name = "FramedAudio"
-    consumes = (StreamKind.FRAMES,)
+    consumes: ClassVar[tuple[StreamKind, ...]] = (StreamKind.FRAMES,)
 
     def start(self) -> FramedAudioState:
         return FramedAudioState()

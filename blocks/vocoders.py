@@ -253,7 +253,7 @@ class NeuralVocoder(Vocoder):
 
     type_name = "NeuralVocoder"
     Config = NeuralVocoderConfig
-    consumes = (StreamKind.MEL, StreamKind.FRAMES)
+    consumes: ClassVar[tuple[StreamKind, ...]] = (StreamKind.MEL, StreamKind.FRAMES)
 
     @classmethod
     def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
@@ -333,7 +333,7 @@ class UniversalVocoder(NeuralVocoder):
 
     type_name = "UniversalVocoder"
     Config = UniversalVocoderConfig
-    consumes = (StreamKind.MEL,)
+    consumes: ClassVar[tuple[StreamKind, ...]] = (StreamKind.MEL,)
 
     @classmethod
     def _plan_network(cls, config: NeuralVocoderConfig, env: PlanEnv) -> None:

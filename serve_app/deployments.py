@@ -193,9 +193,7 @@ class EncodersDeployment(_Replica):
         ]
 
     @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=0.003)
-    async def _encode_batched(
-        self, batch: list[tuple[np.ndarray, dict[str, Any]]]
-    ) -> list[dict[str, np.ndarray]]:
+    async def _encode_batched(self, batch: list[tuple[np.ndarray, dict[str, Any]]]) -> list[dict[str, np.ndarray]]:
         return await asyncio.to_thread(self._encode_groups, batch)
 
     def _encode_groups(self, batch: list[tuple[np.ndarray, dict[str, Any]]]) -> list[dict[str, np.ndarray]]:

@@ -92,7 +92,39 @@ def _audio_case(spec: dict[str, object]) -> Callable[[Path], Case]:
     return make
 
 
+PIPER_IDS = torch.tensor([[1, 0, 20, 0, 59, 0, 24, 0, 27, 0, 3, 0, 35, 0, 61, 0, 88, 0, 24, 0, 17, 0, 10, 0, 2]])
+
+
+def _piper_sequence(fx: Path) -> Case:
+    voice = addons.load(fx / "tiny-piper")
+    spec = voice.manifest.stack[0]["sequence_block"]
+    return Case(_build(voice, spec, SequenceBlock), {"phoneme_ids": PIPER_IDS})
+
+
+def _piper_features(voice: addons.Voice) -> dict[str, torch.Tensor]:
+    features = voice.encoders.encode(PIPER_IDS[0].numpy(), Request(options={"speed": 1.0}))
+    return {k: torch.as_tensor(v)[None] for k, v in features.items()}
+
+
+def _piper_stream(spec: dict[str, object], source: bool) -> Callable[[Path], Case]:
+    def make(fx: Path) -> Case:
+        voice = addons.load(fx / "tiny-piper")
+        feats = _piper_features(voice)
+        return Case(_build(voice, spec, StreamableBlock), feats, feats["frames"] if source else None, 256)
+
+    return make
+
+
+def _framed_audio(fx: Path) -> Case:
+    voice = addons.load(fx / "tiny-fast")
+    samples = torch.sin(torch.arange(256 * 12) / 7.0) * 0.5
+    return Case(_build(voice, {"type": "FramedAudio"}, StreamableBlock), {}, samples.reshape(1, 12, 256), 256)
+
+
 CASES: dict[str, Callable[[Path], Case]] = {
+    "VitsInputs": _piper_sequence,
+    "FrameSource": _piper_stream({"type": "FrameSource", "chunk_frames": 5}, False),
+    "FramedAudio": _framed_audio,
     "Encoders": _case_sequence("Encoders"),
     "CustomizedEncoders": _case_sequence("CustomizedEncoders"),
     "SequenceBlockContainer": _case_sequence("SequenceBlockContainer"),
@@ -161,9 +193,12 @@ def test_deterministic(case: Case) -> None:
 
 def test_shapes_and_lengths(case: Case) -> None:
     out = _run(case)
-    if isinstance(out, dict):  # sequence block: every output is per token, batch 1
+    if isinstance(out, dict):  # sequence block: every output is per token, batch 1 (frames: per frame)
         tokens = case.features["phoneme_ids"].shape[1]
-        assert out and all(v.shape[:2] == (1, tokens) for v in out.values())
+        per_token = {k: v for k, v in out.items() if k != "frames"}
+        assert per_token and all(v.shape[:2] == (1, tokens) for v in per_token.values())
+        if "frames" in out:  # a VITS front part's latent frames: as many as the durations say
+            assert out["frames"].shape[1] == int(out["durations"].sum())
         return
     assert out.shape[0] == 1 and out.shape[1] > 0 and torch.isfinite(out).all()
     if case.source is not None and case.scale is not None:
@@ -171,7 +206,7 @@ def test_shapes_and_lengths(case: Case) -> None:
 
 
 # Blocks that read an upstream stream (the others start one and are covered below).
-CONSUMERS = ["ChunkStats", "Decoder", "Gain", "GriffinLim", "NeuralVocoder", "StreamableStack"]
+CONSUMERS = ["ChunkStats", "Decoder", "FramedAudio", "Gain", "GriffinLim", "NeuralVocoder", "StreamableStack"]
 
 
 @pytest.mark.parametrize("chunk", [1, 7])

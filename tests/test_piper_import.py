@@ -21,7 +21,6 @@ from addons.manifest import AddonError, read_manifest
 from addons.piper import PiperImportError, import_piper
 from blocks import Request
 from tests.helpers import run_cli
-from tests.make_piper_fixture import make_piper_voice
 
 IDS = np.asarray([1, 0, 20, 0, 59, 0, 24, 0, 27, 0, 3, 0, 35, 0, 61, 0, 88, 0, 24, 0, 17, 0, 10, 0, 2], dtype=np.int64)
 
@@ -68,7 +67,11 @@ def test_import_is_an_ordinary_addon_split_at_the_waveform_decoder(fixture_dir: 
 
 def test_chained_parts_equal_the_whole_graph_with_noise_off(fixture_dir: Path, tmp_path: Path) -> None:
     for name, sids in (("tiny-piper", [None]), ("tiny-piper-multi", [0, 1])):
-        source = fixture_dir / "piper-sources" / ("en_US-tiny_multi-medium.onnx" if sids[0] is not None else "en_US-tiny-medium.onnx")
+        source = (
+            fixture_dir
+            / "piper-sources"
+            / ("en_US-tiny_multi-medium.onnx" if sids[0] is not None else "en_US-tiny-medium.onnx")
+        )
         voice = addons.load(_noise_off(fixture_dir / name, tmp_path / name))
         for sid in sids:
             options = {} if sid is None else {"speaker": sid}

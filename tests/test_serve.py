@@ -64,7 +64,7 @@ def server(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = AppArgs(
-            addons=[str(fixture_dir / "tiny-fast"), str(fixture_dir / "tiny-taco")],
+            addons=[str(fixture_dir / "tiny-fast"), str(fixture_dir / "tiny-taco"), str(fixture_dir / "tiny-piper")],
             deployments={
                 "tiny-fast-decoder": FAST_SCALING,
                 "tiny-taco-decoder": FAST_SCALING,
@@ -369,17 +369,23 @@ def test_failure_mid_stream_never_looks_complete(server: str, edit_addon: Any) -
         serve.delete("fragile")
 
 
-@pytest.mark.parametrize("model", ["tiny-fast", "tiny-taco"])
-@pytest.mark.parametrize("voice", ["default", "fast"])
-def test_http_pcm_equals_in_process(server: str, fixture_dir: Path, model: str, voice: str) -> None:
-    """Same model, voice and (preset) speed: the bytes over HTTP are the in-process samples, encoded."""
+@pytest.mark.parametrize(
+    ("model", "voice", "options"),
+    [(model, voice, {}) for model in ("tiny-fast", "tiny-taco") for voice in ("default", "fast")]
+    + [("tiny-piper", "default", {}), ("tiny-piper", "default", {"seed": 5, "speed": 1.3})],
+)
+def test_http_pcm_equals_in_process(
+    server: str, fixture_dir: Path, model: str, voice: str, options: dict[str, Any]
+) -> None:
+    """Same model, voice and (preset) speed: the bytes over HTTP are the in-process samples, encoded
+    (a Piper voice's: with the noise its graph draws, from the same seed)."""
     from serve_app.audio_format import make_encoder
 
     text = "Over the wire or in process. The same samples, to the bit."
     local = addons.load(fixture_dir / model)
     encoder = make_encoder("pcm", local.sample_rate)
-    want = b"".join(encoder.encode(chunk.samples) for chunk in local.stream(text, voice=voice))
-    got = _speech(server, model=model, input=text, voice=voice, response_format="pcm")
+    want = b"".join(encoder.encode(chunk.samples) for chunk in local.stream(text, voice=voice, **options))
+    got = _speech(server, model=model, input=text, voice=voice, response_format="pcm", **options)
     assert got.status_code == 200
     assert got.content == want
     if voice == "fast" and model == "tiny-fast":  # the preset's speed (1.5) applies over HTTP as in process
@@ -401,7 +407,7 @@ def _ws_audio(socket: Any, context: str = "default") -> tuple[bytes, float | Non
             return audio, first
 
 
-@pytest.mark.parametrize("model", ["tiny-fast", "tiny-taco"])
+@pytest.mark.parametrize("model", ["tiny-fast", "tiny-taco", "tiny-piper"])
 def test_websocket_text_in_pieces_equals_a_plain_request(server: str, model: str) -> None:
     """Text a few characters at a time, with pauses: the audio of a plain request for the whole text."""
     from websockets.sync.client import connect
@@ -522,7 +528,7 @@ def test_python_client_pipes_a_token_generator(server: str) -> None:
     assert got == want and again == want
 
 
-@pytest.mark.parametrize("model", ["tiny-fast", "tiny-taco"])
+@pytest.mark.parametrize("model", ["tiny-fast", "tiny-taco", "tiny-piper"])
 def test_speech_marks_over_sse_equal_in_process(server: str, fixture_dir: Path, model: str) -> None:
     text = "Marks travel beside the audio.  Across sentences, too! (And brackets.)"
     kinds = ["sentence", "word", "phoneme"]
@@ -571,7 +577,7 @@ def test_websocket_sends_marks_beside_the_audio(server: str, fixture_dir: Path) 
     assert [m["value"] for m in marks] == want and want
 
 
-@pytest.mark.parametrize("model", ["tiny-fast", "tiny-taco"])
+@pytest.mark.parametrize("model", ["tiny-fast", "tiny-taco", "tiny-piper"])
 def test_ssml_over_http_equals_in_process(server: str, fixture_dir: Path, model: str) -> None:
     """Breaks, rate, volume, sub, say-as, phoneme and marks: the same samples and marks as in process."""
     doc = (
