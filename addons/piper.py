@@ -28,6 +28,7 @@ import contextlib
 import json
 import re
 import tempfile
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -585,6 +586,7 @@ def import_piper(
     except NetworkFileError as exc:
         raise PiperImportError(f"{model_path}: {exc}") from None
     _check_interface(model, config, model_path)
+    _check_coverage(config, model_path)
     name = name or addon_name(model_path)
     out = out or Path.cwd() / name
     ids = _probe_ids(config["_ids"])
@@ -638,6 +640,30 @@ def _check_interface(model: Any, config: dict[str, Any], path: Path) -> None:
     if table is not None and largest >= table:
         raise PiperImportError(
             f"{path}: the config's phoneme_id_map uses id {largest}, but the graph embeds only {table} symbols "
+            "(a config from another voice?)"
+        )
+
+
+#: Read in the voice's own language (espeak-ng says numbers in it), so any espeak voice gets a probe.
+_COVERAGE_PROBE = "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 30 40 50 60 70 80 90 100 1000 1000000."
+
+
+def _check_coverage(config: dict[str, Any], path: Path) -> None:
+    """Refuse an id map that lacks phonemes espeak-ng makes for ordinary text in the voice's language
+    (Piper would drop them without a word: a config from another voice, or a cut-down map)."""
+    from addons.espeak import get_espeak
+
+    voice = str((config.get("espeak") or {}).get("voice") or "en-us")
+    try:
+        clauses = get_espeak(voice).clauses_ipa(_COVERAGE_PROBE)
+    except ValueError as exc:  # an espeak voice this espeak-ng does not have
+        raise PiperImportError(f"{path}: {_first_line(exc)}") from None
+    ipa = re.sub(r"\([^)]*\)", "", " ".join(c.ipa for c in clauses))  # language switch flags, as Piper drops them
+    said = {c for c in unicodedata.normalize("NFD", ipa) if not c.isspace()}
+    missing = sorted(said - set(config["_ids"]))
+    if missing:
+        raise PiperImportError(
+            f"{path}: phoneme_id_map lacks {' '.join(missing)}, which espeak-ng ({voice}) says for ordinary text "
             "(a config from another voice?)"
         )
 

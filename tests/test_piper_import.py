@@ -173,8 +173,23 @@ def _set(key: str, value: object):
         (None, _set("phoneme_id_map", {"_": [0], "^": [1], "$": [2], "a": [900]}), "embeds only"),
         (None, _set("phoneme_type", "text"), "phoneme_type 'text' is not supported"),
         (None, lambda c: {k: v for k, v in c.items() if k != "phoneme_id_map"}, "missing phoneme_id_map"),
+        (
+            None,
+            lambda c: {**c, "phoneme_id_map": {k: v for k, v in c["phoneme_id_map"].items() if k not in "ɪə"}},
+            "phoneme_id_map lacks ə ɪ, which espeak-ng",
+        ),
+        (None, _set("espeak", {"voice": "xx-nowhere"}), "espeak-ng has no voice named 'xx-nowhere'"),
     ],
-    ids=["custom-op", "external-data-outside", "speakers-mismatch", "ids-beyond-embedding", "phoneme-type", "no-map"],
+    ids=[
+        "custom-op",
+        "external-data-outside",
+        "speakers-mismatch",
+        "ids-beyond-embedding",
+        "phoneme-type",
+        "no-map",
+        "map-lacks-phonemes",
+        "unknown-espeak-voice",
+    ],
 )
 def test_bad_voices_are_refused_naming_the_problem(
     fixture_dir: Path, tmp_path: Path, edit_model, edit_config, message: str
