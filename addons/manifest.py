@@ -113,14 +113,12 @@ class LexiconEntry(Strict):
         return self
 
 
-class FrontendConfig(Strict):
-    """Text to phoneme ids. Id 0 is padding; ``phonemes[i]`` has id ``i + 1``."""
+class _TextSettings(Strict):
+    """What every text front end takes: its espeak-ng voice, the sentence bound, the lexicons."""
 
-    type: Literal["espeak"] = Field("espeak", description="G2P engine: espeak-ng phoneme events.")
     voice: str = Field("en-us", min_length=1, description="espeak-ng voice used for G2P.")
-    phonemes: tuple[str, ...] = Field(min_length=1, description="Phoneme inventory, in id order (ids start at 1).")
     max_sentence_phonemes: int = Field(
-        400, ge=8, description="Sentences longer than this are split at word boundaries before synthesis."
+        400, ge=8, description="Sentences with more phonemes (ids) than this are split at word boundaries."
     )
     lexicon: list[LexiconEntry] = Field(
         default_factory=list, max_length=10_000, description="The addon's pronunciation overrides."
@@ -130,6 +128,13 @@ class FrontendConfig(Strict):
         max_length=16,
         description="More of them in files of the addon directory: PLS (.pls, .xml) or a JSON list (.json).",
     )
+
+
+class FrontendConfig(_TextSettings):
+    """Text to phoneme ids. Id 0 is padding; ``phonemes[i]`` has id ``i + 1``."""
+
+    type: Literal["espeak"] = Field("espeak", description="G2P engine: espeak-ng phoneme events.")
+    phonemes: tuple[str, ...] = Field(min_length=1, description="Phoneme inventory, in id order (ids start at 1).")
 
     @field_validator("phonemes")
     @classmethod
@@ -140,26 +145,14 @@ class FrontendConfig(Strict):
         return v
 
 
-class PiperFrontendConfig(Strict):
+class PiperFrontendConfig(_TextSettings):
     """Text to phoneme ids as Piper's espeak voices read them: espeak-ng IPA per clause, the clause's
     punctuation kept, codepoints split by NFD, then ``^ _ p1 _ p2 _ ... pn _ $`` through the voice's
     ``phoneme_id_map`` (its ``.onnx.json``)."""
 
     type: Literal["piper"] = Field(description="Piper's front end: espeak-ng IPA and the voice's id map.")
-    voice: str = Field("en-us", min_length=1, description="espeak-ng voice used for G2P (the config's espeak.voice).")
     phoneme_id_map: dict[str, list[int]] = Field(
         description="Each phoneme (one codepoint, or a cluster) -> its ids, as in the voice's .onnx.json."
-    )
-    max_sentence_phonemes: int = Field(
-        400, ge=8, description="Sentences with more ids than this are split at word boundaries before synthesis."
-    )
-    lexicon: list[LexiconEntry] = Field(
-        default_factory=list, max_length=10_000, description="The addon's pronunciation overrides."
-    )
-    lexicon_files: list[str] = Field(
-        default_factory=list,
-        max_length=16,
-        description="More of them in files of the addon directory: PLS (.pls, .xml) or a JSON list (.json).",
     )
 
     @field_validator("phoneme_id_map")
