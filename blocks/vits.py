@@ -61,7 +61,11 @@ class VitsInputsConfig(BlockConfig):
     noise: tuple[NoiseInput, ...] = Field((), max_length=8, description="The noise inputs, in the graph's order.")
     speaker_input: str | None = Field(None, description="Input taking the speaker id [B] int64 (multi-speaker).")
     frames_per_token: int = Field(
-        16, ge=1, le=1000, description="Frames of noise drawn per token and unit of length_scale / speed."
+        8,
+        ge=1,
+        le=1000,
+        description="Frames of noise drawn per token and unit of length_scale / speed (VITS voices average 2-3 "
+        "frames a token; a longer sentence reuses the draw from its start rather than failing).",
     )
 
 
