@@ -553,6 +553,12 @@ def _manifest(config: dict[str, Any], name: str, source: str, plan: _Plan, conte
         "stack": [{"type": "StreamablePipeline", "sequence_block": sequence, "streamable_block": streamable}],
         "vocoder": vocoder,
         "voices": _voices(config),
+        # Where a cluster runs each stage: a share of a GPU node's GPU, as the bundled voices ask
+        # (serve_app.placement.SHIPPED_GPU_STAGES); one machine without them drops these (docs/deploy.md).
+        "deployment": {
+            stage: {"ray_actor_options": {"num_cpus": 0.25, "num_gpus": share, "resources": {"gpu_node": 0.01}}}
+            for stage, share in (("encoders", 0.125), ("decoder", 0.25), ("vocoder", 0.25))
+        },
     }
 
 

@@ -5,13 +5,17 @@ are validated by :class:`AppArgs`. For each addon it binds an encoders deploymen
 decoder deployment (streaming mel) and, where the addon brings its own vocoder, a vocoder
 deployment; addons that use the universal Griffin-Lim vocoder share one. Deployment names are
 ``<addon>-encoders``, ``<addon>-decoder``, ``<addon>-vocoder``, ``universal-vocoder`` and
-``ingress``; ``AppArgs.deployments`` overrides options per name.
+``ingress``; ``AppArgs.stages`` overrides options per stage kind (every model's), ``AppArgs.deployments``
+per name. Where replicas run (CPU, GPU share, NeuronCores, node-type tags) is :mod:`serve_app.placement`'s:
+``AppArgs.placement`` says whether the addons' accelerator hints are kept as written (a cluster) or
+fitted to one machine (``chorus serve``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +25,7 @@ from ray.serve import Application
 import addons
 from addons.manifest import AddonManifest, LexiconEntry, StageDeployment
 from addons.pls import LexiconFileError, load_lexicon
+from serve_app import placement
 from serve_app.aliases import Aliases, OpenAINames
 from serve_app.autoscaling import POLICY_FUNCTION
 from serve_app.deployments import (
@@ -35,7 +40,10 @@ from serve_app.http import API_KEYS_ENV, HttpPolicy, key_digests
 from serve_app.ingress import Ingress, ModelInfo
 from serve_app.options import DeploymentOptions, merge_deployment_options
 
-__all__ = ["AppArgs", "build_app"]
+__all__ = ["AppArgs", "Resolved", "build_app", "resolve"]
+
+logger = logging.getLogger("chorus.placement")
+Stage = Literal["encoders", "decoder", "vocoder"]
 
 # The decorated classes are Deployments at run time; mypy sees the plain classes.
 _ENCODERS: Any = EncodersDeployment
@@ -62,7 +70,24 @@ class AppArgs(BaseModel):
     context: Literal["dynamic", "static"] = Field("dynamic", description="Default execution context.")
     device: str = Field("auto", description='Torch device in replicas: "auto" (CUDA if visible), "cpu", "cuda".')
     deployments: dict[str, DeploymentOptions] = Field(
-        default_factory=dict, description="Options per deployment name, merged over the addon's hints."
+        default_factory=dict, description="Options per deployment name, merged over the addon's hints and stages."
+    )
+    stages: dict[Stage, DeploymentOptions] = Field(
+        default_factory=dict,
+        description=(
+            "Options for every model's stage of a kind (vocoder: the universal vocoder and each addon's own), "
+            "merged over the addon's hints and under deployments: where a cluster config puts each stage."
+        ),
+    )
+    placement: Literal["auto", "cluster", "local"] = Field(
+        "auto",
+        description=(
+            "cluster: every accelerator request kept as written (the autoscaler adds the nodes offering them); "
+            "local: requests this machine cannot satisfy (GPUs, NeuronCores, node tags) dropped, with a warning, "
+            "from hints and config alike; auto: like local for the addons' hints only, when building for one "
+            "machine (no Ray connected, as in chorus serve, or a Ray none of whose nodes carries a Chorus "
+            "node-type tag), else like cluster."
+        ),
     )
     batching: int = Field(
         DEFAULT_BATCHING,
@@ -154,9 +179,18 @@ def _resolve_addons(names: list[str]) -> list[tuple[Path, AddonManifest]]:
     return resolved
 
 
-def _options(args: AppArgs, name: str, stage: str, hint: StageDeployment | None) -> dict[str, Any]:
+def _options(
+    args: AppArgs, name: str, stage: Stage, hint: StageDeployment | None, offer: dict[str, float] | None
+) -> dict[str, Any]:
     hints = hint.model_dump(exclude_none=True, exclude={"context"}) if hint else None
-    options = merge_deployment_options(DEFAULTS[stage], hints, args.deployments.get(name))
+    if hints and offer is not None and args.placement == "auto":
+        hints = _fit(name, hints, offer, "its addon's hint")
+    options = merge_deployment_options(
+        merge_deployment_options(DEFAULTS[stage], hints, args.stages.get(stage)), None, args.deployments.get(name)
+    )
+    if offer is not None and args.placement == "local":
+        options = _fit(name, options, offer, "the config")
+    placement.check(name, options.get("ray_actor_options") or {})
     auto = options.get("autoscaling_config")
     if auto is not None:  # Chorus's policy names become Ray's policy function
         policy = auto.pop("policy", None) or ("load" if stage in ("decoder", "vocoder") else "requests")
@@ -165,19 +199,37 @@ def _options(args: AppArgs, name: str, stage: str, hint: StageDeployment | None)
     return options
 
 
-def _replicas(options: dict[str, Any]) -> int:
-    """Replicas a deployment starts with."""
-    if "autoscaling_config" in options:
-        auto = options["autoscaling_config"]
-        return int(auto.get("initial_replicas") or auto.get("min_replicas") or 1)
-    replicas = options.get("num_replicas", 1)
-    return replicas if isinstance(replicas, int) else 1
+def _fit(name: str, options: dict[str, Any], offer: dict[str, float], source: str) -> dict[str, Any]:
+    """``options`` without the accelerator requests one machine (``offer``) cannot satisfy, saying so."""
+    actor = options.get("ray_actor_options")
+    if not actor:
+        return options
+    kept, dropped = placement.drop_unoffered(actor, offer)
+    if dropped:
+        logger.warning(
+            "%s: this machine offers no %s asked for by %s; running on what it has (placement: cluster keeps them)",
+            name,
+            ", ".join(dropped),
+            source,
+        )
+    return {**options, "ray_actor_options": kept}
 
 
-def _need(options: dict[str, Any]) -> dict[str, float]:
-    """What one replica reserves."""
-    actor = options.get("ray_actor_options", {})
-    return {"CPU": actor.get("num_cpus", 1.0), "GPU": actor.get("num_gpus", 0.0), **actor.get("resources", {})}
+def _offer(args: AppArgs) -> dict[str, float] | None:
+    """The one machine's resources that requests are fitted to, or None where they are kept as written."""
+    import ray
+
+    if args.placement == "cluster":
+        return None
+    if not ray.is_initialized():
+        return placement.local_offer()  # chorus serve builds before starting its Ray on this machine
+    if args.placement == "auto" and placement.chorus_cluster():
+        return None
+    return placement.cluster_offer()
+
+
+_replicas = placement.replicas
+_need = placement.need
 
 
 def _add_decoder_replicas(all_options: dict[str, dict[str, Any]], decoders: list[str]) -> None:
@@ -218,8 +270,19 @@ def _fused_models(fused: bool | list[str], names: set[str]) -> set[str]:
     return set(fused)
 
 
-def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
-    """Bind the deployment graph for the requested addons (see the module docstring)."""
+@dataclass(frozen=True)
+class Resolved:
+    """What :func:`build_app` decides before binding anything: the addons served, which models' decoders
+    vocode, the addons sharing the universal vocoder, and every deployment's merged options."""
+
+    found: list[tuple[Path, AddonManifest]]
+    fused: set[str]
+    shared: dict[str, str]
+    options: dict[str, dict[str, Any]]
+
+
+def resolve(args: AppArgs | dict[str, Any] | None = None) -> Resolved:
+    """Validate ``args`` against the installed addons and merge every deployment's options."""
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
     found = _resolve_addons(args.addons)
     names = {m.name for _, m in found}
@@ -237,16 +300,29 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
     )
     if gone:
         raise ValueError(f"deployments names {gone}, but fused_vocoder runs those vocoders in the decoder replicas")
+    offer = _offer(args)
     ingress_defaults = {**DEFAULTS["ingress"], "max_ongoing_requests": args.max_concurrent_streams + INGRESS_HEADROOM}
     options = {INGRESS: merge_deployment_options(ingress_defaults, None, args.deployments.get(INGRESS))}
+    if offer is not None and args.placement == "local":
+        options[INGRESS] = _fit(INGRESS, options[INGRESS], offer, "the config")
+    placement.check(INGRESS, options[INGRESS].get("ray_actor_options") or {})
     if shared:
-        options[UNIVERSAL_VOCODER] = _options(args, UNIVERSAL_VOCODER, "vocoder", None)
+        options[UNIVERSAL_VOCODER] = _options(args, UNIVERSAL_VOCODER, "vocoder", None, offer)
     for _, m in found:
-        options[f"{m.name}-encoders"] = _options(args, f"{m.name}-encoders", "encoders", m.deployment.encoders)
-        options[f"{m.name}-decoder"] = _options(args, f"{m.name}-decoder", "decoder", m.deployment.decoder)
+        hints = m.deployment
+        options[f"{m.name}-encoders"] = _options(args, f"{m.name}-encoders", "encoders", hints.encoders, offer)
+        options[f"{m.name}-decoder"] = _options(args, f"{m.name}-decoder", "decoder", hints.decoder, offer)
         if m.uses_own_vocoder and m.name not in fused:
-            options[f"{m.name}-vocoder"] = _options(args, f"{m.name}-vocoder", "vocoder", m.deployment.vocoder)
+            options[f"{m.name}-vocoder"] = _options(args, f"{m.name}-vocoder", "vocoder", hints.vocoder, offer)
     _add_decoder_replicas(options, [f"{m.name}-decoder" for _, m in found])
+    return Resolved(found, fused, shared, options)
+
+
+def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
+    """Bind the deployment graph for the requested addons (see the module docstring)."""
+    args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
+    resolved = resolve(args)
+    found, fused, shared, options = resolved.found, resolved.fused, resolved.shared, resolved.options
 
     universal = (
         _VOCODER.options(name=UNIVERSAL_VOCODER, **options[UNIVERSAL_VOCODER]).bind(

@@ -29,6 +29,7 @@ from addons.marks import sentence_arrays
 from addons.stages import AudioStage, with_pauses
 from blocks import Request
 from blocks.batching import DEADLINE
+from serve_app import placement
 from serve_app.autoscaling import BusyMeter
 
 T = TypeVar("T")
@@ -47,15 +48,16 @@ DEFAULT_BATCHING = 32  # streams sharing one forward pass, at most; 0 turns cont
 # The first layer of every deployment's options (then the addon's hints, then AppArgs.deployments:
 # see serve_app.app), so that a hint naming only ``resources`` keeps these CPUs (Ray replaces
 # ray_actor_options whole); also the decorators' own, for a deployment bound directly.
-STAGE_CPUS = 0.25
+STAGE_CPUS = placement.STAGE_CPUS
 # Stage replicas run this much nicer than the ingress and proxy (see AppArgs.stage_nice): by
 # default not at all, since 5 measured no faster refusals and slower first audio (docs/performance.md).
 STAGE_NICE = 0
+# CPU replicas (serve_app.placement); the addons' hints and the Serve config move stages onto accelerators.
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "encoders": {"ray_actor_options": {"num_cpus": STAGE_CPUS}, "max_ongoing_requests": 2 * BATCH_SIZE},
-    "decoder": {"ray_actor_options": {"num_cpus": STAGE_CPUS}, "max_ongoing_requests": 32},
-    "vocoder": {"ray_actor_options": {"num_cpus": STAGE_CPUS}, "max_ongoing_requests": 64},
-    "ingress": {"ray_actor_options": {"num_cpus": STAGE_CPUS}, "max_ongoing_requests": 64},
+    "encoders": {"ray_actor_options": placement.cpu(STAGE_CPUS), "max_ongoing_requests": 2 * BATCH_SIZE},
+    "decoder": {"ray_actor_options": placement.cpu(STAGE_CPUS), "max_ongoing_requests": 32},
+    "vocoder": {"ray_actor_options": placement.cpu(STAGE_CPUS), "max_ongoing_requests": 64},
+    "ingress": {"ray_actor_options": placement.cpu(STAGE_CPUS), "max_ongoing_requests": 64},
 }
 
 

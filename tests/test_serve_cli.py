@@ -91,3 +91,18 @@ def test_chorus_serve_serves_until_interrupted(fixture_dir: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             code = proc.wait(timeout=30)
     assert code == 0
+
+
+def test_local_serve_config_runs_the_bundled_gpu_hints_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """chorus serve --config serve_app/serve_config.yaml builds before its Ray starts: the bundled voices'
+    GPU-node hints are dropped where this machine lacks them, so every replica can schedule here."""
+    from serve_app.app import resolve
+    from serve_app.placement import local_offer
+
+    monkeypatch.delenv("CHORUS_ADDON_PATH", raising=False)
+    [app] = read_config(ROOT / "serve_app" / "serve_config.yaml").applications
+    offer = local_offer()
+    for name, options in resolve(app.args).options.items():
+        actor = options["ray_actor_options"]
+        assert actor.get("num_gpus", 0) <= offer.get("GPU", 0), name
+        assert all(offer.get(k, 0) >= v for k, v in (actor.get("resources") or {}).items()), name
