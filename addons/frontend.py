@@ -17,7 +17,17 @@ import numpy as np
 
 from addons.manifest import FrontendConfig, LexiconEntry
 
-__all__ = ["Frontend", "Lexicon", "LexiconError", "Sentence", "TextError", "Word", "pause_mark", "pause_ms"]
+__all__ = [
+    "Frontend",
+    "Lexicon",
+    "LexiconError",
+    "Sentence",
+    "TextError",
+    "Word",
+    "pause_mark",
+    "pause_ms",
+    "split_edges",
+]
 
 _SENTENCE_END = re.compile(r"[.!?;:…][\"')\]]*(\s+)")  # the whitespace group is where one ends
 # A full stop after these does not end a sentence ("Dr. Smith", "e.g. this", "J. R. R. Tolkien").
@@ -45,6 +55,21 @@ def _only_pauses(text: str) -> bool:
 
 
 _EDGE_PUNCTUATION = ".,;:!?\"'()[]{}…“”‘’«»—–-"
+
+
+def split_edges(word: str) -> tuple[str, str, str]:
+    """A written word as (punctuation before, the word proper, punctuation after): ``"“Kyiv,”"`` is
+    ``("“", "Kyiv", ",”")``; a word of punctuation only is its own core. Every path that places a
+    word or looks it up in a lexicon cuts it here, so they all agree on what the word is."""
+    start = len(word) - len(word.lstrip(_EDGE_PUNCTUATION))
+    end = len(word.rstrip(_EDGE_PUNCTUATION))
+    if start >= end:
+        return "", word, ""
+    return word[:start], word[start:end], word[end:]
+
+
+#: Where each character of a normalized text was written: ``(start, end)`` in the text as sent.
+Spans = list[tuple[int, int]]
 
 
 class TextError(ValueError):
@@ -86,16 +111,42 @@ class Lexicon:
         self.entries: dict[str, list[LexiconEntry]] = {}
         for raw in entries:
             entry = raw if isinstance(raw, LexiconEntry) else LexiconEntry.model_validate(raw)
-            self.entries.setdefault(entry.grapheme.casefold(), []).append(entry)
+            self.entries.setdefault(split_edges(entry.grapheme)[1].casefold(), []).append(entry)
 
     def __bool__(self) -> bool:
         return bool(self.entries) or self.normalize
 
     def find(self, word: str) -> LexiconEntry | None:
-        for entry in self.entries.get(word.casefold(), ()):
-            if not entry.case_sensitive or entry.grapheme == word:
+        """The entry for ``word`` as written (its edge punctuation is no part of it), or None."""
+        core = split_edges(word)[1]
+        for entry in self.entries.get(core.casefold(), ()):
+            if not entry.case_sensitive or split_edges(entry.grapheme)[1] == core:
                 return entry
         return None
+
+
+def _nfkc_runs(text: str) -> Iterator[tuple[int, int]]:
+    """``text`` cut into runs that NFKC normalizes each on its own, as it would the whole: a run
+    starts at each character whose decomposition starts with a character of combining class 0 and
+    that composes with nothing before it, so a base and its combining marks, or the jamo of one
+    Hangul syllable, stay in one run."""
+    start = 0
+    for i in range(1, len(text)):
+        ch = text[i]
+        if ch.isascii():  # an ASCII character never composes with what comes before it
+            yield start, i
+            start = i
+            continue
+        if unicodedata.combining(unicodedata.normalize("NFKD", ch)[0]):
+            continue  # a combining mark (or a form of one, such as U+FF9E) may move or compose backwards
+        head = text[start:i]
+        if unicodedata.normalize("NFKC", head + ch) == unicodedata.normalize("NFKC", head) + unicodedata.normalize(
+            "NFKC", ch
+        ):
+            yield start, i
+            start = i
+    if text:
+        yield start, len(text)
 
 
 def _normalized(written: str, core: str, cut: int, previous: str | None) -> str:
@@ -116,34 +167,32 @@ class Frontend:
 
     @staticmethod
     def normalize(text: str) -> str:
-        """NFKC, control characters to spaces, runs of whitespace collapsed."""
-        text = _CONTROL.sub(" ", unicodedata.normalize("NFKC", text))
-        return " ".join(text.split())
+        """NFKC, control characters to spaces, runs of whitespace collapsed (the text of
+        :meth:`normalize_with_offsets`, so sentences found in one are found in the other)."""
+        if text.isascii():  # NFKC leaves ASCII as it is
+            return " ".join(_CONTROL.sub(" ", text).split())
+        return Frontend.normalize_with_offsets(text)[0]
 
     @staticmethod
-    def normalize_with_offsets(text: str) -> tuple[str, list[int]]:
-        """:meth:`normalize`, and for each character of the result its offset in ``text``.
-
-        Where NFKC composes across characters (rare), offsets fall back to the normalized text's own.
-        """
+    def normalize_with_offsets(text: str) -> tuple[str, Spans]:
+        """:meth:`normalize`, and for each character of the result where it was written in ``text``:
+        ``(start, end)``. A character NFKC composed ("e" + U+0301 -> "é", Hangul jamo -> a syllable)
+        spans everything it was made of; each character a compatibility form expands to ("ﬁ" -> "fi")
+        spans that form; a space that stands for a run of whitespace, the run's first character."""
         chars: list[str] = []
-        origin: list[int] = []
-        for i, ch in enumerate(text):
-            for c in _CONTROL.sub(" ", unicodedata.normalize("NFKC", ch)):
+        spans: Spans = []
+        for a, b in _nfkc_runs(text):
+            for c in _CONTROL.sub(" ", unicodedata.normalize("NFKC", text[a:b])):
                 if c.isspace():
                     if not chars or chars[-1] == " ":
                         continue
                     c = " "
                 chars.append(c)
-                origin.append(i)
+                spans.append((a, b))
         if chars and chars[-1] == " ":
             chars.pop()
-            origin.pop()
-        joined = "".join(chars)
-        normalized = Frontend.normalize(text)
-        if joined != normalized:
-            return normalized, list(range(len(normalized)))
-        return normalized, origin
+            spans.pop()
+        return "".join(chars), spans
 
     @staticmethod
     def split_sentences(text: str) -> list[str]:
@@ -196,22 +245,23 @@ class Frontend:
         producing any output.
         """
         overrides = Lexicon([*lexicon, *self.config.lexicon], normalize)
-        normalized, origin = self.normalize_with_offsets(text)
+        normalized, spans = self.normalize_with_offsets(text)
         if not normalized:
             raise TextError("text is empty")
         produced = False
         at = 0
         for part in self.split_sentences(normalized):
             at = normalized.find(part, at)
-            for sentence in self._bounded(part, at, text, origin, overrides):
+            for sentence in self._bounded(part, at, text, spans, overrides):
                 produced = True
                 yield sentence
             at += len(part)
         if not produced:
             raise TextError(f"text has no speakable characters: {text[:40]!r}")
 
-    def _bounded(self, part: str, at: int, original: str, origin: list[int], lexicon: Lexicon) -> Iterator[Sentence]:
-        """``part`` (at offset ``at`` of the normalized text) as sentences within the phoneme bound."""
+    def _bounded(self, part: str, at: int, original: str, spans: Spans, lexicon: Lexicon) -> Iterator[Sentence]:
+        """``part`` (at offset ``at`` of the normalized text, whose characters were written at ``spans``
+        of ``original``) as sentences within the phoneme bound."""
         words = part.split()
         spoken, starts, overridden = self._spoken_text(words, lexicon)
         raw = self.phonemize_aligned(spoken, phoneme_input=any(e.phonemes for e in overridden.values()))
@@ -231,15 +281,15 @@ class Frontend:
             return
         if len(aligned) > self.config.max_sentence_phonemes and len(words) > 1:
             first = " ".join(words[: len(words) // 2])
-            yield from self._bounded(first, at, original, origin, lexicon)
-            yield from self._bounded(part[len(first) + 1 :], at + len(first) + 1, original, origin, lexicon)
+            yield from self._bounded(first, at, original, spans, lexicon)
+            yield from self._bounded(part[len(first) + 1 :], at + len(first) + 1, original, spans, lexicon)
             return
         placed, found = [], 0
         for word in words:
             found = part.find(word, found)
-            core = word.strip(_EDGE_PUNCTUATION) or word  # "apples," is the word "apples"
-            begin = at + found + word.index(core)
-            a, b = origin[begin], origin[begin + len(core) - 1] + 1
+            lead, core, _ = split_edges(word)  # "apples," is the word "apples"
+            begin = at + found + len(lead)
+            a, b = spans[begin][0], spans[begin + len(core) - 1][1]
             placed.append(Word(original[a:b], a, b))
             found += len(word)
         phoneme_words = tuple(w for _, w in aligned)
@@ -250,32 +300,46 @@ class Frontend:
             if ms is not None:  # after the last phoneme of the words before it
                 before = [k for k, w in enumerate(phoneme_words) if 0 <= w < i]
                 pauses.append((before[-1] if before else -1, ms))
-        yield Sentence(part, tuple(p for p, _ in aligned), ids, tuple(placed), phoneme_words, origin[at], tuple(pauses))
+        yield Sentence(
+            part, tuple(p for p, _ in aligned), ids, tuple(placed), phoneme_words, spans[at][0], tuple(pauses)
+        )
 
     @staticmethod
     def _spoken_text(words: list[str], lexicon: Lexicon) -> tuple[str, list[int], dict[int, LexiconEntry]]:
         """The text espeak-ng reads for ``words``: lexicon entries applied (an alias read instead,
         phonemes as ``[[...]]``), where each word starts in it, and which words were overridden."""
-        cores = [w.strip(_EDGE_PUNCTUATION) or w for w in words]
-        entries = [lexicon.find(core) if lexicon.entries else None for core in cores]
+        cut = [split_edges(w) for w in words]
+        entries = [lexicon.find(core) if lexicon.entries else None for _, core, _ in cut]
         phoneme_input = any(e is not None and e.phonemes is not None for e in entries)
         pieces: list[str] = []
         starts: list[int] = []
         overridden: dict[int, LexiconEntry] = {}
         at = 0
-        for i, (written, core, entry) in enumerate(zip(words, cores, entries, strict=True)):
-            cut = written.index(core)
+        for i, (written, (before, core, after), entry) in enumerate(zip(words, cut, entries, strict=True)):
             if pause_ms(written) is not None:
                 piece = ""  # a pause says nothing; the decoder stage adds its silence
             elif entry is not None:
-                said = entry.alias if entry.alias is not None else f"[[{entry.phonemes}]]"
-                piece = written[:cut] + said + written[cut + len(core) :]
+                piece = before + _said(entry, before) + after
                 overridden[i] = entry
+            elif lexicon.normalize:
+                piece = _normalized(written, core, len(before), cut[i - 1][1] if i else None)
             else:
-                piece = _normalized(written, core, cut, cores[i - 1] if i else None) if lexicon.normalize else written
+                piece = written
             if phoneme_input and (entry is None or entry.alias is not None):
                 piece = piece.replace("[[", "[ [")  # text and aliases stay text
             pieces.append(piece)
             starts.append(at)
             at += len(piece) + 1
         return " ".join(pieces), starts, overridden
+
+
+def _said(entry: LexiconEntry, before: str) -> str:
+    """What espeak-ng reads for a word a lexicon entry overrides, after the punctuation ``before`` it.
+
+    espeak-ng takes ``[[`` as phoneme input only where a word may start: after a quote or bracket
+    (``“[[k'i:v]]``) it reads the brackets as text and says nothing, so a space comes between
+    (it reads ``“ [[k'i:v]]`` as it reads ``“keev``); after a hyphen it does already.
+    """
+    if entry.alias is not None:
+        return entry.alias
+    return f"{' ' if before and not before.endswith('-') else ''}[[{entry.phonemes}]]"

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from addons.ipa import ipa_to_espeak
+from addons.ipa import ESPEAK_MNEMONICS, ipa_to_espeak
 from blocks import (
     ChunkwiseBlock,
     MelSettings,
@@ -67,7 +67,10 @@ class Strict(BaseModel):
 
 
 class LexiconEntry(Strict):
-    """A pronunciation override: a word said as given phonemes, or read as another text."""
+    """A pronunciation override: a word said as given phonemes, or read as another text.
+
+    Its messages say what is wrong with the entry; whoever holds a list of them (a request's
+    ``lexicon``, a lexicon file) names the entry."""
 
     grapheme: str = Field(
         min_length=1, max_length=64, pattern=r"^\S+$", description="The word as written (one word, no spaces)."
@@ -76,7 +79,7 @@ class LexiconEntry(Strict):
         None,
         min_length=1,
         max_length=200,
-        pattern=r"^[\x20-\x5a\x5c\x5e-\x7e]+$",
+        pattern=ESPEAK_MNEMONICS.pattern,
         description=(
             "Its phonemes as espeak-ng mnemonics (printable ASCII, the voice's inventory), e.g. \"t@m'A:toU\"; "
             "or IPA with alphabet 'ipa', e.g. \"təˈmɑːtoʊ\"."
@@ -102,14 +105,32 @@ class LexiconEntry(Strict):
             try:
                 mnemonics = ipa_to_espeak(data["phonemes"])
             except ValueError as exc:
-                raise ValueError(f"lexicon entry {data.get('grapheme')!r}: {exc}") from None
+                raise ValueError(f"phonemes {data['phonemes']!r} (alphabet 'ipa'): {exc}") from None
             return {**data, "phonemes": mnemonics, "alphabet": "x-espeak", "ipa": data["phonemes"]}
         return data
+
+    @field_validator("grapheme", mode="before")
+    @classmethod
+    def _one_word(cls, value: Any) -> Any:
+        if isinstance(value, str) and value and any(ch.isspace() for ch in value):
+            raise ValueError(f"one word without spaces, got {value!r} (give each word an entry of its own)")
+        return value
+
+    @field_validator("phonemes", mode="before")
+    @classmethod
+    def _mnemonics(cls, value: Any) -> Any:
+        if isinstance(value, str) and value and not ESPEAK_MNEMONICS.match(value):
+            bad = next(ch for ch in value if not ESPEAK_MNEMONICS.match(ch))
+            raise ValueError(
+                f"{value!r} has {bad!r} (U+{ord(bad):04X}), which espeak-ng mnemonics (printable ASCII without "
+                "[ or ]) never have; for IPA, give alphabet 'ipa'"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one(self) -> LexiconEntry:
         if (self.phonemes is None) == (self.alias is None):
-            raise ValueError(f"lexicon entry {self.grapheme!r}: give exactly one of phonemes or alias")
+            raise ValueError("give exactly one of phonemes or alias")
         return self
 
 

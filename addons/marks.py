@@ -116,7 +116,7 @@ class MarkTracker:
         ``bookmarks``: ``<mark>`` names with their offsets in ``text`` and in the document.
         """
         self.original = text
-        self._normalized, self._origin = Frontend.normalize_with_offsets(text) if text is not None else ("", [])
+        self._normalized, self._spans_in_part = Frontend.normalize_with_offsets(text) if text is not None else ("", [])
         self._cursor = 0
         self._spans = spans
         self._written = dict(written)
@@ -173,9 +173,9 @@ class MarkTracker:
             found = self._normalized.find(text, self._cursor)
             if found >= 0:
                 self._cursor = found + len(text)
-                origin, source = self._origin, self.original
-                spans = [(origin[found + a], origin[found + b - 1] + 1) for a, b in spans]
-                at = origin[found] if found < len(origin) else 0
+                part, source = self._spans_in_part, self.original
+                spans = [(part[found + a][0], part[found + b - 1][1]) for a, b in spans]
+                at = part[found][0] if found < len(part) else 0
         words = tuple(Word(source[a:b], a, b) for a, b in spans)
         phonemes = tuple(str(p) for p in arrays.get("phonemes", np.zeros(0, np.str_)).tolist())
         phoneme_words = tuple(int(w) for w in arrays.get("phoneme_words", np.zeros(0, np.int64)).tolist())

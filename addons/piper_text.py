@@ -27,7 +27,18 @@ from typing import Any
 import numpy as np
 
 from addons.espeak import IpaClause, get_espeak
-from addons.frontend import _EDGE_PUNCTUATION, Frontend, Lexicon, LexiconError, Sentence, TextError, Word, pause_ms
+from addons.frontend import (
+    _EDGE_PUNCTUATION,
+    Frontend,
+    Lexicon,
+    LexiconError,
+    Sentence,
+    Spans,
+    TextError,
+    Word,
+    pause_ms,
+    split_edges,
+)
 from addons.manifest import LexiconEntry, PiperFrontendConfig
 
 __all__ = ["PiperFrontend"]
@@ -109,11 +120,11 @@ class PiperFrontend(Frontend):
         entry given only in espeak mnemonics).
         """
         overrides = Lexicon([*lexicon, *self.config.lexicon], normalize)
-        normalized, origin = self.normalize_with_offsets(text)
+        normalized, spans = self.normalize_with_offsets(text)
         if not normalized:
             raise TextError("text is empty")
         produced = False
-        for sentence in self._read(_Text(text, normalized, origin), overrides):
+        for sentence in self._read(_Text(text, normalized, spans), overrides):
             produced = True
             yield sentence
         if not produced:
@@ -142,7 +153,7 @@ class PiperFrontend(Frontend):
         spoken, starts, _ = self._spoken_text(words, said)
         ipa: dict[int, str] = {}
         for i, word in enumerate(words):
-            entry = lexicon.find(word.strip(_EDGE_PUNCTUATION) or word) if lexicon.entries else None
+            entry = lexicon.find(word) if lexicon.entries else None
             if entry is not None and entry.alias is None:
                 ipa[i] = self._checked(entry)
         return _Window(words, spoken, starts, ipa)
@@ -236,8 +247,8 @@ class PiperFrontend(Frontend):
 
     def _alone(self, piece: str) -> list[str]:
         """The symbols (NFD, spaces left out) espeak says for ``piece``, one written word, read on its own."""
-        core = piece.strip(_EDGE_PUNCTUATION)
-        if not core:
+        core = split_edges(piece)[1]
+        if not core.strip(_EDGE_PUNCTUATION):
             return []
         clauses = get_espeak(self.config.voice).clauses_ipa(core)
         return [s for c in clauses for s in unicodedata.normalize("NFD", _LANGUAGE_FLAG.sub("", c.ipa)) if s != " "]
@@ -279,7 +290,7 @@ class PiperFrontend(Frontend):
                 before = [k for k, w in enumerate(owners) if 0 <= w < i]
                 pauses.append((before[-1] if before else -1, ms))
         placed = tuple(text.placed(i) for i in range(a, b))
-        start = text.origin[text.offsets[a]]
+        start = text.spans[text.offsets[a]][0]
         return Sentence(
             " ".join(words), tuple(phonemes), np.asarray(ids, np.int64), placed, tuple(owners), start, tuple(pauses)
         )
@@ -295,7 +306,7 @@ class _Text:
 
     original: str
     normalized: str
-    origin: list[int]  # per character of ``normalized``, its offset in ``original``
+    spans: Spans  # per character of ``normalized``, where it was written in ``original``
     words: list[str] = field(init=False)
     offsets: list[int] = field(init=False)  # where each word starts in ``normalized``
 
@@ -309,10 +320,9 @@ class _Text:
 
     def placed(self, i: int) -> Word:
         """Word ``i`` without its edge punctuation ("apples," is "apples"), placed in ``original``."""
-        word = self.words[i]
-        core = word.strip(_EDGE_PUNCTUATION) or word
-        begin = self.offsets[i] + word.index(core)
-        a, b = self.origin[begin], self.origin[begin + len(core) - 1] + 1
+        before, core, _ = split_edges(self.words[i])
+        begin = self.offsets[i] + len(before)
+        a, b = self.spans[begin][0], self.spans[begin + len(core) - 1][1]
         return Word(self.original[a:b], a, b)
 
 

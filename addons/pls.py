@@ -19,14 +19,17 @@ from pathlib import Path
 from typing import Annotated, Any
 from xml.parsers import expat
 
-from pydantic import BeforeValidator, ValidationError
+from pydantic import BeforeValidator, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
+from pydantic_core import PydanticCustomError
 
 from addons.manifest import LexiconEntry, format_validation_error
 from addons.ssml import guarded_parser
 
-__all__ = ["MAX_LEXICON_BYTES", "LexiconFileError", "LexiconInput", "load_lexicon", "read_pls"]
+__all__ = ["LEXICON_ERROR", "MAX_LEXICON_BYTES", "LexiconFileError", "LexiconInput", "load_lexicon", "read_pls"]
 
 MAX_LEXICON_BYTES = 8 << 20
+#: The error type (and so the HTTP error code) of every problem with a request's ``lexicon``.
+LEXICON_ERROR = "invalid_lexicon"
 _ALPHABETS = {"ipa": "ipa", "x-espeak": "x-espeak", "espeak": "x-espeak"}
 _ELEMENTS = {
     "lexicon": {"version", "alphabet", "xmlns", "xml:lang", "xmlns:xsi", "xsi:schemaLocation", "xml:base"},
@@ -136,7 +139,7 @@ def _entries(raw: Any) -> list[LexiconEntry]:
         try:
             entries.append(LexiconEntry.model_validate(item))
         except ValidationError as exc:
-            raise LexiconFileError(f"entry [{i}]: {format_validation_error(exc)}") from None
+            raise LexiconFileError(f"{_entry_name(raw, i)}: {format_validation_error(exc)}") from None
     return entries
 
 
@@ -170,5 +173,39 @@ def _pls_or_list(value: Any) -> Any:
     return value
 
 
+def _entry_name(entries: Any, i: int) -> str:
+    """Entry ``i`` of a list as a message names it: ``entry [3] 'Kyiv'``."""
+    item = entries[i] if isinstance(entries, list) and i < len(entries) else None
+    grapheme = item.get("grapheme") if isinstance(item, dict) else getattr(item, "grapheme", None)
+    return f"entry [{i}] {grapheme!r}" if isinstance(grapheme, str) else f"entry [{i}]"
+
+
+def _problem(error: Any, entries: Any) -> str:
+    """One pydantic error about a request's lexicon, in words that name the entry and the problem."""
+    loc, kind, ctx = tuple(error["loc"]), error["type"], error.get("ctx") or {}
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "too_long" and not loc:
+        return f"at most {ctx['max_length']} entries per request, got {ctx['actual_length']}"
+    if kind == "list_type" and not loc:
+        return "must be a list of entries (each {'grapheme': ..., 'phonemes' or 'alias': ...}) or a PLS document"
+    if not loc or not isinstance(loc[0], int):
+        return message
+    field = ".".join(str(part) for part in loc[1:])
+    if kind.endswith("_type") and not field:
+        message = "must be an object {'grapheme': ..., 'phonemes' or 'alias': ...}"
+    return f"{_entry_name(entries, loc[0])}: {field + ': ' if field else ''}{message}"
+
+
+def _one_lexicon_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Every problem with a request's lexicon (a bad entry, too many of them, a PLS document that
+    cannot be read) as one error of type :data:`LEXICON_ERROR`, so each edge reports it alike."""
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        message = "; ".join(_problem(error, value) for error in exc.errors()[:3])
+        raise PydanticCustomError(LEXICON_ERROR, "{problem}", {"problem": message}) from None
+
+
 #: A request's pronunciation overrides: a JSON list of entries, or a PLS document as a string.
-LexiconInput = Annotated[list[LexiconEntry], BeforeValidator(_pls_or_list)]
+#: The field's own ``max_length`` is checked inside, so too many entries is an ``invalid_lexicon`` too.
+LexiconInput = Annotated[list[LexiconEntry], BeforeValidator(_pls_or_list), WrapValidator(_one_lexicon_error)]

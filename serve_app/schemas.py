@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from addons.pls import LexiconInput
+from addons.pls import LEXICON_ERROR, LexiconInput
 from serve_app.audio_format import UNSUPPORTED_FORMATS
 
 __all__ = [
@@ -114,7 +114,8 @@ class SpeechRequest(_Strict):
             "Pronunciation overrides for this request, before the server's and the model's own: each a "
             "'grapheme' (one word, matched without edge punctuation, case-blind unless 'case_sensitive') said "
             "as 'phonemes' (espeak-ng mnemonics of the voice's inventory, or IPA with 'alphabet': 'ipa') or "
-            "read as an 'alias'. Or a W3C PLS document as one string (docs/ssml.md)."
+            "read as an 'alias'. Or a W3C PLS document as one string (docs/ssml.md). At most 100 entries; any "
+            "problem with them is a 400 'invalid_lexicon' naming the entry."
         ),
     )
     input_format: Literal["text", "ssml"] = Field(
@@ -219,6 +220,8 @@ def _param_of(loc: tuple[int | str, ...]) -> str | None:
 
 
 SEND_JSON = "send a JSON object with Content-Type: application/json"
+#: Error types whose message already says what is wrong and what to send (the code is the type).
+_OWN_WORDS = frozenset({"unsupported_format", LEXICON_ERROR})
 _RANGE_ERRORS = frozenset(
     {"string_too_short", "string_too_long", "greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 )
@@ -290,7 +293,7 @@ def field_error_message(error: dict[str, Any], schema: dict[str, Any]) -> str:
     prop = props.get(param) if loc[:1] == ("body",) else None
     if kind == "extra_forbidden":
         return f"{param}: unknown field; accepted fields are {', '.join(props)}"
-    if prop is None or kind == "unsupported_format":
+    if prop is None or kind in _OWN_WORDS:
         return f"{param}: {error.get('msg', 'invalid value')}"
     if kind == "value_error":  # a validator's own words (a lexicon document that cannot be read, ...)
         return f"{param}: {str(error.get('msg', 'invalid value')).removeprefix('Value error, ')}"

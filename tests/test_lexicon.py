@@ -8,10 +8,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 import addons
 from addons.frontend import LexiconError, Sentence
 from addons.manifest import LexiconEntry
+from serve_app.schemas import SpeechRequest, install_error_handlers
 
 TEXT = "Say tomato, then Chorus. The US and us agree: tomato!"
 TOMATO = LexiconEntry(grapheme="tomato", phonemes="t@m'A:toU")
@@ -162,3 +165,99 @@ def test_an_addon_ships_lexicon_files(edit_addon: Callable[..., Path]) -> None:
 
     with pytest.raises(addons.AddonError, match="outside the addon directory"):
         addons.load(edit_addon("tiny-taco", outside))
+
+
+# -- lexicon errors: one code, a message naming the entry, the limit stated (issue 22) ------------
+
+BAD_LEXICONS = [
+    (
+        [{"grapheme": "Kyiv", "alias": "keev"}, {"grapheme": "click", "phonemes": "ʘa", "alphabet": "ipa"}],
+        "entry [1] 'click': phonemes 'ʘa' (alphabet 'ipa'): IPA symbol 'ʘ' (U+0298) has no English espeak-ng phoneme",
+    ),
+    (
+        [{"grapheme": "Kyiv", "phonemes": "k[i:v"}],
+        "entry [0] 'Kyiv': phonemes: 'k[i:v' has '[' (U+005B), which espeak-ng mnemonics (printable ASCII "
+        "without [ or ]) never have; for IPA, give alphabet 'ipa'",
+    ),
+    (
+        [{"grapheme": "two words", "alias": "x"}],
+        "entry [0] 'two words': grapheme: one word without spaces, got 'two words' (give each word an entry of its own)",
+    ),
+    ([{"grapheme": "Kyiv"}], "entry [0] 'Kyiv': give exactly one of phonemes or alias"),
+    ([5], "entry [0]: must be an object {'grapheme': ..., 'phonemes' or 'alias': ...}"),
+    ([{"grapheme": "x", "alias": "y"}] * 101, "at most 100 entries per request, got 101"),
+    ("<lexicon><lexeme>", "PLS: malformed XML: no element found (at line 1, column 18)"),
+    (
+        "<lexicon><lexeme><grapheme>x</grapheme><phoneme>ʘ</phoneme></lexeme></lexicon>",
+        "PLS: lexeme 'x': phonemes 'ʘ' (alphabet 'ipa'): IPA symbol 'ʘ' (U+0298) has no English espeak-ng phoneme "
+        "(at line 1, column 60)",
+    ),
+]
+
+
+def _speech(body: SpeechRequest) -> dict[str, str]:
+    return {}
+
+
+@pytest.mark.parametrize(("lexicon", "problem"), BAD_LEXICONS)
+def test_every_lexicon_error_over_http_is_invalid_lexicon(lexicon: Any, problem: str) -> None:
+    app = FastAPI()  # the edge's own error mapping (serve_app.schemas), without Ray
+    install_error_handlers(app)
+    app.post("/v1/audio/speech")(_speech)
+    got = TestClient(app).post("/v1/audio/speech", json={"model": "m", "input": "Kyiv.", "lexicon": lexicon})
+    assert got.status_code == 400
+    assert got.json() == {
+        "error": {
+            "message": f"lexicon: {problem}",
+            "type": "invalid_request_error",
+            "param": "lexicon",
+            "code": "invalid_lexicon",
+        }
+    }
+
+
+@pytest.mark.parametrize(("lexicon", "problem"), BAD_LEXICONS)
+def test_every_lexicon_error_on_the_websocket_is_invalid_lexicon(lexicon: Any, problem: str) -> None:
+    import json
+
+    from serve_app.realtime import ProtocolError, SpeechSocket
+
+    socket = SpeechSocket.__new__(SpeechSocket)  # _parse reads nothing of the connection
+    with pytest.raises(ProtocolError) as caught:
+        socket._parse(json.dumps({"type": "open", "model": "m", "context_id": "c1", "lexicon": lexicon}))
+    error = caught.value
+    assert (str(error), error.code, error.param, error.context_id) == (
+        f"lexicon: {problem}",
+        "invalid_lexicon",
+        "lexicon",
+        "c1",
+    )
+
+
+def test_the_python_api_states_its_own_limit() -> None:
+    from addons.frontend import TextError
+    from addons.voice import SynthesisOptions, resolve_options
+
+    manifest = addons.load("chorus-fast").manifest
+    with pytest.raises(TextError) as caught:
+        resolve_options(manifest, lexicon=[{"grapheme": "x", "alias": "y"}] * 1001)
+    assert str(caught.value) == "lexicon: at most 1000 entries per request, got 1001"
+    with pytest.raises(ValueError) as bad:
+        SynthesisOptions(lexicon=[{"grapheme": "click", "phonemes": "ʘa", "alphabet": "ipa"}])
+    assert bad.value.errors()[0]["type"] == "invalid_lexicon"  # type: ignore[attr-defined]
+    assert len(SynthesisOptions(lexicon=[{"grapheme": "x", "alias": "y"}] * 1000).lexicon) == 1000
+
+
+def test_a_json_lexicon_file_names_the_bad_entry(tmp_path: Path) -> None:
+    from addons.pls import LexiconFileError, load_lexicon
+
+    path = tmp_path / "words.json"
+    path.write_text(
+        '[{"grapheme": "Kyiv", "alias": "keev"}, {"grapheme": "click", "phonemes": "ʘa", "alphabet": "ipa"}]'
+    )
+    with pytest.raises(LexiconFileError) as caught:
+        load_lexicon(path)
+    assert str(caught.value) == (
+        f"{path}: entry [1] 'click': phonemes 'ʘa' (alphabet 'ipa'): IPA symbol 'ʘ' (U+0298) has no English "
+        "espeak-ng phoneme"
+    )
