@@ -15,7 +15,8 @@ opus and aac against FFmpeg through PyAV):
   "unknown length" convention of streaming servers. libsndfile, Python's ``wave`` and
   ffmpeg read such a file to its end; sizes of 0 instead make libsndfile report 0 frames
   and ``wave`` refuse the file.
-* ``pcm``: raw signed 16-bit little-endian mono, as OpenAI's ``pcm``.
+* ``pcm``: raw signed 16-bit little-endian mono, as OpenAI's ``pcm``. OpenAI's is at 24 kHz;
+  ``make_encoder(..., output_rate=24000)`` converts a voice's rate to it (see ``Resampler``).
 * ``mp3``: constant bit rate. With libsndfile's default VBR the stream has no Xing header
   (that is rewritten on close, which a stream cannot do), and mpg123 then estimates the
   length from the first frame and truncates the audio. A streamed MP3 starts with one
@@ -46,9 +47,12 @@ import numpy as np
 import soundfile as sf
 
 __all__ = [
+    "RESAMPLED_FORMATS",
     "SUPPORTED_FORMATS",
     "UNSUPPORTED_FORMATS",
     "AudioEncoder",
+    "ResampledEncoder",
+    "Resampler",
     "UnsupportedFormatError",
     "iter_encoded",
     "make_encoder",
@@ -91,6 +95,11 @@ class AudioEncoder(ABC):
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
         self.sample_rate = sample_rate
+
+    @property
+    def output_rate(self) -> int:
+        """The sample rate of the audio in the file (``sample_rate`` unless the codec converts it)."""
+        return self.sample_rate
 
     @abstractmethod
     def header(self) -> bytes:
@@ -318,6 +327,10 @@ class _FfmpegEncoder(AudioEncoder):
         """The sample rate inside the file (the voice's, or the next one the codec carries)."""
         return int(self._stream.codec_context.sample_rate)
 
+    @property
+    def output_rate(self) -> int:
+        return self.codec_rate
+
     def header(self) -> bytes:
         return b""
 
@@ -368,6 +381,72 @@ class AacEncoder(_FfmpegEncoder):
     _container, _codec, _bit_rate = "adts", "aac", AAC_BIT_RATE
 
 
+class Resampler:
+    """A mono float stream from one rate to another through FFmpeg's resampler (libswresample,
+    through PyAV). It keeps its filter state between calls, so the chunks it returns, joined,
+    equal the whole signal resampled at once, to the bit; ``flush()`` returns the tail it holds.
+    """
+
+    def __init__(self, in_rate: int, out_rate: int) -> None:
+        import av
+
+        if in_rate <= 0 or out_rate <= 0:
+            raise ValueError(f"sample rates must be positive, got {in_rate} -> {out_rate}")
+        self.in_rate, self.out_rate = in_rate, out_rate
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=out_rate)
+        self._pts = 0
+
+    def resample(self, samples: np.ndarray) -> np.ndarray:
+        """The output ready after this chunk (possibly none)."""
+        import av
+
+        chunk = _as_mono_float32(samples)
+        if not chunk.size:
+            return chunk
+        frame = av.AudioFrame.from_ndarray(chunk[None], format="flt", layout="mono")
+        frame.sample_rate, frame.pts = self.in_rate, self._pts
+        self._pts += chunk.size
+        return self._joined(self._resampler.resample(frame))
+
+    def flush(self) -> np.ndarray:
+        """What the filter still holds; the resampler is unusable afterwards."""
+        return self._joined(self._resampler.resample(None))
+
+    @staticmethod
+    def _joined(frames: list[Any]) -> np.ndarray:
+        parts = [np.asarray(f.to_ndarray(), dtype=np.float32).reshape(-1) for f in frames]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+class ResampledEncoder(AudioEncoder):
+    """Another encoder fed at ``output_rate``: chunks are resampled on the way in, and the
+    resampler's tail is encoded before the encoder finishes, so no sample is lost at the end."""
+
+    def __init__(self, inner: AudioEncoder, sample_rate: int) -> None:
+        super().__init__(sample_rate)
+        self.inner = inner
+        self.media_type = inner.media_type  # type: ignore[misc]
+        self._resampler = Resampler(sample_rate, inner.sample_rate)
+        self.samples_out = 0  # samples handed to the inner encoder, at its rate
+
+    @property
+    def output_rate(self) -> int:
+        return self.inner.output_rate
+
+    def header(self) -> bytes:
+        return self.inner.header()
+
+    def encode(self, samples: np.ndarray) -> bytes:
+        return self._pass(self._resampler.resample(samples))
+
+    def finish(self) -> bytes:
+        return self._pass(self._resampler.flush()) + self.inner.finish()
+
+    def _pass(self, samples: np.ndarray) -> bytes:
+        self.samples_out += samples.size
+        return self.inner.encode(samples) if samples.size else b""
+
+
 _ENCODERS: dict[str, type[AudioEncoder]] = {
     "wav": WavEncoder,
     "pcm": PcmEncoder,
@@ -377,16 +456,24 @@ _ENCODERS: dict[str, type[AudioEncoder]] = {
     "aac": AacEncoder,
 }
 SUPPORTED_FORMATS: tuple[str, ...] = tuple(_ENCODERS)
+#: Formats that take an ``output_rate`` of their own.
+RESAMPLED_FORMATS: tuple[str, ...] = ("pcm", "wav")
 
 
-def make_encoder(fmt: str, sample_rate: int, *, buffered: bool = False) -> AudioEncoder:
-    """Return a fresh encoder for ``fmt`` at ``sample_rate`` Hz.
+def make_encoder(fmt: str, sample_rate: int, *, buffered: bool = False, output_rate: int | None = None) -> AudioEncoder:
+    """Return a fresh encoder for ``fmt`` taking samples at ``sample_rate`` Hz.
 
+    ``output_rate`` (pcm and wav): the rate in the file, converted by :class:`Resampler`;
+    None or ``sample_rate`` keeps the samples as they are.
     ``buffered=True`` holds a codec's whole output until ``finish()`` so that headers
     recording the length are complete (FLAC total samples, MP3 gapless tag); wav and pcm
     ignore it because their streamed form already decodes everywhere.
-    Raises ``UnsupportedFormatError`` for unknown formats.
+    Raises ``UnsupportedFormatError`` for unknown formats, or a rate the format cannot take.
     """
+    if output_rate is not None and output_rate != sample_rate:
+        if fmt not in RESAMPLED_FORMATS:
+            raise UnsupportedFormatError(fmt, f"a sample rate of its own is for {' and '.join(RESAMPLED_FORMATS)}")
+        return ResampledEncoder(make_encoder(fmt, output_rate), sample_rate)
     if fmt in UNSUPPORTED_FORMATS:
         raise UnsupportedFormatError(fmt, UNSUPPORTED_FORMATS[fmt])
     encoder_cls = _ENCODERS.get(fmt)

@@ -228,7 +228,7 @@ async def _listen(client: httpx.AsyncClient, url: str, body: dict[str, object], 
 async def _capacity_level(
     url: str, model: str, streams: int, arrival: str, spacing_s: float
 ) -> tuple[list[_Listener], float]:
-    body: dict[str, object] = {"model": model, "input": TEXT, "response_format": "pcm"}
+    body: dict[str, object] = {"model": model, "input": TEXT, "response_format": "pcm", "sample_rate": "native"}
     limits = httpx.Limits(max_connections=streams + 4, max_keepalive_connections=streams + 4)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
         start = time.perf_counter()

@@ -65,15 +65,20 @@ PARAGRAPHS = (
 DEFAULT_ADDON = "en_us-joe-medium"
 IMPORTED_DIR = Path(__file__).resolve().parents[1] / "build" / "addons"  # where `make voices` puts it
 LOOPBACK = "127.0.0.1"
-SYSTEMS = ("piper", "chorus", "chorus-all")
+SYSTEMS = ("piper", "chorus", "chorus-all", "chorus-fused")
 DEFAULT_SYSTEMS = ("piper", "chorus")
 SYSTEM_NOTES = {
     "piper": "python -m piper.http_server: Flask, threaded, one ONNX session, a whole WAV per request",
     "chorus": "chorus serve with its defaults (continuous batching, admission control)",
     "chorus-all": "chorus serve with admission control off (args.admission false): every stream is served",
+    "chorus-fused": "chorus serve with the waveform stage in the decoder replica (args.fused_vocoder true)",
 }
 # Changes to Chorus's application args per system, given to chorus serve as a config file.
-CHORUS_ARGS: dict[str, dict[str, object]] = {"chorus": {}, "chorus-all": {"admission": False}}
+CHORUS_ARGS: dict[str, dict[str, object]] = {
+    "chorus": {},
+    "chorus-all": {"admission": False},
+    "chorus-fused": {"fused_vocoder": True},
+}
 READY_TIMEOUT_S = 60.0  # Piper; Chorus starts a local Ray and deploys its stages:
 CHORUS_READY_TIMEOUT_S = 240.0
 READY_POLL_S = 0.5
@@ -382,7 +387,7 @@ def _sender(system: str, url: str, plan: PeerPlan) -> Send:
     if system == "piper":
         return lambda client, text: _listen_piper(client, url, text, plan.rate)
     return lambda client, text: _listen(
-        client, url, {"model": plan.model_name, "input": text, "response_format": "pcm"}, 0.0
+        client, url, {"model": plan.model_name, "input": text, "response_format": "pcm", "sample_rate": "native"}, 0.0
     )
 
 

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import re
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -19,6 +20,17 @@ import numpy as np
 __all__ = ["main"]
 
 EXIT_USAGE = 2
+#: ``synth --out`` extensions and the serve_app.audio_format encoder each picks.
+OUT_FORMATS = {
+    ".wav": "wav",
+    ".mp3": "mp3",
+    ".flac": "flac",
+    ".opus": "opus",
+    ".ogg": "opus",
+    ".aac": "aac",
+    ".pcm": "pcm",
+    ".raw": "pcm",
+}
 
 
 class CliError(Exception):
@@ -34,7 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     text = synth.add_mutually_exclusive_group(required=True)
     text.add_argument("--text", help="text to speak")
     text.add_argument("--text-file", type=Path, help="UTF-8 file with the text to speak")
-    synth.add_argument("--out", type=Path, required=True, help="output WAV path")
+    synth.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output audio file; its extension picks the format: " + ", ".join(OUT_FORMATS),
+    )
     synth.add_argument("--context", choices=["dynamic", "static"], default="dynamic", help="execution context")
     synth.add_argument("--voice", default="default", help="one of the addon's voices")
     synth.add_argument("--speed", type=float, default=None, help="speaking rate multiplier (0.25-4)")
@@ -77,7 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     serve.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may schedule (default: all)")
-    serve.add_argument("--metrics-port", type=int, default=8080, help="Prometheus exporter port (default 8080)")
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Ray's Prometheus exporter port, on 127.0.0.1 only (default: a free one); "
+        "scrape GET /metrics on --port, behind the API keys",
+    )
     serve.set_defaults(func=_serve)
 
     bserve = bench_sub.add_parser("serve", help="time to first audio, RTF and throughput over HTTP vs in-process")
@@ -106,6 +129,43 @@ def _parser() -> argparse.ArgumentParser:
     )
     bcap.add_argument("--json", action="store_true")
     bcap.set_defaults(func=_bench_capacity)
+
+    bpeer = bench_sub.add_parser(
+        "peer", help="Chorus against Piper's own HTTP server on the same voice and texts, one after the other"
+    )
+    bpeer.add_argument("--model", type=Path, default=None, help="Piper's .onnx (default: the installed joe voice)")
+    bpeer.add_argument(
+        "--addon",
+        default=None,
+        help="the same voice imported for Chorus: name or directory (default: en_us-joe-medium)",
+    )
+    bpeer.add_argument(
+        "--texts", type=Path, default=None, help="UTF-8 file, one paragraph per line (default: built in)"
+    )
+    bpeer.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16], help="concurrent requests")
+    bpeer.add_argument("--requests", type=int, default=3, help="requests per concurrent client at each level")
+    bpeer.add_argument(
+        "--systems",
+        nargs="+",
+        choices=["piper", "chorus", "chorus-all", "chorus-fused"],
+        default=["piper", "chorus"],
+        help="run one after another: piper (its own server), chorus (chorus serve's defaults), "
+        "chorus-all (the defaults but admission control off: every stream served), "
+        "chorus-fused (the waveform stage in the decoder replica)",
+    )
+    bpeer.add_argument("--json", action="store_true")
+    bpeer.set_defaults(func=_bench_peer)
+
+    deploy = sub.add_parser("deploy", help="plan a cluster deployment")
+    deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True)
+    dplan = deploy_sub.add_parser(
+        "plan", help="which deployment goes to which node type, with which resources (no Ray needed)"
+    )
+    dplan.add_argument("config", type=Path, help="a Serve config file, e.g. serve_app/serve_config.cluster.yaml")
+    dplan.add_argument(
+        "--cluster", type=Path, default=Path("cluster.yaml"), help="the cluster-launcher config (default cluster.yaml)"
+    )
+    dplan.set_defaults(func=_deploy_plan)
 
     addon = sub.add_parser("addon", help="inspect addons")
     addon_sub = addon.add_subparsers(dest="addon_command", required=True)
@@ -194,6 +254,7 @@ def _synth(args: argparse.Namespace) -> int:
 
     text = _read_text(args)
     plan = _threads(args)
+    fmt = _out_format(args.out)
     outputs = (("--out", args.out), ("--mel-out", args.mel_out), ("--mel-plot", args.mel_plot))
     for flag, path in (*outputs, ("--marks-out", args.marks_out)):
         if path is not None:
@@ -209,14 +270,16 @@ def _synth(args: argparse.Namespace) -> int:
     if args.ssml:
         options["input_format"] = "ssml"
     fd, partial = tempfile.mkstemp(
-        prefix=".chorus-", suffix=".wav", dir=args.out.parent if str(args.out.parent) else "."
+        prefix=".chorus-", suffix=args.out.suffix, dir=args.out.parent if str(args.out.parent) else "."
     )
     os.close(fd)
     mels: list[np.ndarray] = []
     frames = samples = 0
     try:
-        with sf.SoundFile(
-            partial, "w", samplerate=voice.sample_rate, channels=1, subtype="PCM_16", format="WAV"
+        with (
+            sf.SoundFile(partial, "w", samplerate=voice.sample_rate, channels=1, subtype="PCM_16", format="WAV")
+            if fmt == "wav"
+            else _EncodedFile(partial, fmt, voice.sample_rate)
         ) as wav:
             for chunk in voice.stream(text, with_mel=True, marks=kinds, **options):
                 marks += [m.as_dict() for m in chunk.marks]
@@ -226,6 +289,7 @@ def _synth(args: argparse.Namespace) -> int:
                         mels.append(chunk.mel)
                 samples += chunk.samples.size
                 wav.write(chunk.samples)
+        _ordinary_mode(partial, args.out)
         os.replace(partial, args.out)
     except addons.TextError as exc:
         raise CliError(str(exc)) from None
@@ -249,6 +313,53 @@ def _synth(args: argparse.Namespace) -> int:
         f"{args.out}: {seconds:.2f} s, {frames} mel frames x {voice.hop_length} samples at {voice.sample_rate} Hz ({voice.name})"
     )
     return 0
+
+
+def _out_format(path: Path) -> str:
+    """The audio format ``--out``'s extension names (serve_app.audio_format's), or a CliError."""
+    fmt = OUT_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        ext = repr(path.suffix) if path.suffix else "no extension"
+        raise CliError(f"--out {path}: {ext} names no audio format; end it in {', '.join(OUT_FORMATS)}")
+    return fmt
+
+
+class _EncodedFile:
+    """An audio file in a format of :mod:`serve_app.audio_format`, written as ``soundfile.SoundFile``
+    writes a WAV: ``write(samples)`` per chunk; the codec is flushed on a clean exit. Buffered, so
+    headers that record the length (FLAC's) are complete."""
+
+    def __init__(self, path: str, fmt: str, sample_rate: int) -> None:
+        from serve_app.audio_format import make_encoder
+
+        self._encoder = make_encoder(fmt, sample_rate, buffered=True)
+        self._file = open(path, "wb")  # noqa: SIM115 (closed in __exit__)
+        self._file.write(self._encoder.header())
+
+    def write(self, samples: np.ndarray) -> None:
+        self._file.write(self._encoder.encode(samples))
+
+    def __enter__(self) -> _EncodedFile:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        try:
+            if kind is None:
+                self._file.write(self._encoder.finish())
+        finally:
+            self._file.close()
+
+
+def _ordinary_mode(partial: str, target: Path) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (mode 0600) the mode an ordinary write would:
+    the replaced file's, or 0666 less the umask."""
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(partial, mode)
 
 
 def _plot_mel(mel: np.ndarray, voice, path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -333,6 +444,21 @@ def _serve(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
 
 
+def _deploy_plan(args: argparse.Namespace) -> int:
+    from serve_app.placement import format_plan, plan_config
+
+    try:
+        plans = plan_config(args.config, args.cluster)
+    except ValueError as exc:  # a resource no node type offers, or a broken file
+        raise CliError(str(exc)) from None
+    for name, rows, notes in plans:
+        print(f"# application {name}: {args.config} on {args.cluster}")
+        print(format_plan(rows))
+        for note in notes:
+            print(f"# {note}")
+    return 0
+
+
 def _bench_serve(args: argparse.Namespace) -> int:
     from serve_app.bench import format_table, run_bench
 
@@ -362,6 +488,30 @@ def _bench_capacity(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
+    return 0
+
+
+def _bench_peer(args: argparse.Namespace) -> int:
+    from serve_app.bench_peer import SYSTEM_NOTES, format_peer, format_ratios, plan_peer, run_peer
+
+    try:
+        plan = plan_peer(args.model, args.addon, args.texts, args.levels, args.requests, args.systems)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        result = run_peer(plan)
+        print(json.dumps({"model": str(plan.model), "addon": str(plan.addon), **result.as_dict()}, indent=2))
+        return 0
+    print(f"# piper: {plan.model}; chorus: {plan.addon}; {len(plan.texts)} texts, {plan.requests} per client per level")
+    for system in plan.systems:
+        print(f"# {system}: {SYSTEM_NOTES[system]}")
+    result = run_peer(
+        plan,
+        on_row=lambda row: print(format_peer([row]).splitlines()[1], flush=True),
+        on_ready=lambda system, s: print(f"# {system} ready in {s:.1f} s", flush=True),
+    )
+    print(format_peer(result.rows))
+    print(format_ratios(result))
     return 0
 
 

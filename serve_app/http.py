@@ -163,7 +163,7 @@ def _plain_to_json(start: Message) -> Response:
     kept = {k: headers[k] for k in _KEPT_HEADERS if k in headers}
     if status in (429, 503):
         kept.setdefault("retry-after", RETRY_AFTER_S)
-    code = {429: "overloaded", 503: "overloaded", 500: "internal_error"}.get(status)
+    code = {429: "overloaded", 503: "overloaded", 500: "internal_error"}.get(status) or _status_code(status)
     try:
         phrase = HTTPStatus(status).phrase.lower()
     except ValueError:
@@ -367,7 +367,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         message = f"method {request.method} is not allowed on {path!r}; use {allowed}"
         return error_response(405, message, code="method_not_allowed", headers=headers)
     kind = "server_error" if exc.status_code >= 500 else "invalid_request_error"
-    return error_response(exc.status_code, str(exc.detail), type=kind, headers=headers)
+    return error_response(
+        exc.status_code, str(exc.detail), type=kind, code=_status_code(exc.status_code), headers=headers
+    )
+
+
+def _status_code(status: int) -> str:
+    """A code for an error no handler named: the status's phrase, e.g. ``not_found``, ``http_499``."""
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return f"http_{status}"
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

@@ -15,12 +15,13 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 import ray
 from fastapi import FastAPI, Response, WebSocket
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import Field
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.metrics import Counter, Gauge, Histogram
@@ -32,7 +33,13 @@ from addons.ssml import Pause, SSMLError, script_of
 from addons.voice import resolve_options
 from serve_app.admission import AdmissionConfig, AtCapacity, ModelAdmission
 from serve_app.aliases import Aliases, OpenAINames
-from serve_app.audio_format import AudioEncoder, UnsupportedFormatError, make_encoder
+from serve_app.audio_format import (
+    RESAMPLED_FORMATS,
+    AudioEncoder,
+    ResampledEncoder,
+    UnsupportedFormatError,
+    make_encoder,
+)
 from serve_app.deployments import DEFAULTS
 from serve_app.http import HttpPolicy, install
 from serve_app.realtime import Opened, OpenMessage, ProtocolError, SpeechSocket
@@ -50,7 +57,7 @@ from serve_app.schemas import (
 )
 from serve_app.streams import LOST_REPLICA, NoSpeakableText, Say, StageHandles, sayings, synthesize
 
-__all__ = ["Ingress", "ModelInfo"]
+__all__ = ["OPENAI_PCM_RATE", "Ingress", "ModelInfo", "SpeechBody"]
 
 RETRY_AFTER_S = "1"
 MID_STREAM_FAILURE = "synthesis failed mid-stream; the audio so far is incomplete, retry the request"
@@ -64,6 +71,11 @@ PAGE_PATHS = ("/", *(f"/static/{name}" for name in PAGE_FILES))
 logger = logging.getLogger("ray.serve")
 OVERLOAD = (BackPressureError, DeploymentUnavailableError, *LOST_REPLICA)  # lost: after MAX_RESUMES tries
 OUTCOME_TAGS: Any = ("model", "outcome")  # Ray's stub types tag_keys as a 1-tuple
+OPENAI_PCM_RATE = 24_000  # OpenAI's pcm: code written for it plays pcm at this rate
+SAMPLE_RATE_HEADER = "X-Sample-Rate"
+READY_PROBE_S = 5.0  # GET /ready: how long a stage may take to answer
+LIST_PROBE_S = 1.0  # GET /v1/models: the same for a model not listed yet
+_Body = TypeVar("_Body", bound=SpeechRequest)
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,46 @@ class ModelInfo:
         }
 
 
+class SpeechBody(SpeechRequest):
+    """The body of ``POST /v1/audio/speech`` (and ``/marks``): a ``SpeechRequest`` and the rate of
+    its pcm or wav audio. The WebSocket route speaks at the model's own rate (it says which)."""
+
+    sample_rate: Annotated[int, Field(ge=8000, le=48000)] | Literal["native"] | None = Field(
+        None,
+        description=(
+            f"Sample rate of pcm and wav audio, Hz (8000-48000, resampled by FFmpeg's resampler), or 'native': "
+            f"the model's own (its card's sample_rate). Unset: {OPENAI_PCM_RATE} for pcm, as OpenAI's, and the "
+            "model's own for wav; the other formats have their codec's rate and take only 'native'. The "
+            f"response's {SAMPLE_RATE_HEADER} header says the rate of the audio sent."
+        ),
+    )
+
+    def output_rate(self, native: int) -> int | None:
+        """The rate the audio is resampled to (None: the model's own)."""
+        if self.sample_rate == "native":
+            return None
+        if self.sample_rate is None:
+            return OPENAI_PCM_RATE if self.response_format == "pcm" else None
+        return self.sample_rate
+
+
+def _samples_at(marks: Sequence[SpeechMark], native: int, rate: int) -> list[dict[str, Any]]:
+    """Marks as JSON, their sample positions counted at ``rate`` (the audio's) instead of ``native``."""
+    found = [m.as_dict() for m in marks]
+    if rate != native:
+        for mark in found:
+            for key in ("start_sample", "end_sample"):
+                mark[key] = round(mark[key] * rate / native)
+    return found
+
+
+def _option_error(exc: ValueError) -> tuple[str, str]:
+    """The field at fault and the code of a request's voice options refused by ``resolve_options``."""
+    if str(exc).startswith("unknown voice"):
+        return "voice", "voice_not_found"
+    return ("voice" if "voice" in str(exc) else "speed"), "invalid_option"
+
+
 class SpeechError(Exception):
     """A request error found before the response started: becomes an OpenAI-shaped JSON body."""
 
@@ -141,6 +193,11 @@ class _Encoded:
     def _encode(self, chunk: np.ndarray) -> bytes:
         self.samples += chunk.size
         return self.encoder.encode(chunk)
+
+    @property
+    def samples_out(self) -> int:
+        """Samples of the audio sent, at its own rate (the model's unless it was resampled)."""
+        return self.encoder.samples_out if isinstance(self.encoder, ResampledEncoder) else self.samples
 
 
 def _replica_policy() -> HttpPolicy:
@@ -184,7 +241,8 @@ class _SocketBackend:
                 voice=body.voice_name, speed=body.speed, lexicon=body.lexicon, normalize=body.normalize, seed=body.seed
             )
         except ValueError as exc:
-            raise ProtocolError(str(exc), "invalid_option", "voice" if "voice" in str(exc) else "speed") from None
+            param, code = _option_error(exc)
+            raise ProtocolError(str(exc), code, param) from None
         try:
             tracker = self.ingress._tracker(info, list(message.timestamps))
         except SpeechError as exc:
@@ -223,6 +281,7 @@ class Ingress:
         self.models = models
         self.handles = handles
         self.http_policy = http_policy or HttpPolicy()
+        self._ready: set[str] = set()  # models every stage of which has answered (see _ready_models)
         self.aliases = aliases or Aliases.build(OpenAINames(), models, next(iter(models)))
         tags = ("model",)
         self.ttfa = Histogram(
@@ -255,7 +314,9 @@ class Ingress:
     # -- catalogue and health -------------------------------------------------------------------
     @app.get("/v1/models")
     async def list_models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [info.card() for info in self.models.values()]}
+        """The models that can speak now: a model is listed once every stage of it has answered."""
+        ready = await self._ready_models(LIST_PROBE_S)
+        return {"object": "list", "data": [self.models[name].card() for name in ready]}
 
     @app.get("/v1/audio/voices")
     async def list_voices(self, model: str | None = None) -> Response:
@@ -286,15 +347,34 @@ class Ingress:
 
     @app.get("/ready")
     async def ready(self) -> Response:
-        try:
-            calls = [stage.ready.remote() for trio in self.handles.values() for stage in trio]
-            await asyncio.wait_for(asyncio.gather(*calls), timeout=5.0)
-        except Exception:  # any stage not answering means not ready; which and why is for the log
-            logger.warning("not ready: a model stage did not answer", exc_info=True)
-            message = "not ready: a model stage is not answering yet"
+        """200 when every stage of every model answers now; else 503 naming the models still starting."""
+        names = list(self.models)
+        answers = await asyncio.gather(*(self._answering(name, READY_PROBE_S) for name in names))
+        self._ready.update(name for name, ok in zip(names, answers, strict=True) if ok)
+        waiting = [name for name, ok in zip(names, answers, strict=True) if not ok]
+        if waiting:
+            message = f"not ready: model {', '.join(waiting)} is not answering yet (its stages are starting)"
             headers = {"Retry-After": RETRY_AFTER_S}
             return error_response(503, message, type="server_error", code="not_ready", headers=headers)
         return JSONResponse({"status": "ready", "models": sorted(self.models)})
+
+    async def _answering(self, model: str, timeout: float) -> bool:
+        """Whether every stage deployment of ``model`` answers within ``timeout`` seconds."""
+        stages = list({id(stage): stage for stage in self.handles[model]}.values())  # fused: decoder twice
+        try:
+            await asyncio.wait_for(asyncio.gather(*(stage.ready.remote() for stage in stages)), timeout=timeout)
+        except Exception:  # not answering means not ready; which stage and why is for the log
+            logger.info("model %r: a stage did not answer within %.1f s", model, timeout, exc_info=True)
+            return False
+        return True
+
+    async def _ready_models(self, timeout: float) -> list[str]:
+        """The models that can speak, in order; once a model has answered it stays listed (a lost
+        replica is replaced while its streams resume elsewhere, see serve_app.streams)."""
+        waiting = [name for name in self.models if name not in self._ready]
+        answers = await asyncio.gather(*(self._answering(name, timeout) for name in waiting))
+        self._ready.update(name for name, ok in zip(waiting, answers, strict=True) if ok)
+        return [name for name in self.models if name in self._ready]
 
     @app.get("/metrics")
     async def metrics(self) -> Response:
@@ -311,7 +391,7 @@ class Ingress:
 
     # -- speech -----------------------------------------------------------------------------------
     @app.post("/v1/audio/speech")
-    async def speech(self, body: SpeechRequest) -> Response:
+    async def speech(self, body: SpeechBody) -> Response:
         start = time.perf_counter()
         body, headers = self._map_names(body)
         marks: list[SpeechMark] = []  # filled as each sentence's mel completes, sent as SSE events
@@ -333,6 +413,7 @@ class Ingress:
         self.ttfa.observe(time.perf_counter() - start, tags={"model": body.model})
         rate = info.manifest.mel.sample_rate
         encoded = _Encoded(encoder, first, audio)
+        headers = {**headers, SAMPLE_RATE_HEADER: str(encoder.output_rate)}
         if body.stream_format == "sse":
             events = self._sse(body, encoded, start, rate, marks)
             return StreamingResponse(events, media_type=SSE_MEDIA_TYPE, headers=headers)
@@ -341,26 +422,30 @@ class Ingress:
         )
 
     @app.post(MARKS_PATH)
-    async def speech_marks(self, body: SpeechRequest) -> Response:
+    async def speech_marks(self, body: SpeechBody) -> Response:
         """The speech marks of the audio ``POST /v1/audio/speech`` gives for the same body, as JSON
         lines (one mark per line), for clients that take the audio as a plain file. Synthesis is
         deterministic, so these are exactly that audio's marks."""
         body, headers = self._map_names(body)
         marks: list[SpeechMark] = []
         try:
-            _, _, audio, first = await self._start(body, body.timestamps or ["sentence", "ssml", "word"], marks)
+            info, encoder, audio, first = await self._start(
+                body, body.timestamps or ["sentence", "ssml", "word"], marks
+            )
         except SpeechError as exc:
             return exc.response()
+        native, rate = info.manifest.mel.sample_rate, encoder.output_rate
+        headers = {**headers, SAMPLE_RATE_HEADER: str(rate)}
 
         async def lines() -> AsyncIterator[bytes]:
             pending = first is not None
             while pending:
-                for mark in marks:
-                    yield (json.dumps(mark.as_dict()) + "\n").encode()
+                for mark in _samples_at(marks, native, rate):
+                    yield (json.dumps(mark) + "\n").encode()
                 marks.clear()
                 pending = await anext(audio, None) is not None
-            for mark in marks:
-                yield (json.dumps(mark.as_dict()) + "\n").encode()
+            for mark in _samples_at(marks, native, rate):
+                yield (json.dumps(mark) + "\n").encode()
 
         return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)
 
@@ -370,7 +455,7 @@ class Ingress:
         await SpeechSocket(ws, _SocketBackend(self)).run()
 
     async def _start(
-        self, body: SpeechRequest, kinds: Sequence[str], marks: list[SpeechMark]
+        self, body: SpeechBody, kinds: Sequence[str], marks: list[SpeechMark]
     ) -> tuple[ModelInfo, AudioEncoder, AsyncIterator[np.ndarray], np.ndarray | None]:
         """Validate ``body`` and start its stream up to the first audio (errors before any byte is
         sent are ``SpeechError``); marks of ``kinds`` are appended to ``marks`` as they come."""
@@ -395,7 +480,7 @@ class Ingress:
         mel = info.manifest.mel
         return MarkTracker(mel.hop_length, mel.sample_rate, kinds)
 
-    def _map_names(self, body: SpeechRequest) -> tuple[SpeechRequest, dict[str, str]]:
+    def _map_names(self, body: _Body) -> tuple[_Body, dict[str, str]]:
         """OpenAI's model and voice names mapped to served ones (see :mod:`serve_app.aliases`), and
         the response headers that say what was used and whether ``instructions`` were followed."""
         model = self.aliases.model(body.model)
@@ -409,7 +494,7 @@ class Ingress:
             headers["X-Chorus-Instructions"] = f"ignored; model {model} cannot follow instructions"
         return body.model_copy(update={"model": model, "voice": voice}), headers
 
-    def _prepare(self, body: SpeechRequest) -> tuple[ModelInfo, dict[str, Any], AudioEncoder, list[Say | Pause]]:
+    def _prepare(self, body: SpeechBody) -> tuple[ModelInfo, dict[str, Any], AudioEncoder, list[Say | Pause]]:
         """The model, resolved options, audio encoder and what to say (sentences and an SSML
         document's pauses) of a request; every mistake in it is a ``SpeechError``."""
         info = self.models.get(body.model)
@@ -421,9 +506,19 @@ class Ingress:
                 voice=body.voice_name, speed=body.speed, lexicon=body.lexicon, normalize=body.normalize, seed=body.seed
             )
         except ValueError as exc:
-            raise SpeechError(400, str(exc), "voice" if "voice" in str(exc) else "speed") from None
+            raise SpeechError(400, str(exc), *_option_error(exc)) from None
+        native = info.manifest.mel.sample_rate
+        rate = body.output_rate(native)
+        if rate is not None and rate != native and body.response_format not in RESAMPLED_FORMATS:
+            raise SpeechError(
+                400,
+                f"sample_rate {rate}: only {' and '.join(RESAMPLED_FORMATS)} take a rate of their own "
+                f"({body.response_format} has its codec's; send 'native' or leave it out)",
+                "sample_rate",
+                "unsupported_sample_rate",
+            )
         try:
-            encoder = make_encoder(body.response_format, info.manifest.mel.sample_rate)
+            encoder = make_encoder(body.response_format, native, output_rate=rate)
         except UnsupportedFormatError as exc:
             raise SpeechError(400, str(exc), "response_format", "unsupported_format") from None
         if not Frontend.normalize(body.input):
@@ -495,21 +590,22 @@ class Ingress:
     async def _sse(
         self, body: SpeechRequest, audio: _Encoded, start: float, rate: int, marks: list[SpeechMark]
     ) -> AsyncIterator[bytes]:
+        out = audio.encoder.output_rate
         try:
             async for data in audio:
                 if marks:
-                    yield sse_event(SpeechMarksEvent(marks=[m.as_dict() for m in marks]))
+                    yield sse_event(SpeechMarksEvent(marks=_samples_at(marks, rate, out)))
                     marks.clear()
                 yield sse_event(SpeechAudioDelta.of(data))
             if marks:
-                yield sse_event(SpeechMarksEvent(marks=[m.as_dict() for m in marks]))
+                yield sse_event(SpeechMarksEvent(marks=_samples_at(marks, rate, out)))
         except Exception:  # the client must see the failure, not a short "complete" stream
             self.outcomes.inc(tags={"model": body.model, "outcome": "failed_mid_stream"})
             logger.exception("speech stream (sse) for model %r failed mid-stream", body.model)
             detail = ErrorDetail(message=MID_STREAM_FAILURE, type="server_error", code="synthesis_failed")
             yield sse_event(ErrorBody(error=detail))
             return
-        yield sse_event(SpeechAudioDone(usage=SpeechUsage.of(len(body.input), audio.samples)))
+        yield sse_event(SpeechAudioDone(usage=SpeechUsage.of(len(body.input), audio.samples_out)))
         self._finished(body.model, start, audio.samples, rate)
 
     def _finished(self, model: str, start: float, samples: int, rate: int) -> None:

@@ -173,3 +173,35 @@ def test_unsupported_formats_say_why(fmt: str, sr: int, match: str) -> None:
 def test_rejects_multichannel_input(fmt: str) -> None:
     with pytest.raises(ValueError, match="1-D"):
         make_encoder(fmt, SR).encode(np.zeros((2, 10), np.float32))
+
+
+def _resampled(x: np.ndarray, cuts: np.ndarray, fmt: str = "pcm", out: int = SR) -> tuple[bytes, int]:
+    """``x`` at 22,050 Hz encoded as ``fmt`` at ``out`` Hz, fed in the pieces ``cuts`` makes."""
+    enc = make_encoder(fmt, 22050, output_rate=out)
+    data = enc.header() + b"".join(enc.encode(piece) for piece in np.split(x, cuts)) + enc.finish()
+    return data, enc.output_rate
+
+
+def test_resampled_pcm_in_chunks_equals_the_whole_and_keeps_the_duration() -> None:
+    """OpenAI's pcm (24 kHz) from a 22,050 Hz voice: FFmpeg's resampler keeps its state across
+    chunks, so any chunking gives the bytes of resampling the whole, and the tail is not lost."""
+    x = tone(1.3, 22050)
+    whole, rate = _resampled(x, np.array([], dtype=int))
+    rng = np.random.default_rng(0)
+    for cuts in (np.arange(1, x.size, 441), np.sort(rng.choice(x.size, 40, replace=False))):
+        assert _resampled(x, cuts)[0] == whole
+    assert rate == SR
+    assert abs(len(whole) / 2 / SR - x.size / 22050) < 1 / SR  # played at 24 kHz, as long as the voice's
+    got = np.frombuffer(whole, "<i2") / 32767
+    want = tone(1.3, SR)[: got.size]
+    assert np.abs(got[100:-100] - want[100:-100]).max() < 0.01  # the same tone, not a sped-up one
+
+
+def test_resampled_wav_states_its_rate_and_other_formats_refuse_one() -> None:
+    data, rate = _resampled(tone(0.5, 22050), np.array([1000]), "wav", 16000)
+    with wave.open(io.BytesIO(data)) as w:
+        assert w.getframerate() == rate == 16000
+    assert make_encoder("pcm", 22050).output_rate == 22050
+    assert make_encoder("opus", 22050).output_rate == 24000  # Opus's own resampling
+    with pytest.raises(UnsupportedFormatError, match="pcm and wav"):
+        make_encoder("mp3", 22050, output_rate=24000)

@@ -164,3 +164,47 @@ def test_bench_synth_reports_figures(fixture_dir: Path, capsys: pytest.CaptureFi
     short, long = results
     assert long["audio_s"] > 5 * short["audio_s"]
     assert all(r["first_chunk_s"] <= r["total_s"] and r["rtf"] > 0 and r["peak_rss_mb"] > 0 for r in results)
+
+
+@pytest.mark.parametrize(
+    ("name", "codec"), [("x.mp3", "mp3"), ("x.flac", "flac"), ("x.ogg", "opus"), ("x.OPUS", "opus")]
+)
+def test_synth_writes_the_format_its_out_extension_names(
+    fixture_dir: Path, tmp_path: Path, name: str, codec: str
+) -> None:
+    import av
+
+    out = tmp_path / name
+    assert main(["synth", "--addon", str(fixture_dir / "tiny-fast"), "--text", "Hello there.", "--out", str(out)]) == 0
+    with av.open(str(out)) as f:
+        assert f.streams.audio[0].codec_context.name.startswith(codec)  # FFmpeg decodes mp3 as "mp3float"
+        assert sum(frame.samples for frame in f.decode(audio=0)) > 0
+
+
+def test_synth_refuses_an_out_extension_that_names_no_format(fixture_dir: Path, tmp_path: Path) -> None:
+    for name in ("x.xyz", "speech"):
+        result = run_cli(
+            "synth", "--addon", str(fixture_dir / "tiny-fast"), "--text", "Hi.", "--out", str(tmp_path / name)
+        )
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+        assert "names no audio format" in result.stderr and ".mp3" in result.stderr
+        assert not (tmp_path / name).exists()
+
+
+def test_files_the_cli_writes_have_ordinary_modes(fixture_dir: Path, tmp_path: Path) -> None:
+    mask = os.umask(0o022)
+    try:
+        outs = {
+            flag: tmp_path / name
+            for flag, name in (("--out", "x.wav"), ("--marks-out", "m.jsonl"), ("--mel-out", "m.npy"))
+        }
+        argv = ["synth", "--addon", str(fixture_dir / "tiny-fast"), "--text", "Hello there."]
+        assert main([*argv, *(x for flag, path in outs.items() for x in (flag, str(path)))]) == 0
+        assert {flag: path.stat().st_mode & 0o777 for flag, path in outs.items()} == dict.fromkeys(outs, 0o644)
+        flac = tmp_path / "x.flac"
+        assert main([*argv, "--out", str(flac)]) == 0 and flac.stat().st_mode & 0o777 == 0o644
+        outs["--out"].chmod(0o640)  # an existing file keeps its mode, as any overwrite would
+        assert main([*argv, "--out", str(outs["--out"])]) == 0 and outs["--out"].stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(mask)

@@ -124,7 +124,7 @@ def test_fused_vocoder_gives_the_in_process_audio_and_marks(server: str, fixture
     chunks = list(local.stream(text, marks=["word", "phoneme"]))
     encoder = make_encoder("pcm", local.sample_rate)
     want = b"".join(encoder.encode(c.samples) for c in chunks)
-    body = {"model": MODEL, "input": text, "response_format": "pcm"}
+    body = {"model": MODEL, "input": text, "response_format": "pcm", "sample_rate": "native"}
     got = httpx.post(f"{server}{SPEECH}", json=body, timeout=120)
     assert got.status_code == 200 and got.content == want
     body |= {"stream_format": "sse", "timestamps": ["word", "phoneme"]}

@@ -185,7 +185,7 @@ def test_openai_client_streams_unchanged(server: str, tmp_path: Path) -> None:
         response.stream_to_file(out)
     assert sf.info(out).frames > 0
     models = {m.id for m in client.models.list()}
-    assert models == {"tiny-fast", "tiny-taco"}
+    assert models == {"tiny-fast", "tiny-taco", "tiny-piper"}
 
 
 def _decoded(data: bytes) -> np.ndarray:
@@ -198,8 +198,8 @@ def _decoded(data: bytes) -> np.ndarray:
 def _decoded_seconds(fmt: str, data: bytes, rate: int) -> float:
     import av
 
-    if fmt == "pcm":
-        return len(data) / 2 / rate
+    if fmt == "pcm":  # OpenAI's pcm: 24 kHz, whatever the model's rate
+        return len(data) / 2 / 24_000
     with av.open(io.BytesIO(data)) as f:
         stream = f.streams.audio[0]
         samples = sum(frame.samples for frame in f.decode(stream))
@@ -264,7 +264,9 @@ def test_bad_requests_get_openai_errors(
 
 def test_catalogue_and_health(server: str) -> None:
     models = httpx.get(f"{server}/v1/models").json()
-    assert {m["id"] for m in models["data"]} == {"tiny-fast", "tiny-taco"}
+    assert {m["id"] for m in models["data"]} == {"tiny-fast", "tiny-taco", "tiny-piper"}
+    piper = next(m for m in models["data"] if m["id"] == "tiny-piper")
+    assert piper["speech_marks"] is True
     voices = httpx.get(f"{server}/v1/audio/voices", params={"model": "tiny-fast"}).json()["data"]
     assert {v["voice"] for v in voices} == {"default", "fast"}
     assert httpx.get(f"{server}/v1/audio/voices", params={"model": "nope"}).status_code == 404
@@ -385,7 +387,7 @@ def test_http_pcm_equals_in_process(
     local = addons.load(fixture_dir / model)
     encoder = make_encoder("pcm", local.sample_rate)
     want = b"".join(encoder.encode(chunk.samples) for chunk in local.stream(text, voice=voice, **options))
-    got = _speech(server, model=model, input=text, voice=voice, response_format="pcm", **options)
+    got = _speech(server, model=model, input=text, voice=voice, response_format="pcm", sample_rate="native", **options)
     assert got.status_code == 200
     assert got.content == want
     if voice == "fast" and model == "tiny-fast":  # the preset's speed (1.5) applies over HTTP as in process
@@ -413,7 +415,7 @@ def test_websocket_text_in_pieces_equals_a_plain_request(server: str, model: str
     from websockets.sync.client import connect
 
     text = "Text arrives a few characters at a time. The listener hears it as it comes! Does it match?"
-    want = _speech(server, model=model, input=text, response_format="pcm")
+    want = _speech(server, model=model, input=text, response_format="pcm", sample_rate="native")
     assert want.status_code == 200
     with connect(server.replace("http", "ws") + "/v1/audio/speech/stream") as socket:
         socket.send(json.dumps({"type": "open", "model": model}))
@@ -476,7 +478,7 @@ def test_the_page_plays_streamed_audio_in_a_real_browser(server: str, fixture_di
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     text = "A page to listen on. It plays while the rest is still being spoken. Words light up as they are heard."
-    want = _speech(server, model="tiny-taco", input=text, response_format="pcm")
+    want = _speech(server, model="tiny-taco", input=text, response_format="pcm", sample_rate="native")
     browser = _browser()
     try:
         browser.get(f"{server}/")
@@ -514,7 +516,7 @@ def test_python_client_pipes_a_token_generator(server: str) -> None:
     from serve_app.client import SpeechStream
 
     text = "Tokens from a generator. Spoken as they come."
-    want = _speech(server, model="tiny-fast", input=text, response_format="pcm").content
+    want = _speech(server, model="tiny-fast", input=text, response_format="pcm", sample_rate="native").content
 
     def tokens() -> Iterator[str]:
         for i in range(0, len(text), 3):
@@ -534,7 +536,15 @@ def test_speech_marks_over_sse_equal_in_process(server: str, fixture_dir: Path, 
     kinds = ["sentence", "word", "phoneme"]
     local = addons.load(fixture_dir / model)
     want = [m.as_dict() for c in local.stream(text, marks=kinds) for m in c.marks]
-    response = _speech(server, model=model, input=text, response_format="pcm", stream_format="sse", timestamps=kinds)
+    response = _speech(
+        server,
+        model=model,
+        input=text,
+        response_format="pcm",
+        sample_rate="native",
+        stream_format="sse",
+        timestamps=kinds,
+    )
     assert response.status_code == 200
     events = [json.loads(b.removeprefix("data: ")) for b in response.text.split("\n\n") if b.strip()]
     got = [m for e in events if e["type"] == "speech.marks" for m in e["marks"]]
@@ -590,7 +600,15 @@ def test_ssml_over_http_equals_in_process(server: str, fixture_dir: Path, model:
     local = addons.load(fixture_dir / model)
     chunks = list(local.stream(doc, marks=kinds))
     want_marks = [m.as_dict() for c in chunks for m in c.marks]
-    response = _speech(server, model=model, input=doc, response_format="pcm", stream_format="sse", timestamps=kinds)
+    response = _speech(
+        server,
+        model=model,
+        input=doc,
+        response_format="pcm",
+        sample_rate="native",
+        stream_format="sse",
+        timestamps=kinds,
+    )
     assert response.status_code == 200, response.text
     events = [json.loads(b.removeprefix("data: ")) for b in response.text.split("\n\n") if b.strip()]
     got = [m for e in events if e["type"] == "speech.marks" for m in e["marks"]]
@@ -600,7 +618,7 @@ def test_ssml_over_http_equals_in_process(server: str, fixture_dir: Path, model:
 
     encoder = make_encoder("pcm", local.sample_rate)
     assert pcm == b"".join(encoder.encode(c.samples) for c in chunks)
-    plain = _speech(server, model=model, input=doc, response_format="pcm", input_format="ssml")
+    plain = _speech(server, model=model, input=doc, response_format="pcm", sample_rate="native", input_format="ssml")
     assert plain.status_code == 200 and plain.content == pcm
 
 
@@ -615,13 +633,13 @@ def test_server_lexicon_applies_after_the_requests_own(server: str, fixture_dir:
         return b"".join(encoder.encode(c.samples) for c in local.stream(text, **options))
 
     served = [{"grapheme": "Zorblax", "phonemes": "b'Ig"}]
-    got = _speech(server, model="tiny-fast", input=text, response_format="pcm")
+    got = _speech(server, model="tiny-fast", input=text, response_format="pcm", sample_rate="native")
     assert got.status_code == 200 and got.content == pcm(lexicon=served) != pcm()
     asked = [{"grapheme": "Zorblax", "alias": "tomato"}]
-    mine = _speech(server, model="tiny-fast", input=text, response_format="pcm", lexicon=asked)
+    mine = _speech(server, model="tiny-fast", input=text, response_format="pcm", sample_rate="native", lexicon=asked)
     assert mine.content == pcm(lexicon=asked)
     pls = "<lexicon><lexeme><grapheme>Zorblax</grapheme><alias>tomato</alias></lexeme></lexicon>"
-    as_pls = _speech(server, model="tiny-fast", input=text, response_format="pcm", lexicon=pls)
+    as_pls = _speech(server, model="tiny-fast", input=text, response_format="pcm", sample_rate="native", lexicon=pls)
     assert as_pls.content == mine.content
     bad = _speech(server, model="tiny-fast", input=text, lexicon="<lexicon><lexeme>")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "lexicon"
@@ -636,12 +654,17 @@ def test_request_lexicon_over_http_equals_in_process(server: str, fixture_dir: P
     local = addons.load(fixture_dir / "tiny-fast")
     encoder = make_encoder("pcm", local.sample_rate)
     want = b"".join(encoder.encode(c.samples) for c in local.stream(text, lexicon=lexicon))
-    got = _speech(server, model="tiny-fast", input=text, response_format="pcm", lexicon=lexicon)
+    got = _speech(server, model="tiny-fast", input=text, response_format="pcm", sample_rate="native", lexicon=lexicon)
     assert got.status_code == 200 and got.content == want
-    plain = _speech(server, model="tiny-fast", input=text, response_format="pcm")
+    plain = _speech(server, model="tiny-fast", input=text, response_format="pcm", sample_rate="native")
     assert plain.content != want
     bad = _speech(
-        server, model="tiny-fast", input=text, response_format="pcm", lexicon=[{"grapheme": "Chorus", "phonemes": "QQ"}]
+        server,
+        model="tiny-fast",
+        input=text,
+        response_format="pcm",
+        sample_rate="native",
+        lexicon=[{"grapheme": "Chorus", "phonemes": "QQ"}],
     )
     assert bad.status_code == 400, bad.text
     error = bad.json()["error"]

@@ -8,11 +8,20 @@ The first words are spoken while the "model" below is still writing.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 import wave
 from collections.abc import Iterator
+from pathlib import Path
 
-from serve_app.client import SpeechStream
+try:
+    from serve_app.client import SpeechStream
+except ModuleNotFoundError:  # run by a python outside Chorus's virtualenv: run again inside it
+    VENV = Path(__file__).resolve().parents[2] / ".venv"
+    if (VENV / "bin" / "python").is_file() and Path(sys.prefix).resolve() != VENV.resolve():
+        os.execv(VENV / "bin" / "python", [str(VENV / "bin" / "python"), __file__, *sys.argv[1:]])
+    raise SystemExit("stream_tokens.py needs Chorus installed (`make install`): run it with .venv/bin/python") from None
 
 REPLY = (
     "Sure. Here is the plan for tomorrow: we meet at nine, review the draft, and ship it before lunch. "

@@ -200,6 +200,7 @@ async function speak(event) {
       headers: headers({ "Content-Type": "application/json" }),
       body: JSON.stringify({
         model, input: text, voice: $("voice").value, speed: Number($("speed").value), response_format: "pcm",
+        sample_rate: "native",  // the card's rate, which the AudioContext was opened at
         ...(withMarks ? { stream_format: "sse", timestamps: ["word"] } : {}),
       }),
       signal: state.controller.signal,
@@ -211,14 +212,19 @@ async function speak(event) {
     offerDownload();
     setState("done", `Done: ${(state.decoded / state.rate).toFixed(2)} s of audio.`);
     // Keep highlighting until the last word has been heard.
-    const left = state.ctx ? 1000 * (state.nextTime - state.ctx.currentTime) : 0;
-    setTimeout(() => { highlight(); clearInterval(timer); }, Math.max(0, left) + 100);
+    // Stop stays enabled while the audio plays: a long text has arrived long before it is heard.
+    const ctx = state.ctx;
+    const left = ctx ? 1000 * (state.nextTime - ctx.currentTime) : 0;
+    setTimeout(() => {
+      highlight();
+      clearInterval(timer);
+      if (state.ctx === ctx) $("stop").disabled = true;
+    }, Math.max(0, left) + 100);
   } catch (err) {
     clearInterval(timer);
+    $("stop").disabled = true;
     if (err.name === "AbortError") setState("idle", "Stopped.");
     else setState("error", `Failed: ${err.message}`);
-  } finally {
-    $("stop").disabled = true;
   }
 }
 
@@ -252,7 +258,7 @@ function offerDownload() {
 }
 
 $("form").addEventListener("submit", speak);
-$("stop").addEventListener("click", () => { stop(); setState("idle", "Stopped."); });
+$("stop").addEventListener("click", () => { stop(); $("stop").disabled = true; setState("idle", "Stopped."); });
 $("model").addEventListener("change", showVoices);
 $("api-key").addEventListener("change", loadModels);
 $("speed").addEventListener("input", () => { $("speed-value").textContent = Number($("speed").value).toFixed(2); });
