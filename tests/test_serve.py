@@ -60,7 +60,7 @@ def server(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     lexicon = tmp_path_factory.mktemp("lexicons") / "server.pls"
     lexicon.write_text(SERVER_PLS, encoding="utf-8")
     port = free_port()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=6, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = AppArgs(
