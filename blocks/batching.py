@@ -12,6 +12,11 @@ Urgency is the stream's playback deadline (:data:`DEADLINE`, Unix time in second
 processes on one machine agree): when its listener's buffer would run dry. A stream that has not sent audio yet has
 deadline "now", so new streams' first chunks go ahead of streams far ahead of playback.
 
+Up to ``lanes`` batches run at once, each in its caller's thread. On a GPU one lane is right (a
+bigger batch is nearly free there); on a CPU a batched pass costs about what its items cost one by
+one, so one lane would hold a replica to one core: there as many lanes as cores let the calls of
+concurrent streams use the machine (:func:`default_lanes`).
+
 Batched results equal unbatched ones to float rounding: items are grouped by the shapes of
 their inputs (padding is never added, so a network needs no mask for this), and a batch that
 fails is run again item by item, so one bad stream cannot fail the others.
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +35,7 @@ from typing import Generic, TypeVar
 
 import torch
 
-__all__ = ["DEADLINE", "BatchQueue", "BatchStats", "deadline", "stack_call"]
+__all__ = ["DEADLINE", "BatchQueue", "BatchStats", "deadline", "default_lanes", "stack_call"]
 
 #: The calling stream's playback deadline (``time.time()`` seconds); unset means "now".
 DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("chorus_deadline", default=None)
@@ -71,11 +77,21 @@ class _Call(Generic[I, O]):
         self.error: BaseException | None = None
 
 
+def default_lanes(device: torch.device | str = "cpu") -> int:
+    """Batches a queue runs at once on ``device``: one on a GPU, the cores this process may use on a
+    CPU (``CHORUS_BATCH_LANES`` overrides)."""
+    if os.environ.get("CHORUS_BATCH_LANES", "").isdigit():
+        return max(1, int(os.environ["CHORUS_BATCH_LANES"]))
+    if torch.device(device).type != "cpu":
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class BatchQueue(Generic[I, O]):
     """Runs ``run_batch(items) -> results`` over the calls waiting together (see the module doc).
 
-    ``key(item)`` groups items that can share a run (equal shapes); only one group runs at a time,
-    the one holding the most urgent call.
+    ``key(item)`` groups items that can share a run (equal shapes); a free lane takes the group
+    holding the most urgent call; at most ``lanes`` groups run at once.
     """
 
     def __init__(
@@ -83,13 +99,16 @@ class BatchQueue(Generic[I, O]):
         run_batch: Callable[[list[I]], Sequence[O]],
         key: Callable[[I], object] = lambda item: None,
         max_batch: int = 32,
+        lanes: int = 1,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        self._run_batch, self._key, self.max_batch = run_batch, key, max_batch
+        if lanes < 1:
+            raise ValueError("lanes must be at least 1")
+        self._run_batch, self._key, self.max_batch, self.lanes = run_batch, key, max_batch, lanes
         self._cond = threading.Condition()
         self._pending: list[_Call[I, O]] = []
-        self._busy = False
+        self._busy = 0  # lanes running a batch
         self.stats = BatchStats()
 
     def __call__(self, item: I) -> O:
@@ -98,7 +117,7 @@ class BatchQueue(Generic[I, O]):
         with self._cond:
             self._pending.append(call)
             while not call.done:
-                if self._busy:
+                if self._busy >= self.lanes or call not in self._pending:  # no lane free, or taken
                     self._cond.wait()
                     continue
                 self._lead()
@@ -113,13 +132,13 @@ class BatchQueue(Generic[I, O]):
         batch = [c for c in self._pending if c.key == key][: self.max_batch]
         taken = {id(c) for c in batch}
         self._pending = [c for c in self._pending if id(c) not in taken]
-        self._busy = True
+        self._busy += 1
         self._cond.release()
         try:
             self._run(batch)
         finally:
             self._cond.acquire()
-            self._busy = False
+            self._busy -= 1
             self.stats.calls += len(batch)
             self.stats.runs += 1
             self.stats.largest = max(self.stats.largest, len(batch))

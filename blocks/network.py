@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from blocks.batching import BatchQueue, stack_call
+from blocks.batching import BatchQueue, default_lanes, stack_call
 
 __all__ = [
     "FORMATS",
@@ -293,7 +293,8 @@ class NetworkRunner:
         batched = all(t.shape[0] == "B" for t in (*self.spec.inputs, *self.spec.outputs))
         if self.context is ExecutionContext.STATIC or not batched or not self._batch_exact():
             return False
-        self.batch_queue = BatchQueue(lambda items: stack_call(self._forward, items), _shapes, max_batch)
+        lanes = default_lanes(self.device)
+        self.batch_queue = BatchQueue(lambda items: stack_call(self._forward, items), _shapes, max_batch, lanes)
         return True
 
     def _batch_exact(self, lengths: tuple[int, ...] = (23, 96), sizes: tuple[int, ...] = (2, 3, 8)) -> bool:

@@ -29,7 +29,7 @@ from blocks.base import (
     StreamableBlock,
     StreamKind,
 )
-from blocks.batching import BatchQueue
+from blocks.batching import BatchQueue, default_lanes
 from blocks.network import ExecutionContext, NetworkRunner, WindowedStream, WindowState
 
 __all__ = ["GriffinLim", "NeuralVocoder", "UniversalVocoder", "Vocoder"]
@@ -139,7 +139,9 @@ class GriffinLim(Vocoder):
         return cfg.chunk_frames + cfg.context_frames
 
     def enable_batching(self, max_batch: int = 32, when_used: bool = False) -> bool:
-        self._queue = BatchQueue(self._griffin_lim_batch, lambda w: (tuple(w[0].shape), w[2]), max_batch)
+        self._queue = BatchQueue(
+            self._griffin_lim_batch, lambda w: (tuple(w[0].shape), w[2]), max_batch, default_lanes("cpu")
+        )
         return True
 
     def start(self) -> GriffinLimState:

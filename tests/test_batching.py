@@ -167,3 +167,34 @@ def test_encoder_batches_equal_single_sentences_to_the_bit(fixture_dir: Path, na
     together = voice.encode_batch(ids)
     for a, b in zip(alone, together, strict=True):
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _two_callers(lanes: int) -> tuple[list[int], bool]:
+    """Two threads call a queue of ``lanes`` lanes with items of different shapes (never one batch);
+    whether their batches ran at the same time."""
+    inside = threading.Barrier(2, timeout=1.0)
+    met: list[bool] = []
+
+    def run(items: list[int]) -> list[int]:
+        try:
+            inside.wait()
+            met.append(True)
+        except threading.BrokenBarrierError:
+            met.append(False)
+        return [i * 10 for i in items]
+
+    queue: BatchQueue[int, int] = BatchQueue(run, key=lambda i: i, lanes=lanes)
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda i=i: results.append(queue(i))) for i in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(results), any(met)
+
+
+def test_lanes_run_that_many_batches_at_once() -> None:
+    """On a CPU a batch costs what its items cost: with two lanes, two callers' batches run at the
+    same time (each in its own thread); with one lane the second waits for the first."""
+    assert _two_callers(2) == ([10, 20], True)
+    assert _two_callers(1) == ([10, 20], False)
