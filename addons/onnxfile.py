@@ -17,6 +17,7 @@ optimizations on, the CUDA provider where the device is a GPU and the runtime ha
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,8 +134,10 @@ def session(model: Any, device: torch.device | str = "cpu", path: Path | None = 
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, torch.get_num_threads())
+    options.intra_op_num_threads = _threads()
     options.inter_op_num_threads = 1
+    # Threads that spin while waiting steal the cores other replicas and streams compute on.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     providers = ["CPUExecutionProvider"]
@@ -144,6 +147,13 @@ def session(model: Any, device: torch.device | str = "cpu", path: Path | None = 
     has_external = any(_external(model))
     source = str(path) if has_external and path is not None else model.SerializeToString()
     return ort.InferenceSession(source, sess_options=options, providers=providers)
+
+
+def _threads() -> int:
+    """Intra-op threads of a session: ``CHORUS_ORT_THREADS``, else torch's (which Chorus sets from
+    the process's CPU share; a Serve replica has 1)."""
+    value = os.environ.get("CHORUS_ORT_THREADS", "")
+    return max(1, int(value)) if value.isdigit() else max(1, torch.get_num_threads())
 
 
 def _external(model: Any) -> Iterator[bool]:
