@@ -445,7 +445,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _deploy_plan(args: argparse.Namespace) -> int:
-    from serve_app.placement import format_plan, plan_config
+    from serve_app.deploy_plan import plan_config
+    from serve_app.placement import format_plan
 
     try:
         plans = plan_config(args.config, args.cluster)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from serve_app import placement
+from serve_app import deploy_plan, placement
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster.yaml"
@@ -35,7 +35,7 @@ def _types() -> dict[str, placement.NodeType]:
 
 
 def _plan(config: Path) -> dict[str, tuple[str, ...]]:
-    [(_, rows, _)] = placement.plan_config(config, CLUSTER)
+    [(_, rows, _)] = deploy_plan.plan_config(config, CLUSTER)
     return {r.deployment: r.node_types for r in rows}
 
 
