@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import math
 import os
 import signal
 import socket
@@ -136,7 +137,7 @@ def start_local(
     taken = {port}
     init: dict[str, Any] = {
         "address": "local",
-        "num_cpus": num_cpus,
+        "num_cpus": num_cpus if num_cpus is not None else local_cpus(config),
         "include_dashboard": False,
         "log_to_driver": False,
         "_node_ip_address": LOOPBACK,
@@ -151,6 +152,21 @@ def start_local(
     for app, bound in apps:
         serve.run(bound, name=app.name, route_prefix=app.route_prefix, blocking=False)
     return [app.name for app, _ in apps]
+
+
+def local_cpus(config: ServeConfig) -> int:
+    """Logical CPUs for this machine's Ray: its cores, or twice what the applications' replicas ask
+    for at start where that is more (room to scale up), so every replica schedules. Ray's CPUs are
+    scheduling tokens: the replicas share the real cores either way."""
+    from serve_app import placement
+    from serve_app.app import resolve
+
+    asked = sum(
+        placement.replicas(options) * placement.need(options)["CPU"]
+        for app in config.applications
+        for options in resolve(app.args).options.values()
+    )
+    return max(os.cpu_count() or 1, math.ceil(2 * asked))
 
 
 def _free_port_but(taken: set[int]) -> int:

@@ -106,3 +106,21 @@ def test_local_serve_config_runs_the_bundled_gpu_hints_on_this_machine(monkeypat
         actor = options["ray_actor_options"]
         assert actor.get("num_gpus", 0) <= offer.get("GPU", 0), name
         assert all(offer.get(k, 0) >= v for k, v in (actor.get("resources") or {}).items()), name
+
+
+def test_local_ray_offers_every_replica_a_cpu_token(fixture_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """chorus serve sizes its Ray's logical CPUs so that every replica of every model schedules (a third
+    model made `make serve` wait forever on 2 cores)."""
+    from serve_app import placement
+    from serve_app.app import resolve
+    from serve_app.server import local_cpus
+
+    monkeypatch.setenv("CHORUS_ADDON_PATH", str(fixture_dir))
+    config = read_config(ROOT / "serve_app" / "serve_config.yaml")
+    asked = sum(
+        placement.replicas(o) * placement.need(o)["CPU"]
+        for app in config.applications
+        for o in resolve(app.args).options.values()
+    )
+    assert asked > 2  # the fixture folder alone asks for more than two cores' worth
+    assert local_cpus(config) >= 2 * asked
