@@ -15,7 +15,11 @@ __all__ = ["DurationPredictor", "MelDecoder", "TextEncoder"]
 
 
 class TextEncoder(nn.Module):
-    """``phoneme_ids`` ``[B, T]`` int64, ``mask`` ``[B, T]`` -> ``encoding`` ``[B, T, dim]``."""
+    """``phoneme_ids`` ``[B, T]`` int64, ``mask`` ``[B, T]`` -> ``encoding`` ``[B, T, dim]``.
+
+    ``padding_idx``: the id whose embedding stays zero (Chorus's espeak front end pads with 0 and
+    never says it); None where id 0 is a phoneme (Piper's ``_``). Padding is masked either way.
+    """
 
     def __init__(
         self,
@@ -24,9 +28,10 @@ class TextEncoder(nn.Module):
         kernel_size: int = 5,
         dilations: list[int] | None = None,
         dropout: float = 0.1,
+        padding_idx: int | None = 0,
     ) -> None:
         super().__init__()
-        self.embed = nn.Embedding(n_symbols, dim, padding_idx=0)
+        self.embed = nn.Embedding(n_symbols, dim, padding_idx=padding_idx)
         self.convs = MaskedConvStack(dim, kernel_size, dilations or [1, 2, 4, 1, 2, 4], dropout)
         self.receptive_field = self.convs.receptive_field
 

@@ -2,6 +2,12 @@
 
     python -m addons.recipes.fast --corpus data/corpus --minutes 30 --out runs/fast [--resume] [--seed 0] [--threads 2]
 
+From a teacher corpus (``addons.recipes.corpus --teacher ADDON``) the student keeps the teacher's
+front end as it is (its ``frontend`` config, so the ids are the teacher's; a Piper voice's ``_``,
+id 0, is a phoneme with an embedding of its own) and learns the teacher's durations; it is named
+``chorus-fast-TEACHER`` and exported to ``build/addons/chorus-fast-TEACHER`` unless ``--name`` and
+``--export`` say otherwise.
+
 Teacher durations drive the upsampling during training (each token's encoding repeated for its
 frames), so the decoder always sees the true alignment; the duration predictor learns
 ``log(1 + frames)`` on a detached encoding. Losses: mel L1 (+ ``--l2`` times mel MSE) over real
@@ -22,7 +28,7 @@ import torch
 from torch import nn
 
 from addons.builders import duration_addon
-from addons.manifest import FrontendConfig
+from addons.manifest import FrontendConfig, PiperFrontendConfig
 from addons.models import DurationPredictor, MelDecoder, TextEncoder
 from addons.recipes.corpus import SILENCE, Corpus, Utterance
 from addons.recipes.training import UsageError, add_vocoder_option, main_with, recipe_parser, vocoder_section
@@ -35,9 +41,9 @@ NAME = "chorus-fast"
 class FastModel(nn.Module):
     """The three exported networks, trained together."""
 
-    def __init__(self, n_symbols: int, n_mels: int, dim: int, dropout: float) -> None:
+    def __init__(self, n_symbols: int, n_mels: int, dim: int, dropout: float, padding_idx: int | None = 0) -> None:
         super().__init__()
-        self.encoder = TextEncoder(n_symbols, dim, dropout=dropout)
+        self.encoder = TextEncoder(n_symbols, dim, dropout=dropout, padding_idx=padding_idx)
         self.durations = DurationPredictor(dim, dropout=dropout)
         self.decoder = MelDecoder(dim, n_mels)
 
@@ -107,9 +113,13 @@ class FastRecipe:
         self.config: dict[str, Any] = {"dim": args.dim}
         self.dropout, self.l2, self.duration_weight = args.dropout, args.l2, args.duration_weight
         self.vocoder = vocoder_section(args.vocoder)
+        self.export_name: str | None = args.name
 
     def build(self, corpus: Corpus) -> FastModel:
-        model = FastModel(len(corpus.phonemes) + 1, corpus.mel.n_mels, self.config["dim"], self.dropout)
+        if not corpus.has_durations:
+            raise UsageError("the corpus has no durations (its teacher aligns nothing); train chorus-taco on it")
+        own_zero = isinstance(corpus.frontend, PiperFrontendConfig)  # id 0 is Piper's "_", not padding
+        model = FastModel(corpus.symbols, corpus.mel.n_mels, self.config["dim"], self.dropout, None if own_zero else 0)
         with torch.no_grad():  # start from the average frame and duration (log-mel silence is about -11.5)
             model.decoder.proj.bias.copy_(torch.from_numpy(corpus.mean_mel()))
             log_durations = np.log1p(np.concatenate([u.durations for u in corpus.train]))
@@ -136,19 +146,37 @@ class FastRecipe:
             tokens += float(batch.token_mask.sum())
         return {k: v / len(utterances) for k, v in sums.items()} | {"duration_mae_frames": abs_err / tokens}
 
-    def export(self, model: nn.Module, corpus: Corpus, directory: Path) -> Path:
+    def export(self, model: nn.Module, corpus: Corpus, directory: Path | None) -> Path:
+        """An addon directory (``directory``, else the default for this corpus; see the module doc)."""
         assert isinstance(model, FastModel)
+        teacher = corpus.meta.get("teacher")
+        if not isinstance(teacher, dict):  # the espeak-ng corpus: the bundled reference voice
+            return duration_addon(
+                directory or Path(f"addons/bundled/{NAME}"),
+                model.encoder,
+                model.durations,
+                model.decoder,
+                mel=corpus.mel,
+                name=self.export_name or NAME,
+                language="en-us",
+                description="Reference duration-based voice (FastSpeech-style), distilled from espeak-ng en-us",
+                frontend=FrontendConfig(phonemes=corpus.phonemes),
+                voices={"default": {"description": "espeak-ng en-us, as learned by a parallel conv decoder"}},
+                vocoder=self.vocoder,
+            )
+        name = self.export_name or f"{NAME}-{teacher['name']}"[:64]
+        source = f"{teacher['name']} {teacher['version']}"
         return duration_addon(
-            directory,
+            directory or Path(f"build/addons/{name}"),
             model.encoder,
             model.durations,
             model.decoder,
             mel=corpus.mel,
-            name=NAME,
-            language="en-us",
-            description="Reference duration-based voice (FastSpeech-style), distilled from espeak-ng en-us",
-            frontend=FrontendConfig(phonemes=corpus.phonemes),
-            voices={"default": {"description": "espeak-ng en-us, as learned by a parallel conv decoder"}},
+            name=name,
+            language=str(teacher["language"]),
+            description=f"Duration-based voice (FastSpeech-style) distilled from {source}, noise off",
+            frontend=corpus.frontend,
+            voices={"default": {"description": f"{source} with its noise off, as learned by a parallel conv decoder"}},
             vocoder=self.vocoder,
         )
 
@@ -162,6 +190,8 @@ def parser() -> argparse.ArgumentParser:
         batch_frames=6000,
         lr=1e-3,
     )
+    p.set_defaults(export=None)  # the bundled voice's directory, or build/addons/NAME for a teacher's student
+    p.add_argument("--name", default=None, help=f"The exported addon's name (default {NAME}, or {NAME}-TEACHER).")
     add_vocoder_option(p)
     p.add_argument("--dim", type=int, default=192, help="Channels of the encoder, duration predictor and decoder.")
     p.add_argument("--dropout", type=float, default=0.1, help="Dropout in the encoder and duration predictor.")

@@ -262,6 +262,8 @@ class TacoRecipe:
         self.vocoder = vocoder_section(args.vocoder)
 
     def build(self, corpus: Corpus) -> TacoModel:
+        if "teacher" in corpus.meta:  # its export would need the teacher's front end (issue 23, to do)
+            raise UsageError("chorus-taco trains on the espeak-ng corpus only, so far")
         model = TacoModel(len(corpus.phonemes) + 1, corpus.mel.n_mels, self.config, self.dropout, self.prenet_dropout)
         with torch.no_grad():  # start from the average frame and a low stop probability
             model.step.frames.bias.copy_(torch.from_numpy(np.tile(corpus.mean_mel(), self.config["reduction"])))

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from addons.manifest import AddonError
-from addons.recipes.corpus import CORPUS_FILE, META_FILE, Corpus, Utterance, length_batches
+from addons.recipes.corpus import Corpus, Utterance, corpus_exists, length_batches
 from addons.vocoders import find_vocoder
 
 __all__ = [
@@ -154,9 +154,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
             raise UsageError(f"{name} must be positive, got {value}")
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
-    for name in (CORPUS_FILE, META_FILE):
-        if not (args.corpus / name).is_file():
-            raise UsageError(f"--corpus {args.corpus}: no {name} (build it with python -m addons.recipes.corpus)")
+    if not corpus_exists(args.corpus):
+        raise UsageError(f"--corpus {args.corpus}: no corpus there (build it with python -m addons.recipes.corpus)")
     if args.resume and not (args.out / CHECKPOINT).is_file():
         raise UsageError(f"--resume: no {args.out / CHECKPOINT}")
     return args
