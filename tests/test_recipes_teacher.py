@@ -1,0 +1,169 @@
+"""A teacher corpus said by a Piper addon (the tiny fixture) and a chorus-fast student trained on it:
+ids and durations as the teacher gives them, its noise off, resume without repeats, and an exported
+student that validates, reads text as the teacher does and speaks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import addons
+from addons.manifest import PiperFrontendConfig, read_manifest
+from addons.recipes import corpus, fast, teacher
+from addons.recipes.corpus import Corpus
+from blocks.audio import log_mel
+from serve_app import cli
+from tests.make_piper_fixture import build_piper_addons
+
+SENTENCES = [
+    "The cat sat on the mat.",
+    "Bring me the red box, please.",
+    "Where did you put my keys?",
+    '"Why would you shoot loons?", the ranger asked.',  # two sentences to Piper's front end: skipped
+    "We walked home in the rain.",
+    "It was a bright cold day!",
+    "She reads a book every week.",
+    "Open the window a little.",
+    "The train leaves at noon.",
+    "Nobody knows the answer yet.",
+    "My brother plays the violin.",
+]
+HELD_OUT, TRAIN = 2, 6
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def piper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_piper_addons(tmp_path_factory.mktemp("piper"))["tiny-piper"]
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "sentences.txt"
+    path.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    return path
+
+
+def _build(piper: Path, text_file: Path, out: Path, train: int = TRAIN, *extra: str) -> int:
+    argv = ["--teacher", str(piper), "--text", str(text_file), "--out", str(out), "--threads", "1"]
+    return corpus.main([*argv, "--train", str(train), "--held-out", str(HELD_OUT), *extra])
+
+
+@pytest.fixture(scope="module")
+def teacher_corpus(piper: Path, text_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("corpus")
+    assert _build(piper, text_file, out) == 0
+    return out
+
+
+def _arrays(out: Path) -> dict[str, np.ndarray]:
+    shards = list(teacher.read_shards(out, audio=True))
+    return {k: np.concatenate([s[k] for s in shards]) for k in ("text", "position", "held_out", "ids", "audio", "mel")}
+
+
+def test_ids_durations_mel_and_audio_are_the_teachers(teacher_corpus: Path, piper: Path) -> None:
+    c = Corpus.load(teacher_corpus)
+    assert (len(c.held_out), len(c.train)) == (HELD_OUT, TRAIN)
+    assert isinstance(c.frontend, PiperFrontendConfig) and c.frontend == read_manifest(piper).frontend
+    quiet = teacher.Teacher(piper).voice  # the front part's own durations, noise off
+    shards = list(teacher.read_shards(teacher_corpus, audio=True))
+    audio = np.concatenate([s["audio"] for s in shards]).astype(np.float32) / 32767
+    starts = np.concatenate(
+        [s["sample_offsets"][:-1] + sum(len(p["audio"]) for p in shards[:i]) for i, s in enumerate(shards)]
+    )
+    for n, u in enumerate(c.held_out + c.train):
+        (sentence,) = quiet.sentences(u.text)
+        assert u.ids.tolist() == sentence.ids.tolist()  # the teacher front end's ids, "_" (0) included
+        assert 0 in u.ids.tolist()
+        assert int(u.durations.sum()) == u.frames == u.mel.shape[0]
+        given = quiet.encode(sentence.ids)["durations"]
+        assert u.durations.tolist() == given.astype(np.int64).tolist()
+        said = audio[starts[n] : starts[n] + u.frames * c.mel.hop_length]
+        assert len(said) == u.frames * c.mel.hop_length
+        again = log_mel(torch.from_numpy(said), c.mel).numpy()
+        assert np.abs(again - u.mel.astype(np.float32)).max() < 0.05  # int16 and float16 rounding only
+
+
+def test_held_out_texts_come_first_and_the_split_text_is_skipped(teacher_corpus: Path) -> None:
+    arrays = _arrays(teacher_corpus)
+    order = teacher.order_of(corpus.clean_sentences(SENTENCES), seed=0)
+    said = [order[p] for p in arrays["position"]]
+    assert said == arrays["text"].tolist()
+    assert arrays["held_out"].tolist() == [True] * HELD_OUT + [False] * TRAIN
+    assert SENTENCES[3] not in said and SENTENCES[3] in order[: arrays["position"][-1] + 1]
+    meta = json.loads((teacher_corpus / "meta.json").read_text())
+    assert meta["skipped"] == 1 and meta["durations"] and meta["complete"]
+    assert meta["teacher"]["noise_off"] == ["stack[0].sequence_block.noise_scale", "stack[0].sequence_block.noise_w"]
+
+
+def test_noise_is_off(teacher_corpus: Path, piper: Path) -> None:
+    """The corpus holds the teacher's noise-free output: any seed gives it, while the addon as
+    shipped gives another draw for each seed."""
+    text = str(_arrays(teacher_corpus)["text"][0])
+    stored = _arrays(teacher_corpus)["mel"]
+    quiet = teacher.Teacher(piper).voice
+    shipped = addons.load(piper)
+    a, b = (quiet.synthesize(text, seed=s)[0] for s in (1, 2))
+    assert np.array_equal(a, b)
+    c, d = (shipped.synthesize(text, seed=s)[0] for s in (1, 2))
+    assert not np.array_equal(c, d)
+    mel = log_mel(torch.from_numpy(a), quiet.manifest.mel).numpy()
+    assert np.abs(mel - stored[: len(mel)].astype(np.float32)).max() < 0.05
+
+
+def test_resumed_build_equals_a_straight_one(
+    teacher_corpus: Path, piper: Path, text_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(teacher, "SHARD_SIZE", 2)
+    out = tmp_path / "resumed"
+    assert _build(piper, text_file, out, 1) == 0  # held-out and one training text, then stop
+    assert _build(piper, text_file, out, 1) == 0  # nothing left to do: nothing said again
+    assert json.loads((out / "meta.json").read_text())["train"] == 1
+    assert _build(piper, text_file, out, TRAIN, "--minutes", "1e-9") == 0  # out of time at once
+    assert _build(piper, text_file, out, TRAIN) == 0
+    resumed, straight = _arrays(out), _arrays(teacher_corpus)
+    assert len(list((out / teacher.SHARDS).iterdir())) > 2
+    for key, value in straight.items():
+        assert np.array_equal(resumed[key], value), key
+    assert len(set(resumed["position"].tolist())) == len(resumed["position"])
+
+
+def test_another_corpus_in_the_same_directory_is_refused(teacher_corpus: Path, piper: Path, text_file: Path) -> None:
+    before = sorted(p.name for p in (teacher_corpus / teacher.SHARDS).iterdir())
+    assert _build(piper, text_file, teacher_corpus, TRAIN, "--seed", "1") == 1
+    assert sorted(p.name for p in (teacher_corpus / teacher.SHARDS).iterdir()) == before
+
+
+@pytest.mark.parametrize("argv", [["--minutes", "5"], ["--teacher", "no-such-addon"]])
+def test_bad_arguments_exit_2(argv: list[str], text_file: Path, tmp_path: Path) -> None:
+    assert (
+        corpus.main([*argv, "--text", str(text_file), "--out", str(tmp_path), "--train", "2", "--held-out", "1"]) == 2
+    )
+
+
+def test_student_trains_exports_validates_and_reads_as_the_teacher(
+    teacher_corpus: Path, piper: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = ["--corpus", str(teacher_corpus), "--out", str(tmp_path / "run"), "--threads", "1", "--dim", "16"]
+    assert fast.main([*options, "--batch-frames", "3000", "--steps", "2", "--no-export"]) == 0
+    assert fast.main([*options, "--steps", "3", "--resume", "--export", str(tmp_path / "voice")]) == 0
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [2, 3]
+    assert cli.main(["addon", "validate", str(tmp_path / "voice")]) == 0
+    assert "ok" in capsys.readouterr().out
+    student, shipped = addons.load(tmp_path / "voice"), addons.load(piper)
+    assert student.name == "chorus-fast-tiny-piper"
+    assert student.manifest.frontend == shipped.manifest.frontend
+    text = "Nobody reads the answer twice."
+    assert [s.ids.tolist() for s in student.sentences(text)] == [s.ids.tolist() for s in shipped.sentences(text)]
+    audio, mel = student.synthesize(text)
+    assert mel.shape[0] > 0 and audio.shape == (mel.shape[0] * student.hop_length,)
+    assert np.isfinite(audio).all()
