@@ -9,7 +9,8 @@ stream is refused at once (the caller answers 503 with ``Retry-After``) when
 - ``start_slots`` streams are still waiting for their first audio (a burst is let in a slice at
   a time, so that feedback arrives before the next slice), or
 - some admitted stream has fallen behind (its lead is under ``low_water_s``, or it has waited
-  longer than ``first_audio_s`` for its first audio): new work would only make that worse.
+  longer than ``first_audio_s`` for its first audio, plus its voice's load time where the voice
+  is expected cold, see :class:`RecentVoices`): new work would only make that worse.
 
 ``limit`` is learned: when a stream falls behind with ``n`` streams running, the model's
 capacity is below ``n`` and the limit drops to ``n - 1``; after ``grow_after_s`` of healthy
@@ -19,9 +20,10 @@ service at the limit it rises by one again, up to the configured ceiling.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
-__all__ = ["AdmissionConfig", "AtCapacity", "ModelAdmission", "Ticket"]
+__all__ = ["AdmissionConfig", "AtCapacity", "ModelAdmission", "RecentVoices", "Ticket"]
 
 
 class AtCapacity(Exception):
@@ -47,6 +49,7 @@ class Ticket:
     admitted: float = field(default_factory=time.monotonic)
     first_audio: float | None = None
     samples: int = 0
+    grace_s: float = 0.0  # more time allowed for the first audio: the voice must be loaded first
 
     def heard(self, samples: int) -> None:
         if self.first_audio is None:
@@ -62,7 +65,7 @@ class Ticket:
     def behind(self, now: float, config: AdmissionConfig) -> bool:
         lead = self.lead(now)
         if lead is None:
-            return now - self.admitted > config.first_audio_s
+            return now - self.admitted > config.first_audio_s + self.grace_s
         return lead < config.low_water_s
 
     def close(self) -> None:
@@ -79,15 +82,16 @@ class ModelAdmission:
         self.refused = 0
         self._changed = time.monotonic()
 
-    def admit(self, sample_rate: int) -> Ticket:
-        """A ticket for a new stream, or :class:`AtCapacity` naming the reason."""
+    def admit(self, sample_rate: int, grace_s: float = 0.0) -> Ticket:
+        """A ticket for a new stream, or :class:`AtCapacity` naming the reason; ``grace_s``: seconds
+        its first audio may take beyond ``first_audio_s`` (a cold voice's load)."""
         now = time.monotonic()
         self._learn(now)
         reason = self._refusal(now)
         if reason:
             self.refused += 1
             raise AtCapacity(reason)
-        ticket = Ticket(self, sample_rate, now)
+        ticket = Ticket(self, sample_rate, now, grace_s=grace_s)
         self.tickets.add(ticket)
         return ticket
 
@@ -127,3 +131,22 @@ class ModelAdmission:
             "min_lead_s": min(leads) if leads else 0.0,
             "refused": float(self.refused),
         }
+
+
+class RecentVoices:
+    """The voices a family's replicas most likely hold: the last ``capacity`` distinct voices sent
+    to them (their caps times their replicas). A voice not among them is expected cold: its first
+    audio waits for its load, which admission allows for rather than taking it for overload."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self._order: OrderedDict[str, None] = OrderedDict()
+
+    def touch(self, voice: str) -> bool:
+        """Record a request for ``voice``; whether it was expected warm."""
+        warm = voice in self._order
+        self._order[voice] = None
+        self._order.move_to_end(voice)
+        while len(self._order) > self.capacity:
+            self._order.popitem(last=False)
+        return warm

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from ray.serve import Application
 
 import addons
-from addons.manifest import AddonManifest, LexiconEntry, StageDeployment
+from addons.families import Family, Refusal, scan_folder, stage_bytes, voices_per_replica
+from addons.manifest import AddonError, AddonManifest, LexiconEntry, StageDeployment
 from addons.pls import LexiconFileError, load_lexicon
 from serve_app import placement
 from serve_app.aliases import Aliases, OpenAINames
@@ -36,11 +37,12 @@ from serve_app.deployments import (
     EncodersDeployment,
     VocoderDeployment,
 )
+from serve_app.families import FamilyDecoder, FamilyEncoders, FamilyVocoder
 from serve_app.http import API_KEYS_ENV, HttpPolicy, key_digests
 from serve_app.ingress import Ingress, ModelInfo
 from serve_app.options import DeploymentOptions, merge_deployment_options
 
-__all__ = ["AppArgs", "Resolved", "build_app", "resolve"]
+__all__ = ["AppArgs", "FamilyArgs", "FamilyPlan", "Resolved", "build_app", "resolve"]
 
 logger = logging.getLogger("chorus.placement")
 Stage = Literal["encoders", "decoder", "vocoder"]
@@ -50,6 +52,7 @@ _ENCODERS: Any = EncodersDeployment
 _DECODER: Any = DecoderDeployment
 _VOCODER: Any = VocoderDeployment
 _INGRESS: Any = Ingress
+_FAMILY: dict[str, Any] = {"encoders": FamilyEncoders, "decoder": FamilyDecoder, "vocoder": FamilyVocoder}
 
 UNIVERSAL_VOCODER = "universal-vocoder"
 INGRESS = "ingress"
@@ -57,6 +60,39 @@ DECODER_REPLICAS = 2  # by default, where the cluster has room: a lost replica n
 # Ingress slots beyond the admission limit, so that refusals (and /health, /v1/models) reach the
 # replica and get its JSON 503 instead of queueing in Ray's proxy.
 INGRESS_HEADROOM = 32
+# A family voice's load time as admission allows for it: this, plus its network bytes at this rate
+# (joe's 63 MB loaded in 0.9 s on this 2-core machine; the allowance is twice that, for a busy replica).
+COLD_START_S = 0.5
+LOAD_BYTES_PER_S = 50e6
+
+
+class FamilyArgs(BaseModel):
+    """A folder of voices served as one family (``AppArgs.families``; ``chorus serve --voices-dir``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    voices_dir: str = Field(
+        description=(
+            "Folder of voices: addon directories and Piper X.onnx + X.onnx.json pairs (imported on the way in, "
+            "into $CHORUS_IMPORT_CACHE or ~/.cache/chorus/imported). Voices of one shape form one family."
+        )
+    )
+    name: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9][a-z0-9_.-]{0,47}$",
+        description="The family's name, its deployments' prefix (default: the folder's name).",
+    )
+    voices_per_replica: int | None = Field(
+        None, ge=1, description="Voices each replica holds at most, every stage; default: from replica_memory_mb."
+    )
+    replica_memory_mb: int = Field(
+        1024,
+        ge=16,
+        description=(
+            "Memory a replica may give its voices, MB: each stage's cap is this over what one voice of the family "
+            "needs there (its network files times addons.families.RESIDENT_FACTOR, plus a little), at most the family."
+        ),
+    )
 
 
 class AppArgs(BaseModel):
@@ -65,7 +101,11 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     addons: list[str] = Field(
-        default_factory=list, description="Addon names or directories; empty = every installed addon."
+        default_factory=list,
+        description="Addon names or directories; empty = every installed addon (unless families only, below).",
+    )
+    families_only: bool = Field(
+        False, description="Serve the families alone: no installed addon unless named in addons."
     )
     context: Literal["dynamic", "static"] = Field("dynamic", description="Default execution context.")
     device: str = Field("auto", description='Torch device in replicas: "auto" (CUDA if visible), "cpu", "cuda".')
@@ -146,6 +186,13 @@ class AppArgs(BaseModel):
         ),
     )
 
+    families: list[FamilyArgs] = Field(
+        default_factory=list,
+        description=(
+            "Folders of voices each served as a family: one set of deployments (<family>-encoders, -decoder, "
+            "-vocoder) whose replicas load the voices requests name and evict the least recently used."
+        ),
+    )
     lexicons: dict[str, list[str]] = Field(
         default_factory=dict,
         description=(
@@ -271,30 +318,111 @@ def _fused_models(fused: bool | list[str], names: set[str]) -> set[str]:
 
 
 @dataclass(frozen=True)
+class FamilyPlan:
+    """One voice family as served: its members, each stage's cap (voices per replica) and the voices
+    of its folder that were refused (name and reason)."""
+
+    family: Family
+    manifests: dict[str, AddonManifest]
+    caps: dict[str, int]
+    refused: tuple[Refusal, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.family.name
+
+    @property
+    def own_vocoder(self) -> bool:
+        return next(iter(self.manifests.values())).uses_own_vocoder
+
+    def deployment(self, stage: str) -> str:
+        return f"{self.name}-{stage}"
+
+
+@dataclass(frozen=True)
 class Resolved:
-    """What :func:`build_app` decides before binding anything: the addons served, which models' decoders
-    vocode, the addons sharing the universal vocoder, and every deployment's merged options."""
+    """What :func:`build_app` decides before binding anything: the addons served, the voice families,
+    which models' decoders vocode, the addons sharing the universal vocoder, and every deployment's
+    merged options."""
 
     found: list[tuple[Path, AddonManifest]]
     fused: set[str]
     shared: dict[str, str]
     options: dict[str, dict[str, Any]]
+    families: list[FamilyPlan] = field(default_factory=list)
+
+
+def _plan_families(args: AppArgs, taken: set[str]) -> list[FamilyPlan]:
+    """Scan each folder of ``args.families``; a voice whose name is ``taken`` (by an addon served alone)
+    or is another family's is refused by name, as is one that fails its checks."""
+    taken = set(taken)
+    plans: list[FamilyPlan] = []
+    for fargs in args.families:
+        folder = Path(fargs.voices_dir).expanduser()
+        try:
+            scan = scan_folder(folder, family=fargs.name)
+        except AddonError as exc:
+            raise ValueError(f"families: {exc}") from None
+        refused, start = list(scan.refused), len(plans)
+        for family in scan.families:
+            if family.name in taken or any(p.name == family.name for p in plans):
+                raise ValueError(f"families: the family name {family.name!r} is taken; name it (families[].name)")
+            members: dict[str, Path] = {}
+            for voice, directory in family.members.items():
+                if voice in taken:
+                    refused.append(Refusal(voice, "its model name is served already (an addon or another family)"))
+                else:
+                    members[voice] = directory
+            if not members:
+                continue
+            taken.update(members)
+            manifests = {voice: addons.read_manifest(directory) for voice, directory in members.items()}
+            sizes = [stage_bytes(manifests[v], d) for v, d in members.items()]
+            budget = fargs.replica_memory_mb << 20
+            caps = {
+                stage: fargs.voices_per_replica
+                or voices_per_replica(max(s[stage] for s in sizes), budget, len(members))
+                for stage in ("encoders", "decoder", "vocoder")
+            }
+            plans.append(FamilyPlan(replace(family, members=members), manifests, caps))
+        for refusal in refused:
+            logger.warning("families: voice %s not served: %s", refusal.name, refusal.reason)
+        if len(plans) == start:
+            detail = "; ".join(f"{r.name}: {r.reason}" for r in refused) or "it holds none"
+            raise ValueError(f"families: {folder}: no voice can be served ({detail})")
+        plans[start] = replace(plans[start], refused=tuple(refused))
+    return plans
 
 
 def resolve(args: AppArgs | dict[str, Any] | None = None) -> Resolved:
     """Validate ``args`` against the installed addons and merge every deployment's options."""
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
-    found = _resolve_addons(args.addons)
+    if args.families_only and not args.families:
+        raise ValueError("families_only without families: nothing to serve")
+    found = _resolve_addons(args.addons) if args.addons or not args.families_only else []
+    if args.addons:  # named addons come first: a family voice of the same name is refused
+        families = _plan_families(args, {m.name for _, m in found})
+    else:  # every installed addon, less those served as family voices (a voices folder on the addon path)
+        families = _plan_families(args, set())
+        members = {v for plan in families for v in plan.family.members}
+        found = [(d, m) for d, m in found if m.name not in members]
     names = {m.name for _, m in found}
+    voices = {v: plan for plan in families for v in plan.family.members}
     known = {INGRESS, UNIVERSAL_VOCODER} | {f"{n}-{s}" for n in names for s in ("encoders", "decoder", "vocoder")}
+    known |= {plan.deployment(s) for plan in families for s in ("encoders", "decoder", "vocoder")}
     unknown = sorted(set(args.deployments) - known)
     if unknown:
         raise ValueError(f"deployments has unknown names {unknown} (known: {', '.join(sorted(known))})")
-    strangers = sorted(set(args.lexicons) - names - {"*"})
+    strangers = sorted(set(args.lexicons) - names - set(voices) - {"*"})
     if strangers:
-        raise ValueError(f"lexicons names unknown models {strangers} (served: {', '.join(sorted(names))}, or '*')")
-    fused = _fused_models(args.fused_vocoder, names)
+        raise ValueError(
+            f"lexicons names unknown models {strangers} (served: {', '.join(sorted(names | set(voices)))}, or '*')"
+        )
+    fused = _fused_models(args.fused_vocoder, names | {plan.name for plan in families})
     shared = {m.name: str(d) for d, m in found if not m.uses_own_vocoder and m.name not in fused}
+    for plan in families:
+        if not plan.own_vocoder and plan.name not in fused:
+            shared.update({v: str(d) for v, d in plan.family.members.items()})
     gone = sorted(
         n for n in args.deployments if n in {f"{m}-vocoder" for m in fused} or (n == UNIVERSAL_VOCODER and not shared)
     )
@@ -314,8 +442,20 @@ def resolve(args: AppArgs | dict[str, Any] | None = None) -> Resolved:
         options[f"{m.name}-decoder"] = _options(args, f"{m.name}-decoder", "decoder", hints.decoder, offer)
         if m.uses_own_vocoder and m.name not in fused:
             options[f"{m.name}-vocoder"] = _options(args, f"{m.name}-vocoder", "vocoder", hints.vocoder, offer)
-    _add_decoder_replicas(options, [f"{m.name}-decoder" for _, m in found])
-    return Resolved(found, fused, shared, options)
+    for plan in families:
+        hints = next(iter(plan.manifests.values())).deployment
+        kinds: tuple[tuple[Stage, StageDeployment], ...] = (
+            ("encoders", hints.encoders),
+            ("decoder", hints.decoder),
+            ("vocoder", hints.vocoder),
+        )
+        for stage, hint in kinds:
+            if stage == "vocoder" and (not plan.own_vocoder or plan.name in fused):
+                continue
+            options[plan.deployment(stage)] = _options(args, plan.deployment(stage), stage, hint, offer)
+    decoders = [f"{m.name}-decoder" for _, m in found] + [plan.deployment("decoder") for plan in families]
+    _add_decoder_replicas(options, decoders)
+    return Resolved(found, fused, shared, options, families)
 
 
 def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
@@ -356,10 +496,55 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
         handles[m.name] = (enc.bind(str(directory), context, args.device, args.stage_nice), decoder, vocoder)
         info = ModelInfo.of(m, _server_lexicon(args.lexicons, m.name))
         models[m.name] = replace(info, fused_vocoder=m.name in fused)
+    for plan in resolved.families:
+        _bind_family(args, plan, options, plan.name in fused, universal, models, handles)
     default_model = addons.loader.DEFAULT_ADDON if addons.loader.DEFAULT_ADDON in models else next(iter(models))
     aliases = Aliases.build(args.openai, models, default_model)
     ingress = _INGRESS.options(name=INGRESS, **options[INGRESS])
     return ingress.bind(models, handles, _http_policy(args), aliases)
+
+
+def _bind_family(
+    args: AppArgs,
+    plan: FamilyPlan,
+    options: dict[str, dict[str, Any]],
+    fused: bool,
+    universal: Any,
+    models: dict[str, ModelInfo],
+    handles: dict[str, tuple[Any, Any, Any]],
+) -> None:
+    """One family's deployments, shared by all its voices (the ingress names the voice per request)."""
+    members = {v: str(d) for v, d in plan.family.members.items()}
+    hints = next(iter(plan.manifests.values())).deployment
+    caps, name = plan.caps, plan.deployment
+    enc = _FAMILY["encoders"].options(name=name("encoders"), **options[name("encoders")])
+    encoders = enc.bind(members, caps["encoders"], hints.encoders.context or args.context, args.device, args.stage_nice)
+    dec = _FAMILY["decoder"].options(name=name("decoder"), **options[name("decoder")])
+    decoder_cap = min(caps["decoder"], caps["vocoder"]) if fused else caps["decoder"]
+    decoder = dec.bind(
+        members,
+        decoder_cap,
+        hints.decoder.context or args.context,
+        args.device,
+        args.batching,
+        args.stage_nice,
+        fused,
+    )
+    if fused:
+        vocoder = decoder
+    elif plan.own_vocoder:
+        voc = _FAMILY["vocoder"].options(name=name("vocoder"), **options[name("vocoder")])
+        vocoder = voc.bind(members, caps["vocoder"], args.device, args.batching, args.stage_nice)
+    else:
+        vocoder = universal
+    capacity = caps["encoders"] * placement.replicas(options[name("encoders")])
+    for voice, manifest in plan.manifests.items():
+        handles[voice] = (encoders, decoder, vocoder)
+        info = ModelInfo.of(manifest, _server_lexicon(args.lexicons, voice))
+        cold = COLD_START_S + sum(stage_bytes(manifest, plan.family.members[voice]).values()) / LOAD_BYTES_PER_S
+        models[voice] = replace(
+            info, fused_vocoder=fused, family=plan.name, family_capacity=capacity, cold_start_s=cold
+        )
 
 
 def _server_lexicon(lexicons: dict[str, list[str]], model: str) -> list[LexiconEntry]:

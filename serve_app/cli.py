@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,6 +91,24 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--config", type=Path, help="a Serve config file (its applications' args are used)")
     what.add_argument(
         "--addon", action="append", metavar="NAME", help="serve only this addon (name or directory; repeatable)"
+    )
+    serve.add_argument(
+        "--voices-dir",
+        action="append",
+        type=Path,
+        metavar="DIR",
+        help="also serve the voices in DIR (addons, or Piper .onnx + .onnx.json pairs) as one family: shared "
+        "replicas loading voices on first use (repeatable; docs/deploy.md)",
+    )
+    serve.add_argument(
+        "--voices-per-replica", type=int, default=None, metavar="N", help="with --voices-dir: voices a replica holds"
+    )
+    serve.add_argument(
+        "--replica-memory",
+        type=int,
+        default=None,
+        metavar="MB",
+        help="with --voices-dir: memory a replica may give its voices; the cap per replica follows (default 1024)",
     )
     serve.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
@@ -439,9 +458,30 @@ def _serve(args: argparse.Namespace) -> int:
         config = read_config(args.config)
         if args.addon:
             config.applications[0].args["addons"] = args.addon
+        if args.voices_dir:
+            config.applications[0].args.setdefault("families", []).extend(_families(args))
+        elif args.voices_per_replica is not None or args.replica_memory is not None:
+            raise CliError("--voices-per-replica and --replica-memory go with --voices-dir")
         return run_server(config, args.host, args.port, args.num_cpus, args.metrics_port)
     except ValueError as exc:  # addon, args or config errors, found before Ray starts
         raise CliError(str(exc)) from None
+
+
+def _families(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``AppArgs.families`` entries for ``chorus serve --voices-dir``."""
+    for folder in args.voices_dir:
+        if not folder.is_dir():
+            raise CliError(f"--voices-dir {folder}: no such folder")
+    if args.voices_per_replica is not None and args.voices_per_replica < 1:
+        raise CliError("--voices-per-replica must be at least 1")
+    if args.replica_memory is not None and args.replica_memory < 16:
+        raise CliError("--replica-memory must be at least 16 (MB)")
+    extra: dict[str, Any] = {}
+    if args.voices_per_replica is not None:
+        extra["voices_per_replica"] = args.voices_per_replica
+    if args.replica_memory is not None:
+        extra["replica_memory_mb"] = args.replica_memory
+    return [{"voices_dir": str(folder), **extra} for folder in args.voices_dir]
 
 
 def _deploy_plan(args: argparse.Namespace) -> int:

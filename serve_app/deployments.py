@@ -26,15 +26,16 @@ from ray import serve
 import addons
 from addons.frontend import LexiconError
 from addons.marks import sentence_arrays
-from addons.stages import AudioStage, with_pauses
+from addons.stages import AudioStage, DecoderStage, EncoderStage, with_pauses
 from blocks import Request
 from blocks.batching import DEADLINE
 from serve_app import placement
 from serve_app.autoscaling import BusyMeter
 
 T = TypeVar("T")
+_Sentence = tuple[EncoderStage, np.ndarray, dict[str, Any]]  # the stage, a part's ids, the options it reads
 
-__all__ = ["DecoderDeployment", "EncodersDeployment", "VocoderDeployment"]
+__all__ = ["DecoderDeployment", "Decoding", "EncodersDeployment", "Encoding", "VocoderDeployment", "Vocoding"]
 
 # Each mel chunk costs a handle round trip to the vocoder. The first chunk is small, for a quick
 # first audio; later ones grow (x2 each) up to MAX_MEL_CHUNK: a stream of n frames makes about
@@ -116,7 +117,7 @@ class _Replica:
         return os.nice(0)
 
 
-class _Vocoding(_Replica):
+class Vocoding(_Replica):
     """The vocoder's calls (``start``, ``process``, ``finish``) over ``self.stages``: the audio
     stage of each model served. Stateless between calls: the caller carries each stream's vocoder
     state from one call to the next, so any replica can take any chunk."""
@@ -132,7 +133,8 @@ class _Vocoding(_Replica):
             )
             self.stages[name].load()  # its weights, read before the first request
 
-    def _stage(self, model: str) -> AudioStage:
+    async def _audio_stage(self, model: str) -> AudioStage:
+        """``model``'s audio stage (a family replica loads it on first use)."""
         if model not in self.stages:
             raise KeyError(f"this vocoder does not serve {model!r}")
         return self.stages[model]
@@ -140,7 +142,7 @@ class _Vocoding(_Replica):
     async def start(self, model: str) -> dict[str, Any]:
         """A new stream: ``state``, as plain data (dicts of numpy arrays) the caller carries, and
         ``first_frames``, the mel the first :meth:`process` call needs to return audio."""
-        stage = self._stage(model)
+        stage = await self._audio_stage(model)
         return {"state": stage.pack(stage.start()), "first_frames": stage.first_frames}
 
     async def process(
@@ -152,18 +154,17 @@ class _Vocoding(_Replica):
         deadline: float | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """The audio of ``mel`` that is now final, and the new state; ``deadline`` ranks the work."""
-        stage = self._stage(model)
+        stage = await self._audio_stage(model)
         live = stage.unpack(state)
         audio = await self._in_thread(stage.process, live, mel, Request(options=options), deadline=deadline)
         return audio, stage.pack(live)
 
     async def finish(self, model: str, state: dict[str, Any], options: dict[str, Any]) -> np.ndarray:
-        stage = self._stage(model)
+        stage = await self._audio_stage(model)
         return await self._in_thread(stage.finish, stage.unpack(state), Request(options=options))
 
 
-@serve.deployment(**DEFAULTS["encoders"])
-class EncodersDeployment(_Replica):
+class Encoding(_Replica):
     """The SequenceBlock side of one addon: a sentence's text -> its phoneme ids -> features.
 
     Concurrent requests are batched into one padded pass (``@serve.batch``).
@@ -174,19 +175,24 @@ class EncodersDeployment(_Replica):
         self.stage = addons.load(Path(addon_dir), context=context, device=device, stages=["encoders"]).encoders
         self.stage.load()  # its own weights (and only those), read before the first request
 
+    async def _encoders(self) -> EncoderStage:
+        """The stage this request is for (a family replica loads its voice on first use)."""
+        return self.stage
+
     async def encode(self, sentence: str, options: dict[str, Any] | None = None) -> list[dict[str, np.ndarray]]:
         """Features for each speakable part of ``sentence`` ([] if nothing in it is speakable), with
         the part's text description (keys ``text.*``, for speech marks; not for the decoder)."""
         try:
+            stage = await self._encoders()
             lexicon, normalize = (options or {}).get("lexicon", ()), bool((options or {}).get("normalize", True))
-            parts = await asyncio.to_thread(lambda: list(self.stage.sentences(sentence, lexicon, normalize)))
+            parts = await asyncio.to_thread(lambda: list(stage.sentences(sentence, lexicon, normalize)))
         except LexiconError:
             raise  # the request's own mistake: the ingress answers 400
         except addons.TextError:
             return []
-        said = {k: (options or {}).get(k) for k in self.stage.option_keys}
+        said = {k: (options or {}).get(k) for k in stage.option_keys}
         results: list[dict[str, np.ndarray]] = await asyncio.gather(
-            *(self._encode_batched((p.ids, said)) for p in parts)
+            *(self._encode_batched((stage, p.ids, said)) for p in parts)
         )
         # Beside each part's features, what speech marks need of its text (see addons.marks).
         return [
@@ -195,25 +201,25 @@ class EncodersDeployment(_Replica):
         ]
 
     @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=0.003)
-    async def _encode_batched(self, batch: list[tuple[np.ndarray, dict[str, Any]]]) -> list[dict[str, np.ndarray]]:
+    async def _encode_batched(self, batch: list[_Sentence]) -> list[dict[str, np.ndarray]]:
         return await asyncio.to_thread(self._encode_groups, batch)
 
-    def _encode_groups(self, batch: list[tuple[np.ndarray, dict[str, Any]]]) -> list[dict[str, np.ndarray]]:
-        """One padded pass per set of the options the encoders read (none for most models: one pass)."""
-        groups: dict[str, list[int]] = {}
-        for i, (_, said) in enumerate(batch):
-            groups.setdefault(repr(sorted(said.items())), []).append(i)
+    def _encode_groups(self, batch: list[_Sentence]) -> list[dict[str, np.ndarray]]:
+        """One padded pass per voice and set of the options its encoders read (one pass for most batches)."""
+        groups: dict[tuple[int, str], list[int]] = {}
+        for i, (stage, _, said) in enumerate(batch):
+            groups.setdefault((id(stage), repr(sorted(said.items()))), []).append(i)
         out: list[dict[str, np.ndarray]] = [{} for _ in batch]
         for members in groups.values():
-            options = {k: v for k, v in batch[members[0]][1].items() if v is not None}
-            encoded = self.stage.encode_batch([batch[i][0] for i in members], Request(options=options))
+            stage, _, said = batch[members[0]]
+            options = {k: v for k, v in said.items() if v is not None}
+            encoded = stage.encode_batch([batch[i][1] for i in members], Request(options=options))
             for i, features in zip(members, encoded, strict=True):
                 out[i] = features
         return out
 
 
-@serve.deployment(**DEFAULTS["decoder"])
-class DecoderDeployment(_Vocoding):
+class Decoding(Vocoding):
     """The StreamableBlock side of one addon: features -> a stream of mel chunks [F, n_mels].
 
     With ``vocoder``, the replica also holds its model's vocoder (the vocoder's calls, and
@@ -243,6 +249,11 @@ class DecoderDeployment(_Vocoding):
     def _out(pending: list[np.ndarray], tokens: list[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray | None]:
         return np.concatenate(pending), np.concatenate(tokens) if tokens else None
 
+    async def _decoder(self) -> tuple[DecoderStage, float]:
+        """The decoder stage this request is for and its frame period, seconds (a family replica
+        loads its voice on first use)."""
+        return self.stage, self.frame_s
+
     def stats(self) -> dict[str, int]:
         """This replica's streams in progress and frames produced (cancelled streams stop working)."""
         return {"active": self.active, "frames": self.frames, "pid": os.getpid()}
@@ -265,7 +276,8 @@ class DecoderDeployment(_Vocoding):
         audio already produced, so streams ahead of playback yield to newer ones. ``aligned``: each
         chunk comes as ``{"mel": [F, n_mels], "tokens": [F] or None}``, the phoneme of each frame.
         """
-        async for mel, tokens in self._chunks(features, options, deadline, first_frames):
+        decoder, frame_s = await self._decoder()
+        async for mel, tokens in self._chunks(decoder, frame_s, features, options, deadline, first_frames):
             yield {"mel": mel, "tokens": tokens} if aligned else mel
 
     async def speak(
@@ -281,24 +293,30 @@ class DecoderDeployment(_Vocoding):
         (as :meth:`process` takes it): ``{"audio", "frames", "tokens"}`` per mel chunk as
         :meth:`decode` makes them (``tokens``: the phoneme of each frame, or None), and last
         ``{"state": ...}``, the vocoder's state after the sentence."""
-        stage = self._stage(model)
+        stage = await self._audio_stage(model)
+        decoder, frame_s = await self._decoder()
         live = stage.unpack(state)
         start = time.time() if deadline is None else deadline
         produced = 0
-        async for mel, tokens in self._chunks(features, options, deadline, first_frames):
-            when = start + produced * self.frame_s
+        async for mel, tokens in self._chunks(decoder, frame_s, features, options, deadline, first_frames):
+            when = start + produced * frame_s
             produced += len(mel)
             audio = await self._in_thread(stage.process, live, mel, Request(options=options), deadline=when)
             yield {"audio": audio, "frames": len(mel), "tokens": tokens}
         yield {"state": stage.pack(live)}
 
     async def _chunks(
-        self, features: dict[str, np.ndarray], options: dict[str, Any], deadline: float | None, first_frames: int
+        self,
+        decoder: DecoderStage,
+        frame_s: float,
+        features: dict[str, np.ndarray],
+        options: dict[str, Any],
+        deadline: float | None,
+        first_frames: int,
     ) -> AsyncIterator[tuple[np.ndarray, np.ndarray | None]]:
         """One sentence's mel in chunks growing from the first (see :meth:`decode`), each with
         its frames' phonemes (or None)."""
-        chunks = self.stage.decode_aligned(features, Request(options=options))
-        frame_s = self.frame_s
+        chunks = decoder.decode_aligned(features, Request(options=options))
         start = time.time() if deadline is None else deadline
         pending: list[np.ndarray] = []
         held, produced, target = 0, 0, max(MIN_MEL_CHUNK, first_frames)
@@ -328,8 +346,18 @@ class DecoderDeployment(_Vocoding):
             self.active -= 1
 
 
+@serve.deployment(**DEFAULTS["encoders"])
+class EncodersDeployment(Encoding):
+    """One addon's encoders (see :class:`Encoding`)."""
+
+
+@serve.deployment(**DEFAULTS["decoder"])
+class DecoderDeployment(Decoding):
+    """One addon's decoder (see :class:`Decoding`)."""
+
+
 @serve.deployment(**DEFAULTS["vocoder"])
-class VocoderDeployment(_Vocoding):
+class VocoderDeployment(Vocoding):
     """Mel -> audio for the addons it serves (the shared universal vocoder, or one addon's own)."""
 
     def __init__(

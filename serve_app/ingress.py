@@ -26,12 +26,13 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.metrics import Counter, Gauge, Histogram
 
+from addons.families import VoiceUnavailable
 from addons.frontend import Frontend, LexiconError
 from addons.manifest import AddonManifest, LexiconEntry
 from addons.marks import MarkTracker, SpeechMark, provides_marks
 from addons.ssml import Pause, SSMLError, script_of
 from addons.voice import resolve_options
-from serve_app.admission import AdmissionConfig, AtCapacity, ModelAdmission
+from serve_app.admission import AdmissionConfig, AtCapacity, ModelAdmission, RecentVoices
 from serve_app.aliases import Aliases, OpenAINames
 from serve_app.audio_format import (
     RESAMPLED_FORMATS,
@@ -71,6 +72,7 @@ PAGE_PATHS = ("/", *(f"/static/{name}" for name in PAGE_FILES))
 logger = logging.getLogger("ray.serve")
 OVERLOAD = (BackPressureError, DeploymentUnavailableError, *LOST_REPLICA)  # lost: after MAX_RESUMES tries
 OUTCOME_TAGS: Any = ("model", "outcome")  # Ray's stub types tag_keys as a 1-tuple
+FAMILY_TAGS: Any = ("family", "start")
 OPENAI_PCM_RATE = 24_000  # OpenAI's pcm: code written for it plays pcm at this rate
 SAMPLE_RATE_HEADER = "X-Sample-Rate"
 READY_PROBE_S = 5.0  # GET /ready: how long a stage may take to answer
@@ -88,6 +90,30 @@ class ModelInfo:
     lexicon: tuple[LexiconEntry, ...] = ()
     #: its decoder replicas also vocode (``AppArgs.fused_vocoder``): one streamed call per sentence
     fused_vocoder: bool = False
+    #: the voice family whose shared replicas serve it (``AppArgs.families``), or None: its own deployments
+    family: str | None = None
+    #: voices the family's replicas hold at once (caps times replicas), and a cold voice's load time, s
+    family_capacity: int = 1
+    cold_start_s: float = 0.0
+
+    @property
+    def unit(self) -> str:
+        """What admission and readiness count by: the family (its replicas are shared), else the model."""
+        return self.family or self.manifest.name
+
+    def stage_handles(self, handles: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
+        """The model's stage handles; a family voice's name each request to the family's replicas
+        (``multiplexed_model_id``), so Serve routes it to a replica that holds that voice."""
+        if self.family is None:
+            return handles
+        encoders, decoder, vocoder = handles
+        name = self.manifest.name
+        own = self.fused_vocoder or self.manifest.uses_own_vocoder
+        return (
+            encoders.options(multiplexed_model_id=name),
+            decoder.options(multiplexed_model_id=name),
+            vocoder.options(multiplexed_model_id=name) if own else vocoder,
+        )
 
     @classmethod
     def of(cls, manifest: AddonManifest, lexicon: Sequence[LexiconEntry] = ()) -> "ModelInfo":
@@ -113,6 +139,7 @@ class ModelInfo:
             "sample_rate": m.mel.sample_rate,
             "voices": sorted(m.voices),
             "speech_marks": self.speech_marks,
+            "family": self.family,
         }
 
 
@@ -279,7 +306,7 @@ class Ingress:
         aliases: Aliases | None = None,
     ) -> None:
         self.models = models
-        self.handles = handles
+        self.handles = {name: models[name].stage_handles(stages) for name, stages in handles.items()}
         self.http_policy = http_policy or HttpPolicy()
         self._ready: set[str] = set()  # models every stage of which has answered (see _ready_models)
         self.aliases = aliases or Aliases.build(OpenAINames(), models, next(iter(models)))
@@ -300,7 +327,15 @@ class Ingress:
             "chorus_speech_requests", description="Speech requests by outcome.", tag_keys=OUTCOME_TAGS
         )
         limits = AdmissionConfig(ceiling=self.http_policy.max_concurrent_streams, enabled=self.http_policy.admission)
-        self.admission = {name: ModelAdmission(limits) for name in models}
+        # a family's voices share its replicas, so they share its admission
+        self.admission = {info.unit: ModelAdmission(limits) for info in models.values()}
+        self.recent = {info.family: RecentVoices(info.family_capacity) for info in models.values() if info.family}
+        self.family_ttfa = Histogram(
+            "chorus_family_first_audio_seconds",
+            description="Seconds from request to the first audio of a family's voice, by expected start (cold, warm).",
+            boundaries=[0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 2, 3, 5, 10],
+            tag_keys=FAMILY_TAGS,
+        )
         self.load = {
             key: Gauge(f"chorus_{key}", description=text, tag_keys=tags)
             for key, text in (
@@ -348,10 +383,9 @@ class Ingress:
     @app.get("/ready")
     async def ready(self) -> Response:
         """200 when every stage of every model answers now; else 503 naming the models still starting."""
-        names = list(self.models)
-        answers = await asyncio.gather(*(self._answering(name, READY_PROBE_S) for name in names))
-        self._ready.update(name for name, ok in zip(names, answers, strict=True) if ok)
-        waiting = [name for name, ok in zip(names, answers, strict=True) if not ok]
+        answering = await self._probe(list(self.models), READY_PROBE_S)
+        self._ready.update(answering)
+        waiting = [name for name in self.models if name not in answering]
         if waiting:
             message = f"not ready: model {', '.join(waiting)} is not answering yet (its stages are starting)"
             headers = {"Retry-After": RETRY_AFTER_S}
@@ -371,10 +405,18 @@ class Ingress:
     async def _ready_models(self, timeout: float) -> list[str]:
         """The models that can speak, in order; once a model has answered it stays listed (a lost
         replica is replaced while its streams resume elsewhere, see serve_app.streams)."""
-        waiting = [name for name in self.models if name not in self._ready]
-        answers = await asyncio.gather(*(self._answering(name, timeout) for name in waiting))
-        self._ready.update(name for name, ok in zip(waiting, answers, strict=True) if ok)
+        self._ready.update(await self._probe([name for name in self.models if name not in self._ready], timeout))
         return [name for name in self.models if name in self._ready]
+
+    async def _probe(self, names: list[str], timeout: float) -> set[str]:
+        """Those of ``names`` whose stages answer; a family's voices share its replicas, so one
+        probe answers for all of them."""
+        units: dict[str, str] = {}
+        for name in names:
+            units.setdefault(self.models[name].unit, name)
+        answers = await asyncio.gather(*(self._answering(name, timeout) for name in units.values()))
+        up = {unit for unit, ok in zip(units, answers, strict=True) if ok}
+        return {name for name in names if self.models[name].unit in up}
 
     @app.get("/metrics")
     async def metrics(self) -> Response:
@@ -552,7 +594,9 @@ class Ingress:
         resumed = lambda stage: self.outcomes.inc(tags={"model": model, "outcome": f"resumed_{stage}"})  # noqa: E731
         rate = self.models[model].manifest.mel.sample_rate
         try:
-            ticket = self.admission[model].admit(rate)
+            info = self.models[model]
+            warm = info.family is None or self.recent[info.family].touch(model)
+            ticket = self.admission[info.unit].admit(rate, 0.0 if warm else info.cold_start_s)
         except AtCapacity as exc:
             raise SpeechError(
                 503, f"model '{model}' is at capacity: {exc}; retry shortly", code="at_capacity"
@@ -561,6 +605,10 @@ class Ingress:
             hop = self.models[model].manifest.mel.hop_length
             stream = synthesize(handles, model, sentences, options, rate, resumed, marks, on_marks, hop)
             async for audio in stream:
+                if info.family and ticket.first_audio is None:
+                    start = "warm" if warm else "cold"
+                    waited = time.monotonic() - ticket.admitted
+                    self.family_ttfa.observe(waited, tags={"family": info.family, "start": start})
                 ticket.heard(audio.size)
                 self._report_load(model)
                 yield audio
@@ -569,12 +617,16 @@ class Ingress:
         except LexiconError as exc:  # raised by an encoders replica: its message, not Ray's traceback
             cause = getattr(exc, "cause", None) or exc
             raise SpeechError(400, str(cause.args[0] if cause.args else cause), "lexicon", "invalid_lexicon") from None
+        except VoiceUnavailable as exc:  # a family voice whose files went bad: the others serve on
+            cause = getattr(exc, "cause", None) or exc
+            message = str(cause.args[0] if cause.args else cause)
+            raise SpeechError(503, message, "model", "voice_unavailable") from None
         finally:
             ticket.close()
             self._report_load(model)
 
     def _report_load(self, model: str) -> None:
-        for key, value in self.admission[model].figures().items():
+        for key, value in self.admission[self.models[model].unit].figures().items():
             if key in self.load:
                 self.load[key].set(value, tags={"model": model})
 

@@ -1,0 +1,165 @@
+"""A voice family's deployments: one pool of replicas for many voices of one shape.
+
+Each replica holds up to ``cap`` of the family's voices, loaded on first use and evicted least
+recently used (Ray Serve's model multiplexing: the ingress sets ``multiplexed_model_id`` to the
+voice's model name and Serve routes each request to a replica that already holds that voice
+where one does). The methods are those of a single addon's deployments (:mod:`serve_app.deployments`),
+so the ingress drives a family member exactly as it drives a single addon.
+
+A voice is loaded in a worker thread, so a replica keeps serving its other voices meanwhile. An
+evicted voice's networks stay alive until the streams still using it end; nothing is closed
+under a stream. A voice whose files fail to load is refused with :class:`VoiceUnavailable`
+naming it and the reason; the replica serves the others on, and a later request tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from ray import serve
+
+import addons
+from addons.families import VoiceUnavailable
+from addons.stages import AudioStage, DecoderStage, EncoderStage
+from serve_app.deployments import DEFAULT_BATCHING, DEFAULTS, Decoding, Encoding, Vocoding
+
+__all__ = ["FamilyDecoder", "FamilyEncoders", "FamilyVocoder", "VoicePool"]
+
+T = TypeVar("T")
+
+
+class _Held(Generic[T]):
+    """One loaded voice in a replica's pool; the multiplexer calls ``__del__`` when it evicts it."""
+
+    def __init__(self, pool: VoicePool[T], name: str, stage: T) -> None:
+        self.pool, self.name, self.stage = pool, name, stage
+
+    def __del__(self) -> None:  # eviction (and garbage collection): bookkeeping only, nothing closed
+        self.pool.held.discard(self.name)
+
+
+class VoicePool(Generic[T]):
+    """The family's voices this replica holds: at most ``cap``, loaded by ``load(name, directory)``."""
+
+    def __init__(self, members: dict[str, str], cap: int, load: Callable[[str, Path], T]) -> None:
+        self.members = members
+        self.held: set[str] = set()
+        self.loads = 0
+        self._load = load
+
+        async def voice(name: str) -> _Held[T]:
+            return await self._open(name)
+
+        self._voice: Callable[[str], Coroutine[Any, Any, _Held[T]]] = serve.multiplexed(max_num_models_per_replica=cap)(
+            voice
+        )
+
+    async def get(self, name: str) -> T:
+        """The voice ``name``, loading it (and evicting the least recently used) if not held."""
+        if name not in self.members:
+            raise KeyError(f"this family does not serve {name!r}")
+        return (await self._voice(name)).stage
+
+    async def _open(self, name: str) -> _Held[T]:
+        try:
+            stage = await asyncio.to_thread(self._load, name, Path(self.members[name]))
+        except addons.AddonError as exc:
+            raise VoiceUnavailable(f"voice {name!r} cannot be loaded: {exc}") from None
+        except OSError as exc:
+            raise VoiceUnavailable(f"voice {name!r} cannot be loaded: {exc}") from None
+        self.loads += 1
+        self.held.add(name)
+        return _Held(self, name, stage)
+
+
+class _FamilyReplica:
+    pool: VoicePool[Any]
+
+    def voices(self) -> dict[str, Any]:
+        """The voices this replica holds now and how many loads it has done (diagnostics, tests)."""
+        return {"held": sorted(self.pool.held), "loads": self.pool.loads}
+
+
+@serve.deployment(**DEFAULTS["encoders"])
+class FamilyEncoders(_FamilyReplica, Encoding):
+    """The encoders of a family's voices, ``cap`` per replica."""
+
+    def __init__(
+        self, members: dict[str, str], cap: int, context: str = "dynamic", device: str = "auto", nice: int = 0
+    ) -> None:
+        self._lower_priority(nice)
+
+        def load(name: str, directory: Path) -> EncoderStage:
+            stage = addons.load(directory, context=context, device=device, stages=["encoders"]).encoders
+            stage.load()
+            return stage
+
+        self.pool = VoicePool(members, cap, load)
+
+    async def _encoders(self) -> EncoderStage:
+        return await self.pool.get(serve.get_multiplexed_model_id())  # type: ignore[no-any-return]
+
+
+@serve.deployment(**DEFAULTS["decoder"])
+class FamilyDecoder(_FamilyReplica, Decoding):
+    """The decoders of a family's voices (and, with ``vocoder``, their waveform stages), ``cap`` per replica."""
+
+    def __init__(
+        self,
+        members: dict[str, str],
+        cap: int,
+        context: str = "dynamic",
+        device: str = "auto",
+        batching: int = DEFAULT_BATCHING,
+        nice: int = 0,
+        vocoder: bool = False,
+    ) -> None:
+        self._lower_priority(nice)
+        self.stages = {}
+        self.active = 0
+        self.frames = 0
+
+        def load(name: str, directory: Path) -> tuple[DecoderStage, float, AudioStage | None]:
+            parts = ["decoder", "audio"] if vocoder else ["decoder"]
+            voice = addons.load(directory, context=context, device=device, batching=batching, stages=parts)
+            voice.decoder.load()
+            if vocoder:
+                voice.audio.load()
+            return voice.decoder, voice.hop_length / voice.sample_rate, voice.audio if vocoder else None
+
+        self.pool = VoicePool(members, cap, load)
+
+    async def _decoder(self) -> tuple[DecoderStage, float]:
+        stage, frame_s, _ = await self.pool.get(serve.get_multiplexed_model_id())
+        return stage, frame_s
+
+    async def _audio_stage(self, model: str) -> AudioStage:
+        _, _, audio = await self.pool.get(model)
+        if audio is None:
+            raise KeyError(f"this decoder does not vocode {model!r}")
+        return audio  # type: ignore[no-any-return]
+
+
+@serve.deployment(**DEFAULTS["vocoder"])
+class FamilyVocoder(_FamilyReplica, Vocoding):
+    """The waveform stages of a family's voices (their own vocoders), ``cap`` per replica."""
+
+    def __init__(
+        self, members: dict[str, str], cap: int, device: str = "auto", batching: int = DEFAULT_BATCHING, nice: int = 0
+    ) -> None:
+        self._lower_priority(nice)
+        self.stages = {}
+
+        def load(name: str, directory: Path) -> AudioStage:
+            manifest = addons.read_manifest(directory)
+            stage = AudioStage.load_from(directory, manifest, addons.loader.resolve_device(device), batching)
+            stage.load()
+            return stage
+
+        self.pool = VoicePool(members, cap, load)
+
+    async def _audio_stage(self, model: str) -> AudioStage:
+        return await self.pool.get(model)  # type: ignore[no-any-return]
