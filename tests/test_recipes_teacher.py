@@ -13,7 +13,7 @@ import torch
 
 import addons
 from addons.manifest import PiperFrontendConfig, read_manifest
-from addons.recipes import corpus, fast, teacher
+from addons.recipes import corpus, evaluate, fast, teacher
 from addons.recipes.corpus import Corpus
 from blocks.audio import log_mel
 from serve_app import cli
@@ -167,3 +167,13 @@ def test_student_trains_exports_validates_and_reads_as_the_teacher(
     audio, mel = student.synthesize(text)
     assert mel.shape[0] > 0 and audio.shape == (mel.shape[0] * student.hop_length,)
     assert np.isfinite(audio).all()
+
+    # scored against the stored noise-free audio, reading the held-out texts as the corpus did
+    options = ["--corpus", str(teacher_corpus), "--out", str(tmp_path / "eval"), "--threads", "1", "--plots", "0"]
+    assert evaluate.main([*options, "--n", "2", "--addons", str(tmp_path / "voice")]) == 0
+    assert "reads" not in capsys.readouterr().err
+    rows = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["chorus-fast-tiny-piper"]
+    held = Corpus.load(teacher_corpus).held_out
+    assert [r["text"] for r in rows] == [u.text for u in held]
+    assert all(r["mcd_db"] > 0 and np.isfinite(r["duration_mae_frames"]) for r in rows)
+    assert "tiny-piper, noise off" in (tmp_path / "eval" / "evaluation.md").read_text()

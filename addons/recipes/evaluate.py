@@ -1,7 +1,10 @@
-"""Score exported voices against the espeak-ng teacher on held-out sentences.
+"""Score exported voices against the corpus's teacher (espeak-ng, or an addon) on held-out sentences.
 
     python -m addons.recipes.evaluate --corpus data/corpus \\
         --addons addons/bundled/chorus-fast addons/bundled/chorus-taco --n 20 --out docs/voices
+
+With a teacher corpus (``addons.recipes.corpus --teacher``) the teacher's audio is the one stored in
+the corpus (its noise-free output), and voices read the text as the corpus did (normalized).
 
 For each of the first ``--n`` held-out sentences (never trained on), each voice synthesizes the
 text end to end (front-end, networks, its vocoder) and is compared with the teacher:
@@ -41,6 +44,7 @@ import addons
 from addons.espeak import get_espeak
 from addons.netfile import load_program
 from addons.recipes.corpus import META_FILE, Corpus, Utterance
+from addons.recipes.teacher import stored_audio
 from blocks import AttentionDecoder, Block, BuildEnv, GriffinLim, MelSettings, Request, log_mel
 from blocks.network import NetworkRunner
 from blocks.upsampler import regulate_durations
@@ -144,12 +148,12 @@ class _Spoken:
     peaks: list[float] = field(default_factory=list)
 
 
-def _speak(voice: addons.Voice, tap: _AttentionTap | None, text: str) -> _Spoken:
+def _speak(voice: addons.Voice, tap: _AttentionTap | None, text: str, normalize: bool = False) -> _Spoken:
     """Synthesize ``text`` as ``Voice.synthesize`` does, keeping the request's report and attention peaks."""
     if tap is not None:
         tap.peaks = []
-    # The teacher reads the text as espeak-ng does: compare like with like (no normalization).
-    request = Request(options=voice.options(normalize=False)[1])
+    # Read the text as the teacher did: compare like with like (espeak-ng: no normalization).
+    request = Request(options=voice.options(normalize=normalize)[1])
     state, mels, audio = voice.audio_start(), [], []
     for chunk in voice.stream_mel(text, request):
         mels.append(chunk.frames)
@@ -216,9 +220,10 @@ def _score(
     args: argparse.Namespace,
     tap: _AttentionTap | None,
     networks: _DurationNetworks | None,
+    normalize: bool = False,
 ) -> tuple[dict[str, float], np.ndarray]:
-    """Per-sentence numbers for one voice, and its mel (for plots)."""
-    spoken = _speak(voice, tap, utt.text)
+    """Per-sentence numbers for one voice, and its mel (for plots); ``normalize`` as the corpus read the text."""
+    spoken = _speak(voice, tap, utt.text, normalize)
     settings = voice.manifest.mel
     row = {
         "mcd_db": mcd(spoken.audio, teacher, settings, args.cepstra),
@@ -247,13 +252,25 @@ def _evaluate_voice(
         networks = None
     rows, mels = [], []
     for utt, teacher in zip(utts, teachers, strict=True):
-        heard = [p for sentence in voice.sentences(utt.text, normalize=False) for p in sentence.phonemes]
-        if heard != [corpus.phonemes[i - 1] for i in utt.ids]:
+        if not _reads_as_corpus(voice, corpus, utt):
             print(f"evaluate: {voice.name}'s front-end reads {utt.text!r} differently from the corpus", file=sys.stderr)
-        row, mel = _score(voice, utt, teacher, args, tap, networks)
+        row, mel = _score(voice, utt, teacher, args, tap, networks, "teacher" in corpus.meta)
         rows.append(row)
         mels.append(mel)
     return voice.name, rows, mels
+
+
+def _reads_as_corpus(voice: addons.Voice, corpus: Corpus, utt: Utterance) -> bool:
+    """Whether ``voice``'s front end gives the corpus's ids for ``utt`` (else the scores compare other texts)."""
+    if "teacher" in corpus.meta:
+        return [i for s in voice.sentences(utt.text) for i in s.ids.tolist()] == utt.ids.tolist()
+    heard = [p for sentence in voice.sentences(utt.text, normalize=False) for p in sentence.phonemes]
+    return heard == [corpus.phonemes[i - 1] for i in utt.ids]
+
+
+def _teacher_name(corpus: Corpus) -> str:
+    teacher = corpus.meta.get("teacher")
+    return f"{teacher['name']}, noise off" if isinstance(teacher, dict) else "espeak-ng"
 
 
 def _teacher(utt: Utterance, settings: MelSettings) -> np.ndarray:
@@ -318,7 +335,7 @@ def _report(
 ) -> None:
     n = len(utts)
     text = [
-        "# Reference voices against the espeak-ng teacher",
+        f"# Voices against their teacher ({_teacher_name(corpus)})",
         "",
         f"{n} held-out sentences (never trained on) from {corpus.meta.get('source', 'the corpus')}; "
         f"made by `python -m addons.recipes.evaluate` in {seconds:.0f} s. "
@@ -341,7 +358,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
     start = time.perf_counter()
     corpus = Corpus.load(args.corpus)
     utts = corpus.held_out[args.offset : args.offset + args.n]
-    teachers = [_teacher(u, corpus.mel) for u in utts]
+    if "teacher" in corpus.meta:
+        teachers = stored_audio(args.corpus, [u.text for u in utts])
+    else:
+        teachers = [_teacher(u, corpus.mel) for u in utts]
     floor = "teacher mel + Griffin-Lim (vocoder floor)"
     results = {
         floor: [
@@ -349,7 +369,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
             for u, a in zip(utts, teachers, strict=True)
         ]
     }
-    mels: dict[str, list[np.ndarray]] = {"teacher (espeak-ng)": [u.mel for u in utts]}
+    mels: dict[str, list[np.ndarray]] = {f"teacher ({_teacher_name(corpus)})": [u.mel for u in utts]}
     for path in args.addons:
         name, rows, voice_mels = _evaluate_voice(path, corpus, utts, teachers, args)
         results[name], mels[name] = rows, voice_mels

@@ -61,6 +61,7 @@ __all__ = [
     "build_teacher_corpus",
     "noise_free",
     "read_shards",
+    "stored_audio",
 ]
 
 SHARDS = "shards"
@@ -185,6 +186,21 @@ def read_shards(out: Path, audio: bool = False) -> Iterator[dict[str, np.ndarray
             yield {k: z[k] for k in z.files if audio or k not in ("audio", "sample_offsets")}
 
 
+def stored_audio(out: Path, texts: Sequence[str]) -> list[np.ndarray]:
+    """The teacher's audio (float32) for each of ``texts``, as the shards of ``out`` hold it."""
+    found: dict[str, np.ndarray] = {}
+    wanted = set(texts)
+    for arrays in read_shards(out, audio=True):
+        offsets = arrays["sample_offsets"]
+        for i, text in enumerate(arrays["text"].tolist()):
+            if text in wanted:
+                found[text] = arrays["audio"][offsets[i] : offsets[i + 1]].astype(np.float32) / 32767
+    missing = [t for t in texts if t not in found]
+    if missing:
+        raise KeyError(f"{out} holds no audio for {missing[0]!r}")
+    return [found[t] for t in texts]
+
+
 def _write_shard(out: Path, spoken: list[tuple[int, bool, Spoken]], end: int) -> Path:
     """Append one shard: ``spoken`` as ``(position in the order, held out, utterance)``; ``end`` is
     the position of the first text not yet considered."""
@@ -269,6 +285,7 @@ def _meta(teacher: Teacher, order: Sequence[str], args: argparse.Namespace, sour
         "phonemes": list(manifest.frontend.phonemes),
         "mel": manifest.mel.model_dump(),
         "audio": f"int16, {manifest.mel.sample_rate} Hz",
+        "normalize": True,  # texts read as the addon serves them by default
         "wanted": {"held_out": args.held_out},
     }
 
