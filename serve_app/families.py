@@ -38,7 +38,8 @@ class _Held(Generic[T]):
         self.pool, self.name, self.stage = pool, name, stage
 
     def __del__(self) -> None:  # eviction (and garbage collection): bookkeeping only, nothing closed
-        self.pool.held.discard(self.name)
+        if self.pool.held.get(self.name) == id(self):  # not a later load of the same voice
+            del self.pool.held[self.name]
 
 
 class VoicePool(Generic[T]):
@@ -46,7 +47,7 @@ class VoicePool(Generic[T]):
 
     def __init__(self, members: dict[str, str], cap: int, load: Callable[[str, Path], T]) -> None:
         self.members = members
-        self.held: set[str] = set()
+        self.held: dict[str, int] = {}  # voice -> id of its entry in the multiplexer's cache
         self.loads = 0
         self._load = load
 
@@ -71,8 +72,9 @@ class VoicePool(Generic[T]):
         except OSError as exc:
             raise VoiceUnavailable(f"voice {name!r} cannot be loaded: {exc}") from None
         self.loads += 1
-        self.held.add(name)
-        return _Held(self, name, stage)
+        held = _Held(self, name, stage)
+        self.held[name] = id(held)
+        return held
 
 
 class _FamilyReplica:
