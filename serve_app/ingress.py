@@ -261,8 +261,8 @@ class _SocketBackend:
         body, _ = self.ingress._map_names(body)
         info = self.ingress.models.get(body.model)
         if info is None:
-            known = ", ".join(sorted(self.ingress.models))
-            raise ProtocolError(f"model '{message.model}' not found (available: {known})", "model_not_found", "model")
+            problem = self.ingress._unknown_model(message.model, body.voice_name)
+            raise ProtocolError(problem, "model_not_found", "model")
         try:
             resolved = info.resolve(
                 voice=body.voice_name, speed=body.speed, lexicon=body.lexicon, normalize=body.normalize, seed=body.seed
@@ -330,6 +330,10 @@ class Ingress:
         # a family's voices share its replicas, so they share its admission
         self.admission = {info.unit: ModelAdmission(limits) for info in models.values()}
         self.recent = {info.family: RecentVoices(info.family_capacity) for info in models.values() if info.family}
+        self.families: dict[str, list[str]] = {}  # family -> its voices (model names)
+        for name, info in models.items():
+            if info.family:
+                self.families.setdefault(info.family, []).append(name)
         self.family_ttfa = Histogram(
             "chorus_family_first_audio_seconds",
             description="Seconds from request to the first audio of a family's voice, by expected start (cold, warm).",
@@ -526,6 +530,8 @@ class Ingress:
         """OpenAI's model and voice names mapped to served ones (see :mod:`serve_app.aliases`), and
         the response headers that say what was used and whether ``instructions`` were followed."""
         model = self.aliases.model(body.model)
+        if body.voice_name in self.families.get(model, ()):  # a family named as the model, its voice as the voice
+            model, body = body.voice_name, body.model_copy(update={"voice": "default"})
         info = self.models.get(model)
         if info is None:
             return body, {}
@@ -536,13 +542,19 @@ class Ingress:
             headers["X-Chorus-Instructions"] = f"ignored; model {model} cannot follow instructions"
         return body.model_copy(update={"model": model, "voice": voice}), headers
 
+    def _unknown_model(self, model: str, voice: str) -> str:
+        """What to tell a client that named a model not served (a family needs one of its voices)."""
+        if model in self.families:
+            voices = ", ".join(sorted(self.families[model]))
+            return f"model '{model}' is a voice family with no voice '{voice}': name one of its voices ({voices})"
+        return f"model '{model}' not found (available: {', '.join(sorted(self.models))})"
+
     def _prepare(self, body: SpeechBody) -> tuple[ModelInfo, dict[str, Any], AudioEncoder, list[Say | Pause]]:
         """The model, resolved options, audio encoder and what to say (sentences and an SSML
         document's pauses) of a request; every mistake in it is a ``SpeechError``."""
         info = self.models.get(body.model)
         if info is None:
-            known = ", ".join(sorted(self.models))
-            raise SpeechError(404, f"model '{body.model}' not found (available: {known})", "model", "model_not_found")
+            raise SpeechError(404, self._unknown_model(body.model, body.voice_name), "model", "model_not_found")
         try:
             resolved = info.resolve(
                 voice=body.voice_name, speed=body.speed, lexicon=body.lexicon, normalize=body.normalize, seed=body.seed

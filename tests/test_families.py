@@ -218,6 +218,20 @@ def test_every_voice_of_the_family_answers_as_in_process(family_server: str, voi
     assert held["loads"] >= 5
 
 
+def test_the_family_as_model_and_a_voice_of_it_as_voice(family_server: str, voices: Path) -> None:
+    """OpenAI clients pick voices by ``voice``: the family's name as the model, a voice of it as the voice."""
+    body = {"model": "tinies", "voice": "tiny-b", "input": TEXT, "response_format": "pcm", "sample_rate": "native"}
+    got = httpx.post(f"{family_server}/v1/audio/speech", json=body, timeout=120)
+    assert got.status_code == 200, got.text
+    assert got.headers["X-Chorus-Model"] == "tiny-b" and got.headers["X-Chorus-Voice"] == "default"
+    assert got.content == _in_process(voices / "tiny-a")
+    wrong = httpx.post(f"{family_server}/v1/audio/speech", json={**body, "voice": "alloy"}, timeout=30)
+    assert wrong.status_code == 404
+    error = wrong.json()["error"]
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert "voice family" in error["message"] and "tiny-b" in error["message"]
+
+
 def test_concurrent_voices_on_few_replicas_all_complete(family_server: str, voices: Path) -> None:
     want = _in_process(voices / "tiny-a")
     results: dict[str, Any] = {}
