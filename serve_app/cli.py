@@ -175,6 +175,25 @@ def _parser() -> argparse.ArgumentParser:
     bpeer.add_argument("--json", action="store_true")
     bpeer.set_defaults(func=_bench_peer)
 
+    bfamily = bench_sub.add_parser(
+        "family", help="copies of one voice as one family (1, 10, 50 voices) beside the voice alone: memory, cold/warm"
+    )
+    bfamily.add_argument("--addon", default=None, help="the voice to copy: name or directory (default: joe)")
+    bfamily.add_argument("--voices", type=int, nargs="+", default=[1, 10, 50], help="family sizes")
+    bfamily.add_argument("--cap", type=int, default=4, help="voices per replica, every stage")
+    bfamily.add_argument("--requests", type=int, default=20, help="cold voices, warm samples, requests per pattern")
+    bfamily.add_argument("--concurrency", type=int, default=4, help="clients in the uniform and Zipf traffic")
+    bfamily.add_argument(
+        "--graphs",
+        type=int,
+        nargs="+",
+        default=[],
+        help="also N copies as N deployment graphs, where memory allows (1: the voice alone, always measured)",
+    )
+    bfamily.add_argument("--seed", type=int, default=0, help="the Zipf draw's seed")
+    bfamily.add_argument("--json", action="store_true")
+    bfamily.set_defaults(func=_bench_family)
+
     deploy = sub.add_parser("deploy", help="plan a cluster deployment")
     deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True)
     dplan = deploy_sub.add_parser(
@@ -553,6 +572,28 @@ def _bench_peer(args: argparse.Namespace) -> int:
     )
     print(format_peer(result.rows))
     print(format_ratios(result))
+    return 0
+
+
+def _bench_family(args: argparse.Namespace) -> int:
+    from serve_app.bench_family import SYSTEM_NOTES, format_family, format_systems, plan_family, run_family
+
+    try:
+        plan = plan_family(args.addon, args.voices, args.cap, args.requests, args.concurrency, args.graphs, args.seed)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps(run_family(plan).as_dict(), indent=2))
+        return 0
+    print(f"# {plan.addon}: voices {list(plan.voices)}, cap {plan.cap}, {plan.requests} requests, C {plan.concurrency}")
+    for system, note in SYSTEM_NOTES.items():
+        print(f"# {system}: {note}")
+    result = run_family(
+        plan,
+        on_row=lambda row: print(format_systems([row]).splitlines()[1], flush=True),
+        on_note=lambda text: print(f"# {text}", flush=True),
+    )
+    print(format_family(result))
     return 0
 
 
