@@ -50,7 +50,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from serve_app.bench import _listen, _Listener, _quantile
+from serve_app.bench import _Listener, _quantile
 from serve_app.bench_peer import (
     CHORUS_READY_TIMEOUT_S,
     LOOPBACK,
@@ -103,6 +103,7 @@ class FamilyBenchPlan:
     requests: int  # cold voices sampled; warm samples; requests per traffic pattern (at least V uniform)
     concurrency: int
     seed: int = 0
+    admission: bool = True  # chorus serve's admission control (off: every stream is served)
     baseline: bool = True  # serve the voice alone first
     text: str = TEXT
 
@@ -162,7 +163,8 @@ class SystemRow:
     warm: Latency  # the same voice asked again right after
     traffic: list[TrafficRow]
     voices_answered: int  # distinct voices with at least one answered request
-    errors: list[str] = field(default_factory=list)  # unexpected answers, first few
+    swept: int  # voices no earlier request had answered, asked once more one at a time at the end
+    errors: list[str] = field(default_factory=list)  # refusals and failures: kind, count, first message
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -171,9 +173,14 @@ class SystemRow:
 @dataclass
 class FamilyBenchResult:
     plan: FamilyBenchPlan
-    load_s: float  # in-process load of one voice's three stages, best of 3 (what a cold start loads)
+    load_stages_s: dict[str, float]  # in-process load of one voice per stage, best of 3 (voice_load_s)
     rows: list[SystemRow] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # systems not run, and why
+
+    @property
+    def load_s(self) -> float:
+        """A cold voice's load time: its three stages loaded one after another (an upper bound)."""
+        return sum(self.load_stages_s.values())
 
     def checks(self) -> list[dict[str, object]]:
         """The issue's targets per family row: warm p50 within 1.2x of the single voice's; cold p50
@@ -205,6 +212,7 @@ class FamilyBenchResult:
         return {
             "plan": plan,
             "load_s": self.load_s,
+            "load_stages_s": self.load_stages_s,
             "rows": [r.as_dict() for r in self.rows],
             "checks": self.checks(),
             "skipped": self.skipped,
@@ -222,6 +230,7 @@ def plan_family(
     concurrency: int,
     graphs: Sequence[int] = (),
     seed: int = 0,
+    admission: bool = True,
 ) -> FamilyBenchPlan:
     """Resolve the voice and check the counts; ValueError names a bad one."""
     import addons
@@ -244,7 +253,7 @@ def plan_family(
     many = tuple(sorted({n for n in graphs if n > 1}))  # one graph is the single-voice baseline
     return FamilyBenchPlan(
         directory, manifest.name, manifest.mel.sample_rate, tuple(dict.fromkeys(voices)), many, cap, requests,
-        concurrency, seed,
+        concurrency, seed, admission,
     )  # fmt: skip
 
 
@@ -277,20 +286,27 @@ def _nested_addons(directory: str, names: list[str]) -> set[str]:
     return {n for n in names if (Path(directory) / n / "addon.json").is_file()}
 
 
-def voice_load_s(directory: Path, repeats: int = 3) -> float:
-    """Seconds to load one voice's three stages in this process, as a cold start loads them one
-    after another in the family's replicas (best of ``repeats``; the files are in the page cache)."""
+def voice_load_s(directory: Path, repeats: int = 3) -> dict[str, float]:
+    """Seconds to load one voice in each family stage in this process, as the family's replicas load
+    it (serve_app.families: the stage alone, batching as served; best of ``repeats``, the files in
+    the page cache). A cold request loads it in all three, the encoders' and vocoder's at once."""
     import addons
+    from addons.stages import AudioStage
+    from serve_app.deployments import DEFAULT_BATCHING
 
-    best = math.inf
+    manifest = addons.read_manifest(directory)
+    loads = {
+        "encoders": lambda: addons.load(directory, device="cpu", stages=["encoders"]).encoders,
+        "decoder": lambda: addons.load(directory, device="cpu", batching=DEFAULT_BATCHING, stages=["decoder"]).decoder,
+        "vocoder": lambda: AudioStage.load_from(directory, manifest, "cpu", DEFAULT_BATCHING),
+    }
+    best = dict.fromkeys(loads, math.inf)
     for _ in range(repeats):
-        start = time.perf_counter()
-        voice = addons.load(directory, device="cpu")
-        for stage in (voice.encoders, voice.decoder, voice.audio):
-            stage.load()
-        best = min(best, time.perf_counter() - start)
-        del voice, stage
-        gc.collect()
+        for stage, make in loads.items():
+            start = time.perf_counter()
+            make().load()
+            best[stage] = min(best[stage], time.perf_counter() - start)
+            gc.collect()
     return best
 
 
@@ -404,7 +420,7 @@ class _Asked:
         self.capacity = capacity
         self.recent: OrderedDict[str, None] = OrderedDict()
         self.answered: set[str] = set()
-        self.errors: list[str] = []
+        self.errors: dict[str, tuple[int, str]] = {}  # "HTTP 503 at_capacity" -> (count, first message)
 
     def touch(self, voice: str) -> bool:
         """Record that ``voice`` is asked now; whether it was expected cold."""
@@ -415,11 +431,44 @@ class _Asked:
             self.recent.popitem(last=False)
         return cold
 
-    def outcome(self, voice: str, listener: _Listener) -> None:
+    def outcome(self, voice: str, listener: _Listener, error: str) -> None:
         if listener.status == 200 and listener.chunks:
             self.answered.add(voice)
-        elif len(self.errors) < 5:
-            self.errors.append(f"{voice}: HTTP {listener.status}")
+            return
+        code, _, message = error.partition(": ")
+        kind = f"HTTP {listener.status} {code}".strip()
+        count, first = self.errors.get(kind, (0, f"{voice}: {message}"))
+        self.errors[kind] = (count + 1, first)
+
+    def error_lines(self) -> list[str]:
+        return [f"{kind} x{count} (first: {first[:200]})" for kind, (count, first) in self.errors.items()]
+
+
+async def _ask(client: httpx.AsyncClient, url: str, plan: FamilyBenchPlan, voice: str, asked: _Asked) -> _Listener:
+    """One streamed request (as ``chorus bench capacity`` listens), its outcome recorded in ``asked``
+    with the error's code and message where it was refused."""
+    start = time.perf_counter()
+    chunks: list[tuple[float, int]] = []
+    error = ""
+    async with client.stream("POST", f"{url}/v1/audio/speech", json=_body(plan, voice)) as response:
+        answered = time.perf_counter() - start
+        if response.status_code != 200:
+            error = _error_text(await response.aread())
+        else:
+            async for data in response.aiter_bytes():
+                chunks.append((time.perf_counter() - start, len(data)))
+    listener = _Listener(response.status_code, answered, tuple(chunks))
+    asked.outcome(voice, listener, error)
+    return listener
+
+
+def _error_text(body: bytes) -> str:
+    """``code: message`` of an OpenAI-style error body, else its first characters."""
+    try:
+        error = json.loads(body)["error"]
+        return f"{error.get('code') or error.get('type')}: {error.get('message')}"
+    except (ValueError, KeyError, TypeError):
+        return f": {body[:200].decode('utf-8', 'replace')}"
 
 
 def _body(plan: FamilyBenchPlan, voice: str) -> dict[str, object]:
@@ -441,19 +490,28 @@ async def _cold_and_warm(
     async with httpx.AsyncClient(timeout=300) as client:
         for i, voice in enumerate(sampled):
             asked.touch(voice)
-            first = await _listen(client, url, _body(plan, voice), 0.0)
-            asked.outcome(voice, first)
+            first = await _ask(client, url, plan, voice, asked)
             if i == 0:
                 after_first()
             if (t := _first(first)) is not None:
                 cold.append(t)
             for _ in range(repeats if len(warm) < plan.requests else 0):
                 asked.touch(voice)
-                again = await _listen(client, url, _body(plan, voice), 0.0)
-                asked.outcome(voice, again)
+                again = await _ask(client, url, plan, voice, asked)
                 if (t := _first(again)) is not None:
                     warm.append(t)
     return cold, warm
+
+
+async def _sweep(plan: FamilyBenchPlan, url: str, names: list[str], asked: _Asked) -> int:
+    """Every voice not answered yet, asked once, one at a time (every voice answers, or not);
+    how many were asked."""
+    left = [v for v in names if v not in asked.answered]
+    async with httpx.AsyncClient(timeout=300) as client:
+        for voice in left:
+            asked.touch(voice)
+            await _ask(client, url, plan, voice, asked)
+    return len(left)
 
 
 def traffic(names: list[str], pattern: str, requests: int, seed: int) -> list[str]:
@@ -479,13 +537,11 @@ async def _traffic(plan: FamilyBenchPlan, url: str, pattern: str, order: list[st
             while queue:
                 voice = queue.pop()
                 cold += asked.touch(voice)
-                results.append((voice, await _listen(client, url, _body(plan, voice), 0.0)))
+                results.append((voice, await _ask(client, url, plan, voice, asked)))
 
         start = time.perf_counter()
         await asyncio.gather(*(one_client() for _ in range(plan.concurrency)))
         wall = time.perf_counter() - start
-    for voice, listener in results:
-        asked.outcome(voice, listener)
     ok = [x for _, x in results if x.status == 200]
     ttfa = Latency.of([t for x in ok if (t := x.ttfa()) is not None])
     audio = sum(x.audio_s(plan.rate) for x in ok)
@@ -531,8 +587,9 @@ def graphs_system(kind: str, directories: list[Path], names: list[str]) -> Syste
     )
 
 
-def _argv(system: System, config: Path, port: int) -> list[str]:
-    config.write_text(json.dumps({"applications": [{"args": system.app_args}]}), encoding="utf-8")  # JSON is YAML
+def _argv(plan: FamilyBenchPlan, system: System, config: Path, port: int) -> list[str]:
+    args = {**system.app_args, **({} if plan.admission else {"admission": False})}
+    config.write_text(json.dumps({"applications": [{"args": args}]}), encoding="utf-8")  # JSON is YAML
     serve = ["serve", "--config", str(config), *system.serve_args]
     serve += ["--host", LOOPBACK, "--port", str(port), "--metrics-port", str(free_port(LOOPBACK))]
     return [sys.executable, "-m", "serve_app.cli", *serve]
@@ -542,7 +599,7 @@ def measure_system(plan: FamilyBenchPlan, system: System, workdir: Path) -> Syst
     """Start ``system``'s server, ask it everything (module docstring), stop it; its row."""
     port = free_port(LOOPBACK)
     url = f"http://{LOOPBACK}:{port}"
-    argv = _argv(system, workdir / f"{system.kind}-{len(system.names)}.yaml", port)
+    argv = _argv(plan, system, workdir / f"{system.kind}-{len(system.names)}.yaml", port)
     with _server_process(system, argv, url, workdir) as (ready_s, root):
         replicas = Replicas(root, system.deployments)
         idle = replicas.rss()
@@ -557,6 +614,7 @@ def measure_system(plan: FamilyBenchPlan, system: System, workdir: Path) -> Syst
             for k, pattern in enumerate(patterns):
                 order = traffic(system.names, pattern, plan.requests, plan.seed + k)
                 rows.append(asyncio.run(_traffic(plan, url, pattern, order, asked)))
+            swept = asyncio.run(_sweep(plan, url, system.names, asked))
         end = replicas.rss()
         pss = sum(pss_mib(p) for pids in replicas.by_stage().values() for p in pids)
         server = replicas.server_rss()
@@ -580,7 +638,8 @@ def measure_system(plan: FamilyBenchPlan, system: System, workdir: Path) -> Syst
         Latency.of(warm),
         rows,
         len(asked.answered),
-        asked.errors,
+        swept,
+        asked.error_lines(),
     )
 
 
@@ -644,7 +703,8 @@ def run_family(
     """The voice's load time, then each system in turn, alone on this machine (module docstring)."""
     note = on_note or (lambda _: None)
     result = FamilyBenchResult(plan, voice_load_s(plan.addon))
-    note(f"one voice's three stages load in {result.load_s:.2f} s in process (best of 3)")
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in result.load_stages_s.items())
+    note(f"one voice loads in {result.load_s:.2f} s in process, best of 3 ({stages})")
 
     def measured(row: SystemRow) -> None:
         result.rows.append(row)
@@ -723,7 +783,7 @@ def format_systems(rows: Sequence[SystemRow]) -> str:
     head = (
         f"{'system':<7} {'V':>4} {'cap':>4} {'ready':>6} {'replicas':>8} {'idle':>6} {'first':>6} {'end':>6} "
         f"{'peak':>6} {'bound':>6} {'PSS':>6} {'server':>7}  {'cold p50   p99 (n)':>19}  "
-        f"{'warm p50   p99 (n)':>19} {'answered':>8}"
+        f"{'warm p50   p99 (n)':>19} {'answered (swept)':>16}"
     )
     lines = [head]
     for r in rows:
@@ -733,8 +793,21 @@ def format_systems(rows: Sequence[SystemRow]) -> str:
         lines.append(
             f"{r.system:<7} {r.voices:>4} {cap:>4} {r.ready_s:>5.0f}s {replicas:>8} {r.rss_idle_mib:>6.0f} "
             f"{r.rss_first_mib:>6.0f} {r.rss_end_mib:>6.0f} {r.rss_peak_mib:>6.0f} {bound} {r.pss_end_mib:>6.0f} "
-            f"{r.server_rss_mib:>7.0f}  {_ms(r.cold)}  {_ms(r.warm)} {r.voices_answered:>4}/{r.voices:<3}"
+            f"{r.server_rss_mib:>7.0f}  {_ms(r.cold)}  {_ms(r.warm)} {r.voices_answered:>4}/{r.voices:<3} ({r.swept})"
         )
+    return "\n".join(lines)
+
+
+def format_stages(rows: Sequence[SystemRow]) -> str:
+    head = f"{'system':<7} {'V':>4} {'stage':<8} {'replicas':>8} {'idle':>6} {'end':>6} {'per voice (est.)':>16} {'bound':>6}"
+    lines = [head]
+    for r in rows:
+        for s in r.stages:
+            bound = f"{s.bound_mib:>6.0f}" if math.isfinite(s.bound_mib) else f"{'-':>6}"
+            lines.append(
+                f"{r.system:<7} {r.voices:>4} {s.stage:<8} {s.replicas:>8} {s.idle_mib:>6.0f} {s.end_mib:>6.0f} "
+                f"{s.per_voice_est_mib:>16.0f} {bound}"
+            )
     return "\n".join(lines)
 
 
@@ -772,6 +845,7 @@ def format_family(result: FamilyBenchResult) -> str:
     parts = [
         "\n".join(f"# {note}" for note in FIGURE_NOTES),
         format_systems(result.rows),
+        format_stages(result.rows),
         format_traffic(result.rows, result.plan.concurrency),
         format_checks(result),
     ]

@@ -191,6 +191,9 @@ def _parser() -> argparse.ArgumentParser:
         help="also N copies as N deployment graphs, where memory allows (1: the voice alone, always measured)",
     )
     bfamily.add_argument("--seed", type=int, default=0, help="the Zipf draw's seed")
+    bfamily.add_argument(
+        "--no-admission", action="store_true", help="serve with admission control off (args.admission false)"
+    )
     bfamily.add_argument("--json", action="store_true")
     bfamily.set_defaults(func=_bench_family)
 
@@ -579,13 +582,26 @@ def _bench_family(args: argparse.Namespace) -> int:
     from serve_app.bench_family import SYSTEM_NOTES, format_family, format_systems, plan_family, run_family
 
     try:
-        plan = plan_family(args.addon, args.voices, args.cap, args.requests, args.concurrency, args.graphs, args.seed)
+        plan = plan_family(
+            args.addon,
+            args.voices,
+            args.cap,
+            args.requests,
+            args.concurrency,
+            args.graphs,
+            args.seed,
+            not args.no_admission,
+        )
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if args.json:
         print(json.dumps(run_family(plan).as_dict(), indent=2))
         return 0
-    print(f"# {plan.addon}: voices {list(plan.voices)}, cap {plan.cap}, {plan.requests} requests, C {plan.concurrency}")
+    admission = "on" if plan.admission else "off"
+    print(
+        f"# {plan.addon}: voices {list(plan.voices)}, cap {plan.cap}, {plan.requests} requests, "
+        f"C {plan.concurrency}, admission {admission}"
+    )
     for system, note in SYSTEM_NOTES.items():
         print(f"# {system}: {note}")
     result = run_family(

@@ -45,11 +45,12 @@ def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("_cache")
 def test_a_family_of_three_on_cap_one_is_measured(fixture_dir: Path) -> None:
     plan = plan_family(str(fixture_dir / "tiny-piper"), [3], cap=1, requests=2, concurrency=2)
-    result = run_family(replace(plan, baseline=False))  # one server: the family alone
-    assert isinstance(result, FamilyBenchResult) and result.load_s > 0
+    result = run_family(replace(plan, baseline=False, admission=False))  # one server: the family alone
+    assert isinstance(result, FamilyBenchResult)
+    assert set(result.load_stages_s) == {"encoders", "decoder", "vocoder"} and result.load_s > 0
     (row,) = result.rows
     assert (row.system, row.voices, row.cap) == ("family", 3, 1)
-    assert row.voices_answered == 3 and not row.errors
+    assert row.voices_answered == 3 and row.swept == 0 and not row.errors
     assert row.cold.n == 2 and row.cold.p50_ms >= 0 and row.cold.p99_ms >= row.cold.p50_ms
     assert row.warm.n == 2 and row.warm.p50_ms >= 0
     stages = {s.stage: s for s in row.stages}
