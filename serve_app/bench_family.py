@@ -18,7 +18,9 @@ byte after the request was sent):
    a voice with fewer than ``requests`` voices is asked again until ``requests`` warm samples;
 2. traffic: ``concurrency`` clients, each sending its share of the requests back to back, the
    voices chosen round robin (``uniform``: at least every voice once) and then by a seeded Zipf
-   law (s = 1.1, ``zipf``); with one voice, the one pattern ``one``.
+   law (s = 1.1, ``zipf``); with one voice, the one pattern ``one``;
+3. sweep: every voice no request has answered yet (admission may refuse under traffic), once, one
+   at a time: whether every voice answers.
 
 Memory is read from /proc: the resident set (RSS, and PSS, which splits shared pages among their
 sharers) of the replica processes of the served voices' deployments (Ray names them
