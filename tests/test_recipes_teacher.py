@@ -13,7 +13,7 @@ import torch
 
 import addons
 from addons.manifest import PiperFrontendConfig, read_manifest
-from addons.recipes import corpus, evaluate, fast, teacher
+from addons.recipes import corpus, evaluate, fast, teacher, vocoder
 from addons.recipes.corpus import Corpus
 from blocks.audio import log_mel
 from serve_app import cli
@@ -177,3 +177,17 @@ def test_student_trains_exports_validates_and_reads_as_the_teacher(
     assert [r["text"] for r in rows] == [u.text for u in held]
     assert all(r["mcd_db"] > 0 and np.isfinite(r["duration_mae_frames"]) for r in rows)
     assert "tiny-piper, noise off" in (tmp_path / "eval" / "evaluation.md").read_text()
+
+
+def test_vocoder_trains_on_the_teachers_stored_audio(teacher_corpus: Path, tmp_path: Path) -> None:
+    c = Corpus.load(teacher_corpus)
+    audio = vocoder.teacher_audio(c.held_out, c.mel, teacher_corpus)
+    stored = _arrays(teacher_corpus)["audio"]
+    assert np.array_equal(np.concatenate([audio[u.text] for u in c.held_out]), stored[: sum(map(len, audio.values()))])
+    sizes = ["--dim=16", "--hidden=32", "--layers=2", "--kernel=3", "--batch-size=4", "--segment=8"]
+    options = ["--corpus", str(teacher_corpus), "--out", str(tmp_path / "run"), "--export", str(tmp_path / "voc")]
+    assert vocoder.main([*options, *sizes, "--threads", "1", "--steps", "2"]) == 0
+    assert (
+        vocoder.main(["--evaluate", "--corpus", str(teacher_corpus), "--export", str(tmp_path / "voc"), "--n", "1"])
+        == 0
+    )

@@ -62,6 +62,7 @@ __all__ = [
     "noise_free",
     "read_shards",
     "stored_audio",
+    "stored_int16",
 ]
 
 SHARDS = "shards"
@@ -188,13 +189,18 @@ def read_shards(out: Path, audio: bool = False) -> Iterator[dict[str, np.ndarray
 
 def stored_audio(out: Path, texts: Sequence[str]) -> list[np.ndarray]:
     """The teacher's audio (float32) for each of ``texts``, as the shards of ``out`` hold it."""
+    return [a.astype(np.float32) / 32767 for a in stored_int16(out, texts)]
+
+
+def stored_int16(out: Path, texts: Sequence[str]) -> list[np.ndarray]:
+    """The teacher's audio for each of ``texts`` as stored (int16); KeyError for a text not in ``out``."""
     found: dict[str, np.ndarray] = {}
     wanted = set(texts)
     for arrays in read_shards(out, audio=True):
         offsets = arrays["sample_offsets"]
         for i, text in enumerate(arrays["text"].tolist()):
             if text in wanted:
-                found[text] = arrays["audio"][offsets[i] : offsets[i + 1]].astype(np.float32) / 32767
+                found[text] = arrays["audio"][offsets[i] : offsets[i + 1]]
     missing = [t for t in texts if t not in found]
     if missing:
         raise KeyError(f"{out} holds no audio for {missing[0]!r}")

@@ -5,8 +5,10 @@ the teacher corpus audio, export it, and compare it with Griffin-Lim.
     python -m addons.recipes.vocoder --evaluate [--export addons/bundled/chorus-vocoder] [--n 20]
     python -m addons.recipes.vocoder --reexport --init-from addons/bundled/chorus-vocoder --export DIR
 
-The corpus keeps mels, not audio; espeak-ng is deterministic, so each utterance's audio is spoken
-again when the run starts (a few ms each, checked against the stored mel length) and kept as int16.
+The espeak-ng corpus keeps mels, not audio; espeak-ng is deterministic, so each utterance's audio is
+spoken again when the run starts (a few ms each, checked against the stored mel length) and kept as
+int16. A teacher corpus (``addons.recipes.corpus --teacher``) stores its audio, which is read instead:
+a vocoder for that voice's audio (new weights; ``--minutes`` as for the universal one).
 Each step takes ``--batch-size`` random segments of ``--segment`` frames from the length batch the
 shared loop hands out (cycling through it), with ``--context`` extra mel frames on each side so the
 scored samples see their neighbours as at run time; the network's input is the corpus mel.
@@ -45,6 +47,7 @@ from addons.models.vocos import VocosVocoder
 from addons.netfile import executable, load_program
 from addons.recipes.corpus import META_FILE, SILENCE, Corpus, Utterance
 from addons.recipes.evaluate import mcd
+from addons.recipes.teacher import stored_int16
 from addons.recipes.training import CHECKPOINT, UsageError, main_with, recipe_parser
 from addons.vocoders import VocoderPackage
 from blocks import GriffinLim, MelSettings
@@ -72,9 +75,18 @@ VALIDATION_UTTERANCES = 20
 
 
 # -- data ----------------------------------------------------------------------------------------------
-def teacher_audio(utterances: Sequence[Utterance], settings: MelSettings) -> dict[str, np.ndarray]:
-    """int16 teacher audio by text, spoken again by espeak-ng and checked against each stored mel length."""
-    out = {}
+def teacher_audio(
+    utterances: Sequence[Utterance], settings: MelSettings, stored_in: Path | None = None
+) -> dict[str, np.ndarray]:
+    """int16 teacher audio by text: as the teacher corpus ``stored_in`` holds it, else spoken again by
+    espeak-ng; checked against each stored mel length."""
+    if stored_in is not None:
+        stored = stored_int16(stored_in, [u.text for u in utterances])
+        for u, a in zip(utterances, stored, strict=True):
+            if len(a) // settings.hop_length != u.frames:
+                raise RuntimeError(f"{stored_in}: the audio of {u.text!r} does not match its mel")
+        return {u.text: a for u, a in zip(utterances, stored, strict=True)}
+    out: dict[str, np.ndarray] = {}
     for u in utterances:
         audio = get_espeak().synthesize(u.text).audio
         if len(audio) // settings.hop_length != u.frames:
@@ -175,10 +187,11 @@ class VocoderRecipe:
         if corpus.mel.win_length != corpus.mel.n_fft:
             raise UsageError("the corpus's mel settings use win_length != n_fft; the vocoder needs them equal")
         started = time.perf_counter()
-        self.audio = teacher_audio(corpus.train + corpus.held_out[:VALIDATION_UTTERANCES], corpus.mel)
+        stored = self.args.corpus if "teacher" in corpus.meta else None
+        self.audio = teacher_audio(corpus.train + corpus.held_out[:VALIDATION_UTTERANCES], corpus.mel, stored)
         seconds = sum(len(a) for a in self.audio.values()) / corpus.mel.sample_rate
         print(
-            f"{NAME}: {seconds / 3600:.2f} h of teacher audio spoken in {time.perf_counter() - started:.0f} s",
+            f"{NAME}: {seconds / 3600:.2f} h of teacher audio read in {time.perf_counter() - started:.0f} s",
             file=sys.stderr,
         )
         return build_model(self.config, corpus.mel)
@@ -336,7 +349,7 @@ def evaluate_vocoders(
     utts = corpus.held_out[offset : offset + n]
     if not utts:
         raise UsageError(f"no held-out sentences from --offset {offset} (there are {len(corpus.held_out)})")
-    teachers = teacher_audio(utts, settings)
+    teachers = teacher_audio(utts, settings, corpus_dir if "teacher" in corpus.meta else None)
     vocoders = {
         "Griffin-Lim (32 iterations)": lambda mel: _griffin_lim(mel, settings),
         f"{NAME}, whole utterance": lambda mel: runner.run({"mel": mel[None]})["audio"][0],
