@@ -45,7 +45,7 @@ class AttentionDecoderConfig(BlockConfig):
     )
 
 
-class AttentionDecoder(StreamableBlock):
+class AttentionDecoder(StreamableBlock[AttentionDecoderConfig]):
     """Autoregressive decoding with attention, a stop token and a maximum-length guard.
 
     The step network is called once per step with ``prev_frame`` ``[1, n_mels]`` (the last frame
@@ -71,8 +71,7 @@ class AttentionDecoder(StreamableBlock):
     Config = AttentionDecoderConfig
 
     @classmethod
-    def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
-        assert isinstance(config, AttentionDecoderConfig)
+    def plan(cls, config: AttentionDecoderConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
         if env.kind is not None:
             raise env.error(
                 f'{cls.type_name} starts a stream; it cannot follow a block that produces "{env.kind.value}"'
@@ -100,9 +99,8 @@ class AttentionDecoder(StreamableBlock):
             )
         return PlanEnv(env.keys, StreamKind.MEL, env.networks, env.path)
 
-    def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
+    def __init__(self, config: AttentionDecoderConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
         super().__init__(config, env, children)
-        assert isinstance(config, AttentionDecoderConfig)
         self.runner = env.networks(config.network)
         spec = self.runner.spec
         self.n_mels = int(spec.inputs[0].shape[-1])
@@ -116,7 +114,6 @@ class AttentionDecoder(StreamableBlock):
         self, source: Iterator[torch.Tensor] | None, features: Features, request: Request
     ) -> Iterator[torch.Tensor]:
         cfg = self.config
-        assert isinstance(cfg, AttentionDecoderConfig)
         memory = features[cfg.memory]
         tokens = int(memory.shape[1])
         per_token = {name: features[name] for name in self.token_inputs}

@@ -18,12 +18,14 @@ before any network is loaded, so a broken stack fails fast with the path of the 
 from __future__ import annotations
 
 import enum
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic
 
 import torch
 from pydantic import BaseModel, ConfigDict
+from typing_extensions import TypeVar
 
 from blocks.audio import MelSettings
 from blocks.network import MAX_FRAMES, ExecutionContext, NetworkRunner, NetworkSpec
@@ -35,6 +37,7 @@ __all__ = [
     "BlockConfig",
     "BlockNode",
     "BuildEnv",
+    "ConfigT",
     "Features",
     "PlanEnv",
     "Request",
@@ -128,8 +131,19 @@ class PlanEnv:
         return spec
 
 
-class Block:
-    """Common base: a named, typed config and a static check of its place in a stack."""
+BlockT = TypeVar("BlockT", bound="Block[Any]")
+
+#: A block's config type: ``class Upsampler(StreamableBlock[UpsamplerConfig])`` types ``self.config``
+#: and the ``config`` that ``plan`` receives, so no block casts or asserts its own config.
+ConfigT = TypeVar("ConfigT", bound=BlockConfig, default=BlockConfig)
+
+
+class Block(ABC, Generic[ConfigT]):
+    """Common base: a named, typed config and a static check of its place in a stack.
+
+    ``Config`` is the pydantic class the registry validates the JSON spec with; it must be the
+    class the block is parametrized with (``ConfigT``), which :meth:`__init__` checks once.
+    """
 
     type_name: ClassVar[str]
     Config: ClassVar[type[BlockConfig]] = BlockConfig
@@ -143,12 +157,28 @@ class Block:
     #: block of a decoder does, the decoder stage stretches the mel in time, see blocks.tempo).
     honours: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
-        self.config = config
+    def __init__(self, config: ConfigT, env: BuildEnv, children: Sequence[Block] = ()) -> None:
+        if not isinstance(config, type(self).Config):
+            raise TypeError(
+                f"{type(self).__name__} takes a {type(self).Config.__name__}, not a {type(config).__name__}"
+            )
+        self.config: ConfigT = config
         self.children = tuple(children)
 
+    def children_as(self, kind: type[BlockT], field: str = "children") -> list[BlockT]:
+        """The nested blocks, each checked to be a ``kind``: a container refuses what it cannot hold
+        (``TypeError`` naming the block and the field), never drops it."""
+        return [self.child_as(i, kind, field) for i in range(len(self.children))]
+
+    def child_as(self, index: int, kind: type[BlockT], field: str) -> BlockT:
+        """Nested block ``index``, checked to be a ``kind`` (``TypeError`` naming the field if not)."""
+        child = self.children[index]
+        if not isinstance(child, kind):
+            raise TypeError(f"{type(self).__name__}.{field} holds a {kind.__name__}, not a {type(child).__name__}")
+        return child
+
     @classmethod
-    def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
+    def plan(cls, config: ConfigT, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
         """Check this block can run given ``env``; return the env downstream of it.
 
         Runs before weights load. Raise ``env.error(...)`` naming what is wrong.
@@ -160,7 +190,7 @@ class Block:
 class BlockNode:
     """A parsed, not yet built, block: its class, validated config and nested blocks."""
 
-    cls: type[Block]
+    cls: type[Block[Any]]
     config: BlockConfig
     path: str
     children: tuple[BlockNode, ...] = ()
@@ -192,23 +222,31 @@ class BuildEnv:
     def encoder_names(self) -> list[str]:
         return [name for name, spec in self.specs.items() if spec.role == "encoder"]
 
-    def build(self, node: BlockNode) -> Block:
+    def build(self, node: BlockNode) -> Block[Any]:
         children = [self.build(child) for child in node.children]
         return node.cls(node.config, self, children)
 
+    def build_as(self, node: BlockNode, kind: type[BlockT]) -> BlockT:
+        """:meth:`build`, checked to give a ``kind`` (a ``StackError`` at the node's path if not)."""
+        block = self.build(node)
+        if not isinstance(block, kind):
+            raise StackError(node.path, f"{type(block).__name__} is not a {kind.__name__}")
+        return block
 
-class SequenceBlock(Block):
+
+class SequenceBlock(Block[ConfigT]):
     """Maps features to features in one call (whole sequences, no streaming).
 
     ``__call__`` receives every feature produced upstream and returns only the keys it adds.
     Batch axis is 1; the sequence axis ``T`` is axis 1 of every per-token tensor.
     """
 
+    @abstractmethod
     def __call__(self, features: Features, request: Request) -> Features:
-        raise NotImplementedError
+        """The features this block adds (new keys only), from every feature produced upstream."""
 
 
-class StreamableBlock(Block):
+class StreamableBlock(Block[ConfigT]):
     """Produces chunks on demand.
 
     ``stream(source, features, request)`` returns an iterator. ``source`` is the upstream
@@ -217,7 +255,8 @@ class StreamableBlock(Block):
     much as the first chunk of a short one.
     """
 
+    @abstractmethod
     def stream(
         self, source: Iterator[torch.Tensor] | None, features: Features, request: Request
     ) -> Iterator[torch.Tensor]:
-        raise NotImplementedError
+        """Chunks of this block's output kind, pulled one at a time (see the class docstring)."""

@@ -39,7 +39,7 @@ class SequenceBlockContainer(SequenceBlock):
 
     def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
         super().__init__(config, env, children)
-        self.blocks: list[SequenceBlock] = [c for c in children if isinstance(c, SequenceBlock)]
+        self.blocks: list[SequenceBlock] = self.children_as(SequenceBlock, "blocks")
 
     def __call__(self, features: Features, request: Request) -> Features:
         seen = dict(features)
@@ -69,7 +69,7 @@ class StreamableStack(StreamableBlock):
 
     def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
         super().__init__(config, env, children)
-        self.stack: list[StreamableBlock] = [c for c in children if isinstance(c, StreamableBlock)]
+        self.stack: list[StreamableBlock] = self.children_as(StreamableBlock, "stack")
 
     def stream(
         self, source: Iterator[torch.Tensor] | None, features: Features, request: Request
@@ -103,10 +103,10 @@ class StreamablePipeline(StreamableBlock):
 
     def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
         super().__init__(config, env, children)
-        seq, streamable = children
-        assert isinstance(seq, SequenceBlock) and isinstance(streamable, StreamableBlock)
-        self.sequence_block = seq
-        self.streamable_block = streamable
+        if len(self.children) != 2:
+            raise TypeError(f"{type(self).__name__} holds one sequence_block and one streamable_block")
+        self.sequence_block: SequenceBlock = self.child_as(0, SequenceBlock, "sequence_block")
+        self.streamable_block: StreamableBlock = self.child_as(1, StreamableBlock, "streamable_block")
 
     def encode(self, features: Features, request: Request) -> Features:
         """The SequenceBlock side alone: ``features`` plus what it adds."""

@@ -30,7 +30,7 @@ class DecoderConfig(BlockConfig):
     )
 
 
-class Decoder(StreamableBlock):
+class Decoder(StreamableBlock[DecoderConfig]):
     """Consumes a ``frames`` stream and produces a ``mel`` stream of the same length.
 
     The network must declare a finite ``receptive_field`` R: each output chunk is decoded from
@@ -44,8 +44,7 @@ class Decoder(StreamableBlock):
     Config = DecoderConfig
 
     @classmethod
-    def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
-        assert isinstance(config, DecoderConfig)
+    def plan(cls, config: DecoderConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
         if env.kind is not StreamKind.FRAMES:
             got = env.kind.value if env.kind else "nothing"
             raise env.error(
@@ -62,9 +61,8 @@ class Decoder(StreamableBlock):
         env.require_keys([k for k in spec.feature_inputs if k not in seq_inputs], cls.type_name)
         return PlanEnv(env.keys, StreamKind.MEL, env.networks, env.path)
 
-    def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
+    def __init__(self, config: DecoderConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
         super().__init__(config, env, children)
-        assert isinstance(config, DecoderConfig)
         self.runner = env.networks(config.network)
         spec = self.runner.spec
         self.frames_input = next(t.name for t in spec.inputs if t.time_scale is not None and t.name != "mask")
@@ -74,7 +72,7 @@ class Decoder(StreamableBlock):
     def stream(
         self, source: Iterator[torch.Tensor] | None, features: Features, request: Request
     ) -> Iterator[torch.Tensor]:
-        assert source is not None and isinstance(self.config, DecoderConfig)
+        assert source is not None
         window = self.runner.windowed(self.config.chunk_frames)
         extras = {k: features[k] for k in self.extra_inputs}
         for chunk in source:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import time
+from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 
 import torch
 from pydantic import Field
 
-from blocks.base import BlockConfig, BlockNode, Features, PlanEnv, Request, StreamableBlock, StreamKind
+from blocks.base import BlockConfig, BlockNode, ConfigT, Features, PlanEnv, Request, StreamableBlock, StreamKind
 
 __all__ = ["ChunkStats", "ChunkwiseBlock", "Gain"]
 
 
-class ChunkwiseBlock(StreamableBlock):
+class ChunkwiseBlock(StreamableBlock[ConfigT]):
     """A block that maps each chunk on its own (no state across chunks), same kind in and out.
 
     ``apply`` is also what a server calls per chunk, so such blocks need no stream plumbing.
@@ -29,8 +30,9 @@ class ChunkwiseBlock(StreamableBlock):
             raise env.error(f"{cls.type_name} consumes a {wanted} stream, upstream gives {got}")
         return env
 
+    @abstractmethod
     def apply(self, chunk: torch.Tensor, request: Request) -> torch.Tensor:
-        raise NotImplementedError
+        """One chunk, mapped on its own: same kind and length out as in."""
 
     def stream(
         self, source: Iterator[torch.Tensor] | None, features: Features, request: Request
@@ -45,7 +47,7 @@ class GainConfig(BlockConfig):
     limit: bool = Field(True, description="Clip the result to [-1, 1] so loud gains cannot wrap.")
 
 
-class Gain(ChunkwiseBlock):
+class Gain(ChunkwiseBlock[GainConfig]):
     """Scales audio by ``db`` decibels. Audio in, audio out, same length."""
 
     type_name = "Gain"
@@ -53,7 +55,6 @@ class Gain(ChunkwiseBlock):
     accepts = (StreamKind.AUDIO,)
 
     def apply(self, chunk: torch.Tensor, request: Request) -> torch.Tensor:
-        assert isinstance(self.config, GainConfig)
         out = chunk * (10.0 ** (self.config.db / 20.0))
         return torch.clamp(out, -1.0, 1.0) if self.config.limit else out
 
@@ -62,7 +63,7 @@ class ChunkStatsConfig(BlockConfig):
     label: str = Field("ChunkStats", description="Key under which the stats are reported.")
 
 
-class ChunkStats(ChunkwiseBlock):
+class ChunkStats(ChunkwiseBlock[ChunkStatsConfig]):
     """Passes chunks through unchanged and reports, per chunk: its size along axis 1 (frames or
     samples), seconds since the stream's first pull, its mean and its RMS (for audio, the level;
     for log-mel, the mean is the loudness in log units).
@@ -74,14 +75,13 @@ class ChunkStats(ChunkwiseBlock):
     def stream(
         self, source: Iterator[torch.Tensor] | None, features: Features, request: Request
     ) -> Iterator[torch.Tensor]:
-        assert source is not None and isinstance(self.config, ChunkStatsConfig)
+        assert source is not None
         t0 = time.perf_counter()
         for index, chunk in enumerate(source):
             request.log(self.config.label, _stats(index, chunk, time.perf_counter() - t0))
             yield chunk
 
     def apply(self, chunk: torch.Tensor, request: Request) -> torch.Tensor:
-        assert isinstance(self.config, ChunkStatsConfig)
         index = len(request.report.get(self.config.label, []))
         request.log(self.config.label, _stats(index, chunk, None))
         return chunk

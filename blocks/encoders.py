@@ -9,6 +9,7 @@ from typing import ClassVar
 
 import torch
 from pydantic import Field
+from typing_extensions import TypeVar
 
 from blocks.base import Block, BlockConfig, BlockNode, BuildEnv, Features, PlanEnv, Request, SequenceBlock
 from blocks.network import NetworkRunner
@@ -36,7 +37,10 @@ def _inputs(runner: NetworkRunner, seen: Features) -> Features:
     return inputs
 
 
-class Encoders(SequenceBlock):
+EncodersConfigT = TypeVar("EncodersConfigT", bound=EncodersConfig, default=EncodersConfig)
+
+
+class Encoders(SequenceBlock[EncodersConfigT]):
     """One component per encoder network, run in order on the features.
 
     Each network reads its declared inputs from the features (``phoneme_ids`` ``[1, T]``, then
@@ -49,8 +53,7 @@ class Encoders(SequenceBlock):
     Config: ClassVar[type[BlockConfig]] = EncodersConfig
 
     @classmethod
-    def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
-        assert isinstance(config, EncodersConfig)
+    def plan(cls, config: EncodersConfigT, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
         names = _encoder_names(config, env.networks)
         if not names:
             raise env.error(f"{cls.type_name} found no network with role 'encoder' in the addon")
@@ -66,9 +69,8 @@ class Encoders(SequenceBlock):
             keys |= set(spec.output_names)
         return PlanEnv(frozenset(keys), env.kind, env.networks, env.path)
 
-    def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
+    def __init__(self, config: EncodersConfigT, env: BuildEnv, children: Sequence[Block] = ()) -> None:
         super().__init__(config, env, children)
-        assert isinstance(config, EncodersConfig)
         self.device = self._device(env)
         names = config.networks
         if names is None:
@@ -93,7 +95,7 @@ class CustomizedEncodersConfig(EncodersConfig):
     max_workers: int = Field(4, ge=1, le=64, description="Networks run at once, at most.")
 
 
-class CustomizedEncoders(Encoders):
+class CustomizedEncoders(Encoders[CustomizedEncodersConfig]):
     """The same networks as :class:`Encoders`, run concurrently on a configured device.
 
     Networks whose inputs are all available run at the same time (one dependency level at a
@@ -103,14 +105,12 @@ class CustomizedEncoders(Encoders):
     type_name = "CustomizedEncoders"
     Config = CustomizedEncodersConfig
 
-    def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
+    def __init__(self, config: CustomizedEncodersConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
         super().__init__(config, env, children)
-        assert isinstance(config, CustomizedEncodersConfig)
         workers = min(config.max_workers, len(self.runners), os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="chorus-encoders")
 
     def _device(self, env: BuildEnv) -> torch.device:
-        assert isinstance(self.config, CustomizedEncodersConfig)
         if self.config.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.config.device)

@@ -19,16 +19,16 @@ from blocks.base import Block, BlockNode, PlanEnv, StackError, StreamableBlock, 
 
 __all__ = ["REGISTRY", "BlockRegistry", "parse_stack", "plan_stack", "register_block"]
 
-B = TypeVar("B", bound=type[Block])
+B = TypeVar("B", bound=type[Block[Any]])
 ENTRY_POINT_GROUP = "chorus.blocks"
 
 
 class BlockRegistry:
     def __init__(self) -> None:
-        self._types: dict[str, type[Block]] = {}
+        self._types: dict[str, type[Block[Any]]] = {}
         self._entry_points_loaded = False
 
-    def register(self, cls: type[Block], name: str | None = None) -> type[Block]:
+    def register(self, cls: type[Block[Any]], name: str | None = None) -> type[Block[Any]]:
         key = name or cls.type_name
         if not (isinstance(cls, type) and issubclass(cls, Block)):
             raise TypeError(f"{cls!r} is not a Block subclass")
@@ -38,11 +38,11 @@ class BlockRegistry:
         self._types[key] = cls
         return cls
 
-    def names(self, role: type[Block] = Block) -> list[str]:
+    def names(self, role: type[Block[Any]] = Block) -> list[str]:
         self._load_entry_points()
         return sorted(k for k, v in self._types.items() if issubclass(v, role))
 
-    def resolve(self, name: str, role: type[Block], path: str) -> type[Block]:
+    def resolve(self, name: str, role: type[Block[Any]], path: str) -> type[Block[Any]]:
         self._load_entry_points()
         cls = self._types.get(name)
         if cls is None and ":" in name:
@@ -57,7 +57,7 @@ class BlockRegistry:
             )
         return cls
 
-    def _import(self, dotted: str, path: str) -> type[Block]:
+    def _import(self, dotted: str, path: str) -> type[Block[Any]]:
         module_name, _, attr = dotted.partition(":")
         try:
             cls = getattr(importlib.import_module(module_name), attr)
@@ -76,7 +76,7 @@ class BlockRegistry:
             self.register(ep.load(), ep.name)
 
 
-def _role_name(cls: type[Block]) -> str:
+def _role_name(cls: type[Block[Any]]) -> str:
     from blocks.base import SequenceBlock
 
     for role in (StreamableBlock, SequenceBlock):
@@ -94,7 +94,7 @@ def register_block(cls: B) -> B:
     return cls
 
 
-def parse_block(spec: Any, role: type[Block], path: str, registry: BlockRegistry = REGISTRY) -> BlockNode:
+def parse_block(spec: Any, role: type[Block[Any]], path: str, registry: BlockRegistry = REGISTRY) -> BlockNode:
     """Validate one block spec (``{"type": ..., **params}``) and its nested blocks."""
     if not isinstance(spec, Mapping):
         raise StackError(path, f'a block spec must be an object with a "type", got {type(spec).__name__}')

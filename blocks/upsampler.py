@@ -31,7 +31,7 @@ def regulate_durations(durations: torch.Tensor, speed: float, max_frames: int) -
     return frames
 
 
-class Upsampler(StreamableBlock):
+class Upsampler(StreamableBlock[UpsamplerConfig]):
     """Repeats each token's encoding for its duration and hands frames on as they are pulled.
 
     Starts a ``frames`` stream of ``[1, n, D]`` chunks (``n <= chunk_frames``) whose total length
@@ -44,8 +44,7 @@ class Upsampler(StreamableBlock):
     Config = UpsamplerConfig
 
     @classmethod
-    def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
-        assert isinstance(config, UpsamplerConfig)
+    def plan(cls, config: UpsamplerConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
         if env.kind is not None:
             raise env.error(
                 f'{cls.type_name} starts a stream; it cannot follow a block that produces "{env.kind.value}"'
@@ -57,7 +56,6 @@ class Upsampler(StreamableBlock):
         self, source: Iterator[torch.Tensor] | None, features: Features, request: Request
     ) -> Iterator[torch.Tensor]:
         cfg = self.config
-        assert isinstance(cfg, UpsamplerConfig)
         encoding = features[cfg.encoding]
         frames = regulate_durations(
             features[cfg.durations], float(request.options.get("speed", 1.0)), cfg.max_frames_per_token

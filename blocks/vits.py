@@ -80,7 +80,7 @@ def noise_for(ids: np.ndarray, seed: int, index: int, length: int, channels: int
     return gen.standard_normal((length, channels), dtype=np.float32)
 
 
-class VitsInputs(SequenceBlock):
+class VitsInputs(SequenceBlock[VitsInputsConfig]):
     """Runs its ``encoders`` with the inputs of a VITS front part that are not features.
 
     Request options read: ``speed`` (``length_scale / speed``), ``seed`` (the noise; default 0)
@@ -93,8 +93,7 @@ class VitsInputs(SequenceBlock):
     honours = ("speed",)
 
     @classmethod
-    def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
-        assert isinstance(config, VitsInputsConfig)
+    def plan(cls, config: VitsInputsConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
         given = cls._given(config)
         clash = sorted(given & env.keys)
         if clash:
@@ -110,11 +109,9 @@ class VitsInputs(SequenceBlock):
             names.add(config.speaker_input)
         return frozenset(names)
 
-    def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
+    def __init__(self, config: VitsInputsConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
         super().__init__(config, env, children)
-        (encoders,) = children
-        assert isinstance(encoders, SequenceBlock) and isinstance(config, VitsInputsConfig)
-        self.encoders = encoders
+        (self.encoders,) = self.children_as(SequenceBlock, "encoders")
         self.settings = config
 
     def __call__(self, features: Features, request: Request) -> Features:
@@ -150,7 +147,7 @@ class FrameSourceConfig(BlockConfig):
     chunk_frames: int = Field(32, ge=1, le=MAX_FRAMES, description="Frames handed on per chunk.")
 
 
-class FrameSource(StreamableBlock):
+class FrameSource(StreamableBlock[FrameSourceConfig]):
     """Starts a ``frames`` stream from frames a SequenceBlock made whole (a VITS front part's latent
     frames), in chunks of ``chunk_frames``, each frame aligned to the token whose duration covers it.
 
@@ -163,8 +160,7 @@ class FrameSource(StreamableBlock):
     aligns = True
 
     @classmethod
-    def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
-        assert isinstance(config, FrameSourceConfig)
+    def plan(cls, config: FrameSourceConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
         if env.kind is not None:
             raise env.error(
                 f'{cls.type_name} starts a stream; it cannot follow a block that produces "{env.kind.value}"'
@@ -176,7 +172,6 @@ class FrameSource(StreamableBlock):
         self, source: Iterator[torch.Tensor] | None, features: Features, request: Request
     ) -> Iterator[torch.Tensor]:
         cfg = self.config
-        assert isinstance(cfg, FrameSourceConfig)
         frames = features[cfg.frames]
         total = int(frames.shape[1])
         tokens = self._tokens(features[cfg.durations], total) if cfg.durations else None
@@ -202,7 +197,7 @@ class FramedAudioState:
     frames: int = 0  # frames passed so far
 
 
-class FramedAudio(Vocoder):
+class FramedAudio(Vocoder[BlockConfig, FramedAudioState]):
     """The waveform stage of a model whose network already made audio: ``frames`` of ``hop_length``
     samples each (``[1, F, hop]``) in, the same samples as ``[1, F * hop]`` out."""
 

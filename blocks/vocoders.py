@@ -8,12 +8,14 @@ holds only tensors and ints (so a server can carry it between calls): ``state = 
 from __future__ import annotations
 
 import functools
+from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic
 
 import torch
 from pydantic import Field
+from typing_extensions import TypeVar
 
 from blocks.audio import MelSettings, mel_filterbank, stft_window
 from blocks.base import (
@@ -22,6 +24,7 @@ from blocks.base import (
     BlockConfig,
     BlockNode,
     BuildEnv,
+    ConfigT,
     Features,
     PlanEnv,
     Request,
@@ -35,7 +38,12 @@ from blocks.network import ExecutionContext, NetworkRunner, WindowedStream, Wind
 __all__ = ["GriffinLim", "NeuralVocoder", "UniversalVocoder", "Vocoder"]
 
 
-class Vocoder(StreamableBlock):
+#: A vocoder's stream state: tensors, ints and dataclasses of them only (a server carries it
+#: between calls as plain data, see ``addons.stages.AudioStage.pack``).
+StateT = TypeVar("StateT", default=Any)
+
+
+class Vocoder(StreamableBlock[ConfigT], Generic[ConfigT, StateT]):
     """Base of vocoders, the waveform stage. ``mel`` chunks ``[1, F, n_mels]`` in (or a model's own
     latent ``frames`` ``[1, F, D]``, for a vocoder that says it consumes them), ``audio`` chunks
     ``[1, S]`` out.
@@ -47,7 +55,7 @@ class Vocoder(StreamableBlock):
     #: The stream kinds this vocoder turns into audio.
     consumes: ClassVar[tuple[StreamKind, ...]] = (StreamKind.MEL,)
 
-    def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
+    def __init__(self, config: ConfigT, env: BuildEnv, children: Sequence[Block] = ()) -> None:
         super().__init__(config, env, children)
         self.mel = env.mel
 
@@ -56,7 +64,7 @@ class Vocoder(StreamableBlock):
         return self.mel.sample_rate
 
     @classmethod
-    def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
+    def plan(cls, config: ConfigT, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
         if env.kind not in cls.consumes:
             got = env.kind.value if env.kind else "nothing"
             wanted = " or ".join(f'"{k.value}"' for k in cls.consumes)
@@ -74,14 +82,17 @@ class Vocoder(StreamableBlock):
         caller sending mel in pieces makes the first piece at least this long: one round trip)."""
         return 1
 
-    def start(self) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def start(self) -> StateT:
+        """A new stream's state."""
 
-    def process(self, state: Any, mel: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def process(self, state: StateT, mel: torch.Tensor) -> torch.Tensor:
+        """Frames ``[1, F, C]`` in; the audio ``[1, S]`` that is now final out (may lag the frames)."""
 
-    def finish(self, state: Any) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def finish(self, state: StateT) -> torch.Tensor:
+        """The audio ``[1, S]`` still held back when the stream ends."""
 
     def stream(
         self, source: Iterator[torch.Tensor] | None, features: Features, request: Request
@@ -115,7 +126,7 @@ class GriffinLimState:
     windows: int = 0
 
 
-class GriffinLim(Vocoder):
+class GriffinLim(Vocoder[GriffinLimConfig, GriffinLimState]):
     """The universal default vocoder: needs no weights, works for any addon's mel settings.
 
     Streams in windows of ``chunk_frames`` committed frames with ``context_frames`` of overlap
@@ -127,7 +138,7 @@ class GriffinLim(Vocoder):
     type_name = "GriffinLim"
     Config = GriffinLimConfig
 
-    def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
+    def __init__(self, config: GriffinLimConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
         super().__init__(config, env, children)
         self.inverse_fb = _inverse_filterbank(self.mel)
         self._queue: BatchQueue[_Window, tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -135,7 +146,6 @@ class GriffinLim(Vocoder):
     @property
     def first_frames(self) -> int:
         cfg = self.config
-        assert isinstance(cfg, GriffinLimConfig)
         return cfg.chunk_frames + cfg.context_frames
 
     def enable_batching(self, max_batch: int = 32, when_used: bool = False) -> bool:
@@ -149,7 +159,6 @@ class GriffinLim(Vocoder):
 
     def process(self, state: GriffinLimState, mel: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        assert isinstance(cfg, GriffinLimConfig)
         frames = mel[0].to(torch.float32)
         state.ahead = frames if state.ahead is None else torch.cat([state.ahead, frames])
         out = []
@@ -159,7 +168,6 @@ class GriffinLim(Vocoder):
 
     def finish(self, state: GriffinLimState) -> torch.Tensor:
         cfg = self.config
-        assert isinstance(cfg, GriffinLimConfig)
         out = []
         while state.ahead is not None and state.ahead.shape[0]:
             out.append(self._window(state, min(cfg.chunk_frames, state.ahead.shape[0])))
@@ -167,7 +175,7 @@ class GriffinLim(Vocoder):
 
     def _window(self, state: GriffinLimState, block: int) -> torch.Tensor:
         cfg, hop = self.config, self.mel.hop_length
-        assert isinstance(cfg, GriffinLimConfig) and state.ahead is not None
+        assert state.ahead is not None
         left = state.left if state.left is not None else state.ahead[:0]
         right = min(cfg.context_frames, state.ahead.shape[0] - block)
         mel = torch.cat([left, state.ahead[: block + right]])
@@ -205,7 +213,6 @@ class GriffinLim(Vocoder):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``magnitude`` and ``angles`` ``[B, n_freq, frames]`` -> audio ``[B, length]`` and angles."""
         cfg, mel = self.config, self.mel
-        assert isinstance(cfg, GriffinLimConfig)
         window = stft_window(mel.win_length)
         kw = dict(n_fft=mel.n_fft, hop_length=mel.hop_length, win_length=mel.win_length, window=window, center=True)
         previous = torch.zeros_like(angles)
@@ -245,7 +252,10 @@ class NeuralVocoderState:
     window: WindowState = field(default_factory=WindowState)
 
 
-class NeuralVocoder(Vocoder):
+NeuralVocoderConfigT = TypeVar("NeuralVocoderConfigT", bound=NeuralVocoderConfig, default=NeuralVocoderConfig)
+
+
+class NeuralVocoder(Vocoder[NeuralVocoderConfigT, NeuralVocoderState]):
     """Runs an addon's exported vocoder chunk by chunk with its receptive-field context.
 
     The network must declare a finite ``receptive_field`` (in frames) and an output of shape
@@ -258,8 +268,7 @@ class NeuralVocoder(Vocoder):
     consumes: ClassVar[tuple[StreamKind, ...]] = (StreamKind.MEL, StreamKind.FRAMES)
 
     @classmethod
-    def plan(cls, config: BlockConfig, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
-        assert isinstance(config, NeuralVocoderConfig)
+    def plan(cls, config: NeuralVocoderConfigT, env: PlanEnv, children: Sequence[BlockNode] = ()) -> PlanEnv:
         out = super().plan(config, env)
         cls._plan_network(config, env)
         return out
@@ -270,9 +279,8 @@ class NeuralVocoder(Vocoder):
         if spec.receptive_field is None:
             raise env.error(f'network "{config.network}" declares no receptive_field, so it cannot run in chunks')
 
-    def __init__(self, config: BlockConfig, env: BuildEnv, children: Sequence[Block] = ()) -> None:
+    def __init__(self, config: NeuralVocoderConfigT, env: BuildEnv, children: Sequence[Block] = ()) -> None:
         super().__init__(config, env, children)
-        assert isinstance(config, NeuralVocoderConfig)
         self.runner = self._runner(config, env)
         spec = self.runner.spec
         self.mel_input = next(t.name for t in spec.inputs if t.time_scale is not None and t.name != "mask")
@@ -283,16 +291,14 @@ class NeuralVocoder(Vocoder):
             )
         self.audio_output = audio.name
 
-    def _runner(self, config: NeuralVocoderConfig, env: BuildEnv) -> NetworkRunner:
+    def _runner(self, config: NeuralVocoderConfigT, env: BuildEnv) -> NetworkRunner:
         return env.networks(config.network)
 
     def _windows(self, state: NeuralVocoderState) -> WindowedStream:
-        assert isinstance(self.config, NeuralVocoderConfig)
         return self.runner.windowed(self.config.chunk_frames, state.window, self.config.max_chunk_frames)
 
     @property
     def first_frames(self) -> int:
-        assert isinstance(self.config, NeuralVocoderConfig)
         context = self.runner.spec.receptive_field or 0
         if self.runner.context is ExecutionContext.STATIC and self.runner.spec.static_length is not None:
             return self.runner.spec.static_length - context
@@ -324,7 +330,7 @@ class UniversalVocoderConfig(NeuralVocoderConfig):
     max_chunk_frames: int | None = Field(256, ge=1, le=MAX_FRAMES, description="Calls double up to this many.")
 
 
-class UniversalVocoder(NeuralVocoder):
+class UniversalVocoder(NeuralVocoder[UniversalVocoderConfig]):
     """A neural vocoder shared by every addon whose mel settings it was trained for.
 
     The network comes from the named universal vocoder package, not from the addon, so one
@@ -341,8 +347,7 @@ class UniversalVocoder(NeuralVocoder):
     def _plan_network(cls, config: NeuralVocoderConfig, env: PlanEnv) -> None:
         """The network is not the addon's: it is found, and its mel settings checked, when built."""
 
-    def _runner(self, config: NeuralVocoderConfig, env: BuildEnv) -> NetworkRunner:
-        assert isinstance(config, UniversalVocoderConfig)
+    def _runner(self, config: UniversalVocoderConfig, env: BuildEnv) -> NetworkRunner:
         runner, trained_for = env.universal_vocoder(config.name)
         if trained_for != env.mel:
             differ = [
