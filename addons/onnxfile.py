@@ -129,6 +129,24 @@ def check_onnx(model: Any, spec: NetworkSpec) -> None:
                 )
 
 
+_shared_arena = False
+
+
+def share_cpu_arena() -> None:
+    """Let every ONNX Runtime session this process creates from now on allocate from one shared CPU
+    arena, rather than each growing its own: a replica holding many voices of one family then holds
+    one working set, not one per voice (each session's arena keeps the high-water mark of its
+    largest batch)."""
+    global _shared_arena
+    if _shared_arena:
+        return
+    import onnxruntime as ort
+
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+    _shared_arena = True
+
+
 def session(model: Any, device: torch.device | str = "cpu", path: Path | None = None) -> Any:
     """An ONNX Runtime session for a checked ``model`` on ``device`` (``path``: where its external data is)."""
     import onnxruntime as ort
@@ -140,6 +158,8 @@ def session(model: Any, device: torch.device | str = "cpu", path: Path | None = 
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    if _shared_arena:
+        options.add_session_config_entry("session.use_env_allocators", "1")
     providers = ["CPUExecutionProvider"]
     if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         index = torch.device(device).index or 0

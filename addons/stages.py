@@ -107,9 +107,17 @@ class NetworkLoader:
     :class:`AddonError`.
     """
 
-    def __init__(self, manifest: AddonManifest, directory: Path, context: ExecutionContext, batching: int = 0) -> None:
+    def __init__(
+        self,
+        manifest: AddonManifest,
+        directory: Path,
+        context: ExecutionContext,
+        batching: int = 0,
+        probes: dict[str, bool] | None = None,
+    ) -> None:
         self.manifest, self.directory, self.context = manifest, directory, context
         self.batching = batching  # > 0: streams calling a network at once share a pass, at most this many
+        self.probes = probes  # batching probes' answers shared with addons of the same shape
         self._programs: dict[tuple[str, str], NetworkRunner] = {}
         self._lock = threading.Lock()
 
@@ -123,7 +131,8 @@ class NetworkLoader:
                     self._check_static(name, spec, check_network(path, spec, self.directory))
                 except NetworkFileError as exc:
                     raise AddonError(f"{path}: {exc}") from None
-                runner = NetworkRunner(name, spec, LazyModule(self._builder(path, spec, device)), self.context, device)
+                module = LazyModule(self._builder(path, spec, device))
+                runner = NetworkRunner(name, spec, module, self.context, device, probes=self.probes)
                 if self.batching:
                     runner.batch_when_used(self.batching)
                 self._programs[key] = runner
@@ -317,9 +326,7 @@ class DecoderStage(Stage):
     def __init__(self, env: BuildEnv, node: BlockNode, rate_set: bool = False) -> None:
         """``rate_set``: the encoders already set the speaking rate (a VITS front part's length_scale)."""
         super().__init__(env)
-        block = self.env.build(node)
-        assert isinstance(block, StreamableBlock)
-        self.block: StreamableBlock = block
+        self.block: StreamableBlock = self.env.build_as(node, StreamableBlock)
         self.stretches = not (rate_set or honours(node, "speed"))  # no block sets the rate: the mel is stretched
 
     def decode(self, features: PlainFeatures, request: Request | None = None) -> Iterator[np.ndarray]:
@@ -429,23 +436,26 @@ class AudioStage(Stage):
     def __init__(self, manifest: AddonManifest, env: BuildEnv) -> None:
         super().__init__(env)
         try:
-            vocoder = self.env.build(parse_block(manifest.vocoder, Vocoder, "vocoder"))
+            vocoder = self.env.build_as(parse_block(manifest.vocoder, Vocoder, "vocoder"), Vocoder)
         except StackError as exc:  # e.g. a universal vocoder trained for other mel settings
             raise AddonError(f"{manifest.name}: {exc}") from None
-        assert isinstance(vocoder, Vocoder)
-        self.vocoder = vocoder
+        self.vocoder: Vocoder = vocoder
         self.effects: list[ChunkwiseBlock] = []
         for i, spec in enumerate(manifest.effects):
-            effect = self.env.build(parse_block(spec, ChunkwiseBlock, f"effects[{i}]"))
-            assert isinstance(effect, ChunkwiseBlock)
-            self.effects.append(effect)
+            self.effects.append(self.env.build_as(parse_block(spec, ChunkwiseBlock, f"effects[{i}]"), ChunkwiseBlock))
 
     @classmethod
     def load_from(
-        cls, directory: Path, manifest: AddonManifest, device: str | torch.device = "cpu", batching: int = 0
+        cls,
+        directory: Path,
+        manifest: AddonManifest,
+        device: str | torch.device = "cpu",
+        batching: int = 0,
+        probes: dict[str, bool] | None = None,
     ) -> AudioStage:
-        """The audio stage alone (a vocoder server), batching concurrent streams up to ``batching``."""
-        loader = NetworkLoader(manifest, directory, ExecutionContext.DYNAMIC, batching)
+        """The audio stage alone (a vocoder server), batching concurrent streams up to ``batching``;
+        ``probes``: batching probes' answers shared with stages of the same shape."""
+        loader = NetworkLoader(manifest, directory, ExecutionContext.DYNAMIC, batching, probes)
         stage = cls(manifest, build_env(manifest, directory, ExecutionContext.DYNAMIC, torch.device(device), loader))
         if batching:
             stage.vocoder.enable_batching(batching)

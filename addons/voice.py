@@ -166,11 +166,13 @@ class Voice:
         batching: int = 0,
         stages: Iterable[str] = STAGES,
         ahead: int = AHEAD,
+        probes: dict[str, bool] | None = None,
     ) -> None:
         """``batching`` > 0 lets concurrent streams share forward passes, that many at most
         (see :mod:`blocks.batching`); results equal unbatched ones to float rounding. ``ahead``
         > 0: ``stream`` decodes in a worker thread up to that many mel chunks ahead of the
-        vocoder (see :func:`addons.stages.run_stages`); 0 runs both in the caller's thread."""
+        vocoder (see :func:`addons.stages.run_stages`); 0 runs both in the caller's thread.
+        ``probes``: batching probes' answers shared with voices of the same shape (a family)."""
         if ahead < 0:
             raise ValueError(f"ahead must be >= 0, got {ahead}")
         self.ahead = ahead
@@ -178,7 +180,7 @@ class Voice:
         self.directory = directory
         self.context = ExecutionContext(context)
         self.device = torch.device(device)
-        self._load_network = NetworkLoader(manifest, directory, self.context, batching)
+        self._load_network = NetworkLoader(manifest, directory, self.context, batching, probes)
         self.env = build_env(manifest, directory, self.context, self.device, self._load_network)
         self._stages = build_stages(manifest, self.env, stages)
         if batching and "audio" in self._stages:

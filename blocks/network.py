@@ -222,6 +222,9 @@ class NetworkRunner:
     batch_queue: BatchQueue[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]] | None = None
     #: > 0: turn batching on (up to this many) at the first call, see :meth:`batch_when_used`
     batching_wanted: int = 0
+    #: Answers of the batching probe shared by networks of one shape (a voice family's members):
+    #: the first runner of a name and signature probes, the others read its answer.
+    probes: dict[str, bool] | None = None
 
     @property
     def loaded(self) -> bool:
@@ -290,12 +293,23 @@ class NetworkRunner:
         machine: kernels may sum in another order for another batch size, and a vocoder such as
         Griffin-Lim can turn such rounding into audible differences. Returns whether on.
         """
+        self.batching_wanted = 0  # decided now, not again at the first call
         batched = all(t.shape[0] == "B" for t in (*self.spec.inputs, *self.spec.outputs))
-        if self.context is ExecutionContext.STATIC or not batched or not self._batch_exact():
+        if self.context is ExecutionContext.STATIC or not batched or not self._probed_exact():
             return False
         lanes = default_lanes(self.device)
         self.batch_queue = BatchQueue(lambda items: stack_call(self._forward, items), _shapes, max_batch, lanes)
         return True
+
+    def _probed_exact(self) -> bool:
+        if self.probes is None:
+            return self._batch_exact()
+        key = f"{self.name}:{self.device}:" + ";".join(
+            f"{t.name}{t.shape}{t.dtype}" for t in (*self.spec.inputs, *self.spec.outputs)
+        )
+        if key not in self.probes:
+            self.probes[key] = self._batch_exact()
+        return self.probes[key]
 
     def _batch_exact(self, lengths: tuple[int, ...] = (23, 96), sizes: tuple[int, ...] = (2, 3, 8)) -> bool:
         gen = torch.Generator().manual_seed(0)

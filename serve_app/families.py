@@ -8,13 +8,20 @@ so the ingress drives a family member exactly as it drives a single addon.
 
 A voice is loaded in a worker thread, so a replica keeps serving its other voices meanwhile. An
 evicted voice's networks stay alive until the streams still using it end; nothing is closed
-under a stream. A voice whose files fail to load is refused with :class:`VoiceUnavailable`
+under a stream. Before the next load the replica collects what eviction freed (Python's cyclic
+garbage and the C heap's free pages), so a replica's memory follows the voices it holds, not the
+voices it ever held. The voices of a replica share one batching probe per network (they have one
+shape, so the answer is the same: a load reads weights and runs nothing) and one ONNX Runtime
+arena (each session's own would keep the high-water mark of its largest batch). A voice whose files fail to load is refused with :class:`VoiceUnavailable`
 naming it and the reason; the replica serves the others on, and a later request tries again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import gc
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -31,6 +38,18 @@ __all__ = ["FamilyDecoder", "FamilyEncoders", "FamilyVocoder", "VoicePool"]
 T = TypeVar("T")
 
 
+def _trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc only; elsewhere nothing to do)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)
+
+
 class _Held(Generic[T]):
     """One loaded voice in a replica's pool; the multiplexer calls ``__del__`` when it evicts it."""
 
@@ -40,6 +59,7 @@ class _Held(Generic[T]):
     def __del__(self) -> None:  # eviction (and garbage collection): bookkeeping only, nothing closed
         if self.pool.held.get(self.name) == id(self):  # not a later load of the same voice
             del self.pool.held[self.name]
+            self.pool.evicted = True
 
 
 class VoicePool(Generic[T]):
@@ -49,6 +69,7 @@ class VoicePool(Generic[T]):
         self.members = members
         self.held: dict[str, int] = {}  # voice -> id of its entry in the multiplexer's cache
         self.loads = 0
+        self.evicted = False  # a voice was let go since the last load
         self._load = load
 
         async def voice(name: str) -> _Held[T]:
@@ -64,9 +85,16 @@ class VoicePool(Generic[T]):
             raise KeyError(f"this family does not serve {name!r}")
         return (await self._voice(name)).stage
 
+    def _load_clean(self, name: str) -> T:
+        if self.evicted:  # its networks sit in reference cycles until collected
+            self.evicted = False
+            gc.collect()
+            _trim_heap()
+        return self._load(name, Path(self.members[name]))
+
     async def _open(self, name: str) -> _Held[T]:
         try:
-            stage = await asyncio.to_thread(self._load, name, Path(self.members[name]))
+            stage = await asyncio.to_thread(self._load_clean, name)
         except addons.AddonError as exc:
             raise VoiceUnavailable(f"voice {name!r} cannot be loaded: {exc}") from None
         except OSError as exc:
@@ -93,6 +121,7 @@ class FamilyEncoders(_FamilyReplica, Encoding):
         self, members: dict[str, str], cap: int, context: str = "dynamic", device: str = "auto", nice: int = 0
     ) -> None:
         self._lower_priority(nice)
+        addons.share_cpu_arena()
 
         def load(name: str, directory: Path) -> EncoderStage:
             stage = addons.load(directory, context=context, device=device, stages=["encoders"]).encoders
@@ -120,13 +149,17 @@ class FamilyDecoder(_FamilyReplica, Decoding):
         vocoder: bool = False,
     ) -> None:
         self._lower_priority(nice)
+        addons.share_cpu_arena()
         self.stages = {}
         self.active = 0
         self.frames = 0
+        probes: dict[str, bool] = {}
 
         def load(name: str, directory: Path) -> tuple[DecoderStage, float, AudioStage | None]:
             parts = ["decoder", "audio"] if vocoder else ["decoder"]
-            voice = addons.load(directory, context=context, device=device, batching=batching, stages=parts)
+            voice = addons.load(
+                directory, context=context, device=device, batching=batching, stages=parts, probes=probes
+            )
             voice.decoder.load()
             if vocoder:
                 voice.audio.load()
@@ -153,11 +186,13 @@ class FamilyVocoder(_FamilyReplica, Vocoding):
         self, members: dict[str, str], cap: int, device: str = "auto", batching: int = DEFAULT_BATCHING, nice: int = 0
     ) -> None:
         self._lower_priority(nice)
+        addons.share_cpu_arena()
         self.stages = {}
+        probes: dict[str, bool] = {}
 
         def load(name: str, directory: Path) -> AudioStage:
             manifest = addons.read_manifest(directory)
-            stage = AudioStage.load_from(directory, manifest, addons.loader.resolve_device(device), batching)
+            stage = AudioStage.load_from(directory, manifest, addons.loader.resolve_device(device), batching, probes)
             stage.load()
             return stage
 
