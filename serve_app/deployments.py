@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +34,18 @@ from serve_app import placement
 from serve_app.autoscaling import BusyMeter
 
 T = TypeVar("T")
-_Sentence = tuple[EncoderStage, np.ndarray, dict[str, Any]]  # the stage, a part's ids, the options it reads
+
+
+@dataclass(eq=False)
+class _Sentence:
+    """A part waiting in the encoders' batch: its voice's stage (let go once encoded: Serve's
+    batch loop keeps its last batch until the next one comes, which would keep an evicted voice
+    of a family in memory), its ids and the options its encoders read."""
+
+    stage: EncoderStage | None
+    ids: np.ndarray
+    said: dict[str, Any]
+
 
 __all__ = ["DecoderDeployment", "Decoding", "EncodersDeployment", "Encoding", "VocoderDeployment", "Vocoding"]
 
@@ -192,7 +204,7 @@ class Encoding(_Replica):
             return []
         said = {k: (options or {}).get(k) for k in stage.option_keys}
         results: list[dict[str, np.ndarray]] = await asyncio.gather(
-            *(self._encode_batched((stage, p.ids, said)) for p in parts)
+            *(self._encode_batched(_Sentence(stage, p.ids, said)) for p in parts)
         )
         # Beside each part's features, what speech marks need of its text (see addons.marks).
         return [
@@ -207,15 +219,20 @@ class Encoding(_Replica):
     def _encode_groups(self, batch: list[_Sentence]) -> list[dict[str, np.ndarray]]:
         """One padded pass per voice and set of the options its encoders read (one pass for most batches)."""
         groups: dict[tuple[int, str], list[int]] = {}
-        for i, (stage, _, said) in enumerate(batch):
-            groups.setdefault((id(stage), repr(sorted(said.items()))), []).append(i)
+        for i, item in enumerate(batch):
+            groups.setdefault((id(item.stage), repr(sorted(item.said.items()))), []).append(i)
         out: list[dict[str, np.ndarray]] = [{} for _ in batch]
-        for members in groups.values():
-            stage, _, said = batch[members[0]]
-            options = {k: v for k, v in said.items() if v is not None}
-            encoded = stage.encode_batch([batch[i][1] for i in members], Request(options=options))
-            for i, features in zip(members, encoded, strict=True):
-                out[i] = features
+        try:
+            for members in groups.values():
+                stage, said = batch[members[0]].stage, batch[members[0]].said
+                assert stage is not None
+                options = {k: v for k, v in said.items() if v is not None}
+                encoded = stage.encode_batch([batch[i].ids for i in members], Request(options=options))
+                for i, features in zip(members, encoded, strict=True):
+                    out[i] = features
+        finally:
+            for item in batch:
+                item.stage = None
         return out
 
 

@@ -22,7 +22,9 @@ import asyncio
 import ctypes
 import ctypes.util
 import gc
+import weakref
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -70,6 +72,7 @@ class VoicePool(Generic[T]):
         self.held: dict[str, int] = {}  # voice -> id of its entry in the multiplexer's cache
         self.loads = 0
         self.evicted = False  # a voice was let go since the last load
+        self.alive: weakref.WeakSet[Any] = weakref.WeakSet()  # what loads returned, while still in memory
         self._load = load
 
         async def voice(name: str) -> _Held[T]:
@@ -100,6 +103,7 @@ class VoicePool(Generic[T]):
         except OSError as exc:
             raise VoiceUnavailable(f"voice {name!r} cannot be loaded: {exc}") from None
         self.loads += 1
+        self.alive.add(stage)
         held = _Held(self, name, stage)
         self.held[name] = id(held)
         return held
@@ -109,8 +113,9 @@ class _FamilyReplica:
     pool: VoicePool[Any]
 
     def voices(self) -> dict[str, Any]:
-        """The voices this replica holds now and how many loads it has done (diagnostics, tests)."""
-        return {"held": sorted(self.pool.held), "loads": self.pool.loads}
+        """The voices this replica holds now, how many loads it has done and how many loaded voices
+        are still in memory (held, or in use by a stream; diagnostics, tests)."""
+        return {"held": sorted(self.pool.held), "loads": self.pool.loads, "alive": len(self.pool.alive)}
 
 
 @serve.deployment(**DEFAULTS["encoders"])
@@ -134,6 +139,13 @@ class FamilyEncoders(_FamilyReplica, Encoding):
         return await self.pool.get(serve.get_multiplexed_model_id())  # type: ignore[no-any-return]
 
 
+@dataclass(eq=False)  # held in a WeakSet: hashed by identity
+class _DecoderVoice:
+    decoder: DecoderStage
+    frame_s: float  # seconds per decoder frame
+    audio: AudioStage | None  # its waveform stage, where the decoder replica vocodes too
+
+
 @serve.deployment(**DEFAULTS["decoder"])
 class FamilyDecoder(_FamilyReplica, Decoding):
     """The decoders of a family's voices (and, with ``vocoder``, their waveform stages), ``cap`` per replica."""
@@ -155,7 +167,7 @@ class FamilyDecoder(_FamilyReplica, Decoding):
         self.frames = 0
         probes: dict[str, bool] = {}
 
-        def load(name: str, directory: Path) -> tuple[DecoderStage, float, AudioStage | None]:
+        def load(name: str, directory: Path) -> _DecoderVoice:
             parts = ["decoder", "audio"] if vocoder else ["decoder"]
             voice = addons.load(
                 directory, context=context, device=device, batching=batching, stages=parts, probes=probes
@@ -163,19 +175,19 @@ class FamilyDecoder(_FamilyReplica, Decoding):
             voice.decoder.load()
             if vocoder:
                 voice.audio.load()
-            return voice.decoder, voice.hop_length / voice.sample_rate, voice.audio if vocoder else None
+            return _DecoderVoice(voice.decoder, voice.hop_length / voice.sample_rate, voice.audio if vocoder else None)
 
         self.pool = VoicePool(members, cap, load)
 
     async def _decoder(self) -> tuple[DecoderStage, float]:
-        stage, frame_s, _ = await self.pool.get(serve.get_multiplexed_model_id())
-        return stage, frame_s
+        held: _DecoderVoice = await self.pool.get(serve.get_multiplexed_model_id())
+        return held.decoder, held.frame_s
 
     async def _audio_stage(self, model: str) -> AudioStage:
-        _, _, audio = await self.pool.get(model)
-        if audio is None:
+        held: _DecoderVoice = await self.pool.get(model)
+        if held.audio is None:
             raise KeyError(f"this decoder does not vocode {model!r}")
-        return audio  # type: ignore[no-any-return]
+        return held.audio
 
 
 @serve.deployment(**DEFAULTS["vocoder"])

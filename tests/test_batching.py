@@ -136,6 +136,39 @@ def test_batching_is_only_turned_on_where_it_is_exact() -> None:
     assert not _runner(_BatchDependent()).enable_batching()
 
 
+class _Counting(_Exact):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return super().forward(x)
+
+
+def test_batching_probe_runs_once_per_runner_and_once_per_shared_shape() -> None:
+    module = _Counting()
+    runner = _runner(module)
+    runner.batch_when_used(8)
+    assert runner.enable_batching(8)
+    probe = module.calls
+    assert probe > 0
+    runner.load()  # batching is decided: loading does not probe again
+    runner.call({"x": torch.zeros(1, 3, 4)})
+    assert module.calls == probe + 1
+
+    probes: dict[str, bool] = {}
+    first, second = _Counting(), _Counting()
+    a, b = _runner(first), _runner(second)
+    a.probes = b.probes = probes
+    assert a.enable_batching(8) and b.enable_batching(8)
+    assert first.calls == probe and second.calls == 0  # the second runner of this shape reads the answer
+    assert list(probes.values()) == [True]
+    dependent = _runner(_BatchDependent())
+    dependent.probes = {}
+    assert not dependent.enable_batching(8) and list(dependent.probes.values()) == [False]
+
+
 def test_batched_network_calls_equal_single_calls() -> None:
     runner = _runner(_Exact())
     single = [runner.call({"x": torch.full((1, 5, 4), float(i))})["y"] for i in range(6)]

@@ -216,6 +216,7 @@ def test_every_voice_of_the_family_answers_as_in_process(family_server: str, voi
     held = encoders.voices.remote().result()
     assert len(held["held"]) == 1  # the cap: one voice per replica, the others evicted
     assert held["loads"] >= 5
+    assert held["alive"] == 1  # and the evicted ones are gone from memory, not only from the list
 
 
 def test_the_family_as_model_and_a_voice_of_it_as_voice(family_server: str, voices: Path) -> None:
