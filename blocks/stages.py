@@ -10,7 +10,7 @@ the parsed stack, before anything is built, so each process builds only its own 
 
 A stack that does not start with a pipeline has no encoders stage: its decoder sees
 ``phoneme_ids`` alone. The audio stage (vocoder, effects) is not part of the stack; see
-:class:`addons.stages.AudioStage`.
+:class:`addons.engine.stages.AudioStage`.
 """
 
 from __future__ import annotations

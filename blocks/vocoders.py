@@ -39,7 +39,7 @@ __all__ = ["GriffinLim", "NeuralVocoder", "UniversalVocoder", "Vocoder"]
 
 
 #: A vocoder's stream state: tensors, ints and dataclasses of them only (a server carries it
-#: between calls as plain data, see ``addons.stages.AudioStage.pack``).
+#: between calls as plain data, see ``addons.engine.stages.AudioStage.pack``).
 StateT = TypeVar("StateT", default=Any)
 
 

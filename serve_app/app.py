@@ -23,9 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from ray.serve import Application
 
 import addons
-from addons.families import Family, Refusal, scan_folder, stage_bytes, voices_per_replica
-from addons.manifest import AddonError, AddonManifest, LexiconEntry, StageDeployment
-from addons.pls import LexiconFileError, load_lexicon
+from addons.engine.families import Family, Refusal, scan_folder, stage_bytes, voices_per_replica
+from addons.formats.manifest import AddonError, AddonManifest, StageDeployment
+from addons.text.config import LexiconEntry
+from addons.text.pls import LexiconFileError, load_lexicon
 from serve_app import placement
 from serve_app.aliases import Aliases, OpenAINames
 from serve_app.autoscaling import POLICY_FUNCTION
@@ -90,7 +91,7 @@ class FamilyArgs(BaseModel):
         ge=16,
         description=(
             "Memory a replica may give its voices, MB: each stage's cap is this over what one voice of the family "
-            "needs there (its network files times addons.families.RESIDENT_FACTOR, plus a little), at most the family."
+            "needs there (its network files times addons.engine.families.RESIDENT_FACTOR, plus a little), at most the family."
         ),
     )
 
@@ -498,7 +499,7 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
         models[m.name] = replace(info, fused_vocoder=m.name in fused)
     for plan in resolved.families:
         _bind_family(args, plan, options, plan.name in fused, universal, models, handles)
-    default_model = addons.loader.DEFAULT_ADDON if addons.loader.DEFAULT_ADDON in models else next(iter(models))
+    default_model = addons.DEFAULT_ADDON if addons.DEFAULT_ADDON in models else next(iter(models))
     aliases = Aliases.build(args.openai, models, default_model)
     ingress = _INGRESS.options(name=INGRESS, **options[INGRESS])
     return ingress.bind(models, handles, _http_policy(args), aliases)

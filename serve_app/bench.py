@@ -114,7 +114,7 @@ def run_bench(addon: str | None, levels: list[int], requests: int) -> list[Bench
     import addons
     from serve_app.server import ApplicationConfig, ServeConfig, free_port, start_local
 
-    directory = addons.find_addon(addon or addons.loader.DEFAULT_ADDON)
+    directory = addons.find_addon(addon or addons.DEFAULT_ADDON)
     manifest = addons.read_manifest(directory)
     rows = [_in_process(str(directory), c, requests) for c in levels]
     port = free_port()
@@ -280,7 +280,7 @@ def run_capacity(
     from serve_app.deployments import DEFAULTS, STAGE_NICE
     from serve_app.server import free_port
 
-    directory = addons.find_addon(addon or addons.loader.DEFAULT_ADDON)
+    directory = addons.find_addon(addon or addons.DEFAULT_ADDON)
     manifest = addons.read_manifest(directory)
     rate = manifest.mel.sample_rate
     profile = profile_addon(directory, TEXT) if {"floor", "floor-fused"} & set(systems) else None

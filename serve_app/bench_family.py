@@ -27,7 +27,7 @@ sharers) of the replica processes of the served voices' deployments (Ray names t
 ``ray::ServeReplica:<app>:<deployment>``), at ready (no request yet), after the first voice loaded,
 at the end, and the peak sampled every half second. Beside it, the cap's arithmetic: per stage,
 what its replicas held at ready plus cap x replicas x what one voice needs there by the estimate the
-family planner sizes caps with (``addons.families``: network bytes x RESIDENT_FACTOR + overhead).
+family planner sizes caps with (``addons.engine.families``: network bytes x RESIDENT_FACTOR + overhead).
 """
 
 from __future__ import annotations
@@ -293,7 +293,7 @@ def voice_load_s(directory: Path, repeats: int = 3) -> dict[str, float]:
     it (serve_app.families: the stage alone, batching as served; best of ``repeats``, the files in
     the page cache). A cold request loads it in all three, the encoders' and vocoder's at once."""
     import addons
-    from addons.stages import AudioStage
+    from addons.engine.stages import AudioStage
     from serve_app.deployments import DEFAULT_BATCHING
 
     manifest = addons.read_manifest(directory)
@@ -648,8 +648,8 @@ def measure_system(plan: FamilyBenchPlan, system: System, workdir: Path) -> Syst
 def _stages(
     plan: FamilyBenchPlan, system: System, counts: dict[str, int], idle: dict[str, float], end: dict[str, float]
 ) -> list[StageMemory]:
-    from addons.families import RESIDENT_FACTOR, VOICE_OVERHEAD_BYTES, stage_bytes
-    from addons.manifest import read_manifest
+    from addons.engine.families import RESIDENT_FACTOR, VOICE_OVERHEAD_BYTES, stage_bytes
+    from addons.formats.manifest import read_manifest
 
     sizes = stage_bytes(read_manifest(plan.addon), plan.addon)
     held = min(plan.cap, len(system.names))

@@ -418,7 +418,7 @@ def _plot_mel(mel: np.ndarray, voice, path: Path) -> None:  # type: ignore[no-un
 
 
 def _bench_synth(args: argparse.Namespace) -> int:
-    from addons.bench import bench_voice
+    from addons.engine.bench import bench_voice
 
     if args.repeats < 1:
         raise CliError("--repeats must be at least 1")
@@ -446,7 +446,7 @@ def _bench_synth(args: argparse.Namespace) -> int:
 
 def _compare_plans(args: argparse.Namespace) -> int:
     import addons
-    from addons.bench import compare_plans
+    from addons.engine.bench import compare_plans
 
     plans = []
     for item in args.compare:
@@ -615,7 +615,7 @@ def _bench_family(args: argparse.Namespace) -> int:
 
 def _addon_validate(args: argparse.Namespace) -> int:
     import addons
-    from addons.vocoders import PACKAGE_FILE
+    from addons.engine.vocoders import PACKAGE_FILE
 
     if (args.directory / PACKAGE_FILE).is_file() and not (args.directory / "addon.json").is_file():
         return _vocoder_validate(args.directory)
@@ -636,8 +636,8 @@ def _addon_validate(args: argparse.Namespace) -> int:
 
 
 def _vocoder_validate(directory: Path) -> int:
-    from addons.manifest import AddonError
-    from addons.vocoders import check_vocoder
+    from addons.engine.vocoders import check_vocoder
+    from addons.formats.manifest import AddonError
 
     try:
         summary = check_vocoder(directory)
@@ -648,8 +648,8 @@ def _vocoder_validate(directory: Path) -> int:
 
 
 def _addon_import_piper(args: argparse.Namespace) -> int:
-    from addons.manifest import AddonError
-    from addons.piper import import_piper
+    from addons.formats.manifest import AddonError
+    from addons.formats.piper import import_piper
 
     if args.name is not None and not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", args.name):
         raise CliError(f"--name {args.name!r}: lower-case letters, digits, '_', '.', '-' (at most 64)")

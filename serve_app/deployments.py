@@ -25,9 +25,9 @@ import ray
 from ray import serve
 
 import addons
-from addons.frontend import LexiconError
-from addons.marks import sentence_arrays
-from addons.stages import AudioStage, DecoderStage, EncoderStage, with_pauses
+from addons.engine.marks import sentence_arrays
+from addons.engine.stages import AudioStage, DecoderStage, EncoderStage, with_pauses
+from addons.text.frontend import LexiconError
 from blocks import Request
 from blocks.batching import DEADLINE
 from serve_app import placement
@@ -141,7 +141,7 @@ class Vocoding(_Replica):
         for name, directory in addon_dirs.items():
             manifest = addons.read_manifest(Path(directory))
             self.stages[name] = AudioStage.load_from(
-                Path(directory), manifest, addons.loader.resolve_device(device), batching
+                Path(directory), manifest, addons.engine.loader.resolve_device(device), batching
             )
             self.stages[name].load()  # its weights, read before the first request
 
@@ -206,7 +206,7 @@ class Encoding(_Replica):
         results: list[dict[str, np.ndarray]] = await asyncio.gather(
             *(self._encode_batched(_Sentence(stage, p.ids, said)) for p in parts)
         )
-        # Beside each part's features, what speech marks need of its text (see addons.marks).
+        # Beside each part's features, what speech marks need of its text (see addons.engine.marks).
         return [
             {**with_pauses(features, part), **sentence_arrays(part)}
             for features, part in zip(results, parts, strict=True)
@@ -287,7 +287,7 @@ class Decoding(Vocoding):
         ``first_frames``, what the vocoder needs for its first audio: one round trip, not two) to
         MAX_MEL_CHUNK frames.
 
-        ``options`` are resolved already (see ``addons.voice.resolve_options``). ``deadline``
+        ``options`` are resolved already (see ``addons.engine.voice.resolve_options``). ``deadline``
         (Unix seconds) is when the listener's buffer runs dry at the start of this sentence
         (now, if nothing was heard yet); each chunk's network calls are ranked by it, plus the
         audio already produced, so streams ahead of playback yield to newer ones. ``aligned``: each

@@ -31,8 +31,8 @@ from typing import Any, Generic, TypeVar
 from ray import serve
 
 import addons
-from addons.families import VoiceUnavailable
-from addons.stages import AudioStage, DecoderStage, EncoderStage
+from addons.engine.families import VoiceUnavailable
+from addons.engine.stages import AudioStage, DecoderStage, EncoderStage
 from serve_app.deployments import DEFAULT_BATCHING, DEFAULTS, Decoding, Encoding, Vocoding
 
 __all__ = ["FamilyDecoder", "FamilyEncoders", "FamilyVocoder", "VoicePool"]
@@ -204,7 +204,9 @@ class FamilyVocoder(_FamilyReplica, Vocoding):
 
         def load(name: str, directory: Path) -> AudioStage:
             manifest = addons.read_manifest(directory)
-            stage = AudioStage.load_from(directory, manifest, addons.loader.resolve_device(device), batching, probes)
+            stage = AudioStage.load_from(
+                directory, manifest, addons.engine.loader.resolve_device(device), batching, probes
+            )
             stage.load()
             return stage
 

@@ -26,12 +26,13 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from addons.families import VoiceUnavailable
-from addons.frontend import Frontend, LexiconError
-from addons.manifest import AddonManifest, LexiconEntry
-from addons.marks import MarkTracker, SpeechMark, provides_marks
-from addons.ssml import Pause, SSMLError, script_of
-from addons.voice import resolve_options
+from addons.engine.families import VoiceUnavailable
+from addons.engine.marks import MarkTracker, SpeechMark, provides_marks
+from addons.engine.voice import resolve_options
+from addons.formats.manifest import AddonManifest
+from addons.text.config import LexiconEntry
+from addons.text.frontend import Frontend, LexiconError
+from addons.text.ssml import Pause, SSMLError, script_of
 from serve_app.admission import AdmissionConfig, AtCapacity, ModelAdmission, RecentVoices
 from serve_app.aliases import Aliases, OpenAINames
 from serve_app.audio_format import (
@@ -85,7 +86,7 @@ class ModelInfo:
     """What the ingress knows of a model without loading it: its validated manifest."""
 
     manifest: AddonManifest
-    speech_marks: bool = False  # its stack aligns frames to phonemes (see addons.marks)
+    speech_marks: bool = False  # its stack aligns frames to phonemes (see addons.engine.marks)
     #: the server's pronunciation overrides for this model (Serve argument ``lexicons``)
     lexicon: tuple[LexiconEntry, ...] = ()
     #: its decoder replicas also vocode (``AppArgs.fused_vocoder``): one streamed call per sentence
@@ -120,7 +121,7 @@ class ModelInfo:
         return cls(manifest, provides_marks(manifest), tuple(lexicon))
 
     def resolve(self, **options: Any) -> dict[str, Any]:
-        """A request's options resolved for this model (``addons.voice.resolve_options``), the
+        """A request's options resolved for this model (``addons.engine.voice.resolve_options``), the
         server's lexicon after the request's own (and before the addon's)."""
         _, resolved = resolve_options(self.manifest, **options)
         if self.lexicon:

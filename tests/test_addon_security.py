@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import addons
-from addons.netfile import NetworkFileError, check_expression, load_program
+from addons.formats.netfile import NetworkFileError, check_expression, load_program
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 
 import addons
-from addons.voice import PIPELINED_AHEAD
+from addons.engine.voice import PIPELINED_AHEAD
 from serve_app.cli import main
 from tests.helpers import run_cli
 

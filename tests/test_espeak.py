@@ -1,4 +1,4 @@
-"""Tests for the libespeak-ng binding (addons/espeak.py). Fast, no network."""
+"""Tests for the libespeak-ng binding (addons/text/espeak.py). Fast, no network."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from addons import espeak
-from addons.espeak import Espeak, TeacherUtterance, get_espeak, is_pause
+from addons.text import espeak
+from addons.text.espeak import Espeak, TeacherUtterance, get_espeak, is_pause
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -109,7 +109,7 @@ def test_output_matches_a_fresh_process(tts: Espeak) -> None:
     text = SENTENCES[2]
     tts.synthesize(SENTENCES[1])  # advance this process's synthesizer first
     script = (
-        "import hashlib; from addons.espeak import get_espeak; "
+        "import hashlib; from addons.text.espeak import get_espeak; "
         f"u = get_espeak().synthesize({text!r}); "
         "print(hashlib.sha256(u.audio.tobytes() + repr(u.phonemes).encode()).hexdigest())"
     )

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 import addons
-from addons.families import RESIDENT_FACTOR, VOICE_OVERHEAD_BYTES, scan_folder, signature, voices_per_replica
+from addons.engine.families import RESIDENT_FACTOR, VOICE_OVERHEAD_BYTES, scan_folder, signature, voices_per_replica
 from tests.helpers import run_cli
 
 TEXT = "One pool of replicas. Many voices in it, each loaded when a listener asks."

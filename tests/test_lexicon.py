@@ -12,8 +12,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import addons
-from addons.frontend import LexiconError, Sentence
-from addons.manifest import LexiconEntry
+from addons.text.config import LexiconEntry
+from addons.text.frontend import LexiconError, Sentence
 from serve_app.schemas import SpeechRequest, install_error_handlers
 
 TEXT = "Say tomato, then Chorus. The US and us agree: tomato!"
@@ -108,7 +108,7 @@ def test_ipa_entries_say_what_espeak_mnemonics_say(voice: addons.Voice) -> None:
 
 
 def test_a_pls_document_is_the_same_lexicon_as_its_json(voice: addons.Voice) -> None:
-    from addons.pls import read_pls
+    from addons.text.pls import read_pls
 
     entries = read_pls(PLS)
     assert [(e.grapheme, e.phonemes, e.alias) for e in entries] == [
@@ -137,13 +137,13 @@ def test_a_pls_document_is_the_same_lexicon_as_its_json(voice: addons.Voice) -> 
     ],
 )
 def test_bad_pls_is_refused_by_name(document: str, fragment: str) -> None:
-    from addons.pls import LexiconFileError, read_pls
+    from addons.text.pls import LexiconFileError, read_pls
 
     with pytest.raises(LexiconFileError) as caught:
         read_pls(document)
     assert fragment in str(caught.value)
     with pytest.raises(ValueError, match="lexicon"):
-        addons.voice.SynthesisOptions(lexicon=document)
+        addons.engine.voice.SynthesisOptions(lexicon=document)
 
 
 def test_an_addon_ships_lexicon_files(edit_addon: Callable[..., Path]) -> None:
@@ -235,8 +235,8 @@ def test_every_lexicon_error_on_the_websocket_is_invalid_lexicon(lexicon: Any, p
 
 
 def test_the_python_api_states_its_own_limit() -> None:
-    from addons.frontend import TextError
-    from addons.voice import SynthesisOptions, resolve_options
+    from addons.engine.voice import SynthesisOptions, resolve_options
+    from addons.text.frontend import TextError
 
     manifest = addons.load("chorus-fast").manifest
     with pytest.raises(TextError) as caught:
@@ -249,7 +249,7 @@ def test_the_python_api_states_its_own_limit() -> None:
 
 
 def test_a_json_lexicon_file_names_the_bad_entry(tmp_path: Path) -> None:
-    from addons.pls import LexiconFileError, load_lexicon
+    from addons.text.pls import LexiconFileError, load_lexicon
 
     path = tmp_path / "words.json"
     path.write_text(

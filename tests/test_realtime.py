@@ -20,7 +20,7 @@ import pytest
 from fastapi import FastAPI, WebSocket
 from fastapi.testclient import TestClient
 
-from addons.frontend import Frontend
+from addons.text.frontend import Frontend
 from serve_app.audio_format import make_encoder
 from serve_app.realtime import (
     MAX_BUFFERED_CHARS,

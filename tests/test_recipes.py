@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import addons
-from addons.espeak import get_espeak
 from addons.recipes import corpus, evaluate, fast, taco, training
 from addons.recipes.corpus import Corpus, build_corpus, clean_sentences, durations_from_events, teacher_utterance
+from addons.text.espeak import get_espeak
 from blocks import MelSettings
 
 SENTENCES = [

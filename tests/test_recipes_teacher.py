@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import addons
-from addons.manifest import PiperFrontendConfig, read_manifest
+from addons.formats.manifest import read_manifest
 from addons.recipes import corpus, evaluate, fast, teacher, vocoder
 from addons.recipes.corpus import Corpus
+from addons.text.config import PiperFrontendConfig
 from blocks.audio import log_mel
 from serve_app import cli
 from tests.make_piper_fixture import build_piper_addons

@@ -1,12 +1,12 @@
-"""The cheap per-call input check that replaces torch.export's symbolic one (addons.netfile.runnable),
-and the verified TorchScript trace that runs behind it (addons.netfile.traced)."""
+"""The cheap per-call input check that replaces torch.export's symbolic one (addons.formats.netfile.runnable),
+and the verified TorchScript trace that runs behind it (addons.formats.netfile.traced)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from addons.netfile import PROBE_SIZES, runnable, traced
+from addons.formats.netfile import PROBE_SIZES, runnable, traced
 
 
 class _Add(torch.nn.Module):

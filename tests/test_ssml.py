@@ -1,4 +1,4 @@
-"""The SSML subset (addons/ssml.py): what each tag does to the audio and the marks, and what is refused."""
+"""The SSML subset (addons/text/ssml.py): what each tag does to the audio and the marks, and what is refused."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import addons
-from addons.frontend import pause_mark
-from addons.ipa import ipa_to_espeak
-from addons.ssml import MAX_BREAK_MS, Part, Pause, SSMLError, parse, say_as
+from addons.text.frontend import pause_mark
+from addons.text.ipa import ipa_to_espeak
+from addons.text.ssml import MAX_BREAK_MS, Part, Pause, SSMLError, parse, say_as
 from blocks.tempo import MelTempo
 
 MODELS = ["tiny-fast", "tiny-taco"]

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import addons
-from addons.frontend import _CONTROL, Frontend, Lexicon, split_edges
-from addons.manifest import PiperFrontendConfig
-from addons.piper_text import PiperFrontend
+from addons.text.config import PiperFrontendConfig
+from addons.text.frontend import _CONTROL, Frontend, Lexicon, split_edges
+from addons.text.piper import PiperFrontend
 
 VOICES = ["chorus-fast", "chorus-taco"]
 _voice = functools.cache(addons.load)  # each bundled voice loaded once for the module

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import addons
-from addons.manifest import AddonError, read_manifest
-from addons.vocoders import find_vocoder, load_universal
-from addons.voice import AudioStage
+from addons.engine.vocoders import find_vocoder, load_universal
+from addons.engine.voice import AudioStage
+from addons.formats.manifest import AddonError, read_manifest
 from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]

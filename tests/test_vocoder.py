@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from addons.espeak import get_espeak
+from addons.formats.netfile import _Traced, executable, load_program
 from addons.models.vocos import VocosVocoder
-from addons.netfile import _Traced, executable, load_program
 from addons.recipes import vocoder
 from addons.recipes.corpus import build_corpus
+from addons.text.espeak import get_espeak
 from blocks import MelSettings, log_mel
 from blocks.network import ExecutionContext, NetworkRunner, NetworkSpec
 

@@ -102,7 +102,7 @@ class VocosVocoder(nn.Module):
         """``[B, T, n_fft]`` centred frames -> ``[B, T * hop]``: hop block ``b`` sums segment ``k``
         of frame ``b + K/2 - k`` (``K = n_fft / hop``); frames outside ``0..T-1`` count as zero."""
         # No size is computed from the input (slices end counted from the end), so the exported
-        # graph holds none and a TorchScript trace of it fits every length (addons.netfile.traced).
+        # graph holds none and a TorchScript trace of it fits every length (addons.formats.netfile.traced).
         k_half = self.segments // 2
         segs = frames.unflatten(-1, (self.segments, self.hop))
         padded = nn.functional.pad(segs, (0, 0, 0, 0, k_half, k_half))  # K/2 zero frames on each side

@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from pydantic import TypeAdapter
 
-from addons.espeak import PhonemeEvent, get_espeak
-from addons.frontend import Frontend
-from addons.manifest import AnyFrontendConfig, FrontendConfig, PiperFrontendConfig
+from addons.text.config import AnyFrontendConfig, FrontendConfig, PiperFrontendConfig
+from addons.text.espeak import PhonemeEvent, get_espeak
+from addons.text.frontend import Frontend
 from blocks.audio import LOG_FLOOR, MelSettings, log_mel
 
 __all__ = [
@@ -410,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main_teacher(args: argparse.Namespace, sentences: Sequence[str], source: str) -> int:
-    from addons.manifest import AddonError
+    from addons.formats.manifest import AddonError
     from addons.recipes.teacher import Teacher, TeacherError, build_teacher_corpus
 
     torch.set_num_threads(args.threads)

@@ -41,10 +41,10 @@ import numpy as np
 import torch
 
 import addons
-from addons.espeak import get_espeak
-from addons.netfile import load_program
+from addons.formats.netfile import load_program
 from addons.recipes.corpus import META_FILE, Corpus, Utterance
 from addons.recipes.teacher import stored_audio
+from addons.text.espeak import get_espeak
 from blocks import AttentionDecoder, Block, BuildEnv, GriffinLim, MelSettings, Request, log_mel
 from blocks.network import NetworkRunner
 from blocks.upsampler import regulate_durations

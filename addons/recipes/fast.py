@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from addons.builders import duration_addon
-from addons.manifest import FrontendConfig, PiperFrontendConfig
 from addons.models import DurationPredictor, MelDecoder, TextEncoder
+from addons.recipes.builders import duration_addon
 from addons.recipes.corpus import SILENCE, Corpus, Utterance
 from addons.recipes.training import UsageError, add_vocoder_option, main_with, recipe_parser, vocoder_section
+from addons.text.config import FrontendConfig, PiperFrontendConfig
 
 __all__ = ["FastBatch", "FastModel", "FastRecipe", "collate", "main"]
 

@@ -50,13 +50,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from addons.builders import attention_addon, attention_step_networks
-from addons.export import export_network
-from addons.manifest import MANIFEST_NAME, AddonError, FrontendConfig, read_manifest
+from addons.formats.export import export_network
+from addons.formats.manifest import MANIFEST_NAME, AddonError, read_manifest
+from addons.formats.netfile import load_program
 from addons.models import AttentionEncoder, DecoderStep
-from addons.netfile import load_program
+from addons.recipes.builders import attention_addon, attention_step_networks
 from addons.recipes.corpus import SILENCE, Corpus, Utterance
 from addons.recipes.training import UsageError, add_vocoder_option, main_with, recipe_parser, vocoder_section
+from addons.text.config import FrontendConfig
 
 __all__ = [
     "FreeRun",
@@ -368,7 +369,7 @@ def initialise_from(model: TacoModel, directory: Path, phonemes: Sequence[str]) 
 
 def reexport(directory: Path, out: Path) -> Path:
     """Write the exported chorus-taco at ``directory`` to ``out`` in this version's export format
-    (attention keys once per sentence, see :func:`addons.builders.attention_addon`): the step
+    (attention keys once per sentence, see :func:`addons.recipes.builders.attention_addon`): the step
     network is rebuilt from its weights (unchanged) and exported again beside its keys network;
     every other file, and every other manifest field, is copied as it is."""
     try:

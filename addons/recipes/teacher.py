@@ -44,10 +44,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from addons.frontend import TextError
-from addons.loader import find_addon
-from addons.manifest import AddonManifest, check_manifest, read_manifest
-from addons.voice import Voice
+from addons.engine.catalog import find_addon
+from addons.engine.voice import Voice
+from addons.formats.manifest import AddonManifest, check_manifest, read_manifest
+from addons.text.frontend import TextError
 from blocks import Block, MelSettings
 from blocks.audio import log_mel
 from blocks.registry import REGISTRY

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from addons.manifest import AddonError
+from addons.engine.vocoders import find_vocoder
+from addons.formats.manifest import AddonError
 from addons.recipes.corpus import Corpus, Utterance, corpus_exists, length_batches
-from addons.vocoders import find_vocoder
 
 __all__ = [
     "GRIFFIN_LIM",

@@ -41,15 +41,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from addons.espeak import get_espeak
-from addons.export import NetworkExport, export_network
+from addons.engine.vocoders import VocoderPackage
+from addons.formats.export import NetworkExport, export_network
+from addons.formats.netfile import executable, load_program
 from addons.models.vocos import VocosVocoder
-from addons.netfile import executable, load_program
 from addons.recipes.corpus import META_FILE, SILENCE, Corpus, Utterance
 from addons.recipes.evaluate import mcd
 from addons.recipes.teacher import stored_int16
 from addons.recipes.training import CHECKPOINT, UsageError, main_with, recipe_parser
-from addons.vocoders import VocoderPackage
+from addons.text.espeak import get_espeak
 from blocks import GriffinLim, MelSettings
 from blocks.audio import LOG_FLOOR, mel_filterbank
 from blocks.base import BuildEnv
@@ -288,7 +288,7 @@ def reexport(directory: Path, out: Path) -> Path:
     """Write the exported vocoder at ``directory`` to ``out`` with this version's graph: the network
     is rebuilt from its weights (unchanged) and exported again, its ``trained`` record kept. Since
     2026-12-04 the graph computes no size from its input, so Chorus runs it as a TorchScript trace
-    (:func:`addons.netfile.traced`); the audio is the same to the bit."""
+    (:func:`addons.formats.netfile.traced`); the audio is the same to the bit."""
     try:
         doc = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
         package = VocoderPackage.model_validate(doc)
@@ -313,7 +313,7 @@ def reexport(directory: Path, out: Path) -> Path:
 
 def load_vocoder(directory: Path) -> tuple[NetworkRunner, MelSettings]:
     """The exported vocoder in ``directory`` as a dynamic-context runner, run as Chorus runs it
-    (:func:`addons.netfile.executable`), and the mel settings it expects."""
+    (:func:`addons.formats.netfile.executable`), and the mel settings it expects."""
     package = VocoderPackage.model_validate(json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8")))
     program = load_program(directory / package.network.file, package.network, directory)  # runs nothing from the file
     return NetworkRunner(package.name, package.network, executable(program, "cpu")), package.mel

@@ -12,42 +12,37 @@ decoder    :data:`PlainFeatures`              mel chunks ``[F, n_mels]`` float32
 audio      mel chunks + a plain stream state  audio ``[S]`` float32 (final samples)  ``gain_db``
 ========== ================================== ====================================== ==============
 
-Request options reach every stage already resolved (:func:`addons.voice.resolve_options`).
-:func:`run_stages` is the one synthesis loop in process; ``serve_app.streams`` runs the same
-calls on remote replicas.
+Request options reach every stage already resolved (:func:`addons.engine.voice.resolve_options`).
+:func:`addons.engine.driver.run_stages` is the synthesis loop in process; ``serve_app.streams``
+runs the same calls on remote replicas. Their networks come through :mod:`addons.engine.networks`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-import queue
-import threading
 from abc import ABC
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from addons.frontend import Frontend, LexiconError, Sentence, TextError
-from addons.manifest import AddonError, AddonManifest, FrontendConfig, PiperFrontendConfig
-from addons.marks import MarkTracker, SpeechMark
-from addons.netfile import NetworkFileError
-from addons.runtimes import check_network, open_network
-from addons.ssml import Part, Pause, pause_frames, script_of
+from addons.engine.networks import NetworkLoader, build_env, make_frontend
+from addons.formats.manifest import AddonError, AddonManifest
+from addons.text.config import PiperFrontendConfig
+from addons.text.frontend import Sentence
+from addons.text.ssml import pause_frames
 from blocks import (
     ALIGNMENT,
     BuildEnv,
     ChunkwiseBlock,
     ExecutionContext,
     Features,
-    LazyModule,
     MelSettings,
     NetworkError,
     NetworkRunner,
-    NetworkSpec,
     Request,
     SequenceBlock,
     StackError,
@@ -62,15 +57,16 @@ from blocks.stages import split_stack
 from blocks.tempo import MelTempo, honours
 
 __all__ = [
+    "PAUSES",
     "STAGES",
     "AudioStage",
     "DecoderStage",
     "EncoderStage",
-    "NetworkLoader",
     "PlainFeatures",
     "Stage",
-    "prefetched",
-    "run_stages",
+    "build_stages",
+    "silent_mel",
+    "with_pauses",
 ]
 
 #: One sentence's features, without the batch axis: ``phoneme_ids`` [T] and what the encoders add
@@ -97,101 +93,6 @@ def with_pauses(features: PlainFeatures, sentence: Sentence) -> PlainFeatures:
 
 
 STATE_TYPE = "__state_type__"
-
-
-class NetworkLoader:
-    """Loads an addon's exported networks on first use, once per (network, device).
-
-    Files are read by :mod:`addons.runtimes` (the format's checked reader: ``.pt2`` or ONNX), which
-    runs nothing from them and checks each against its declared signature; a refused file is an
-    :class:`AddonError`.
-    """
-
-    def __init__(
-        self,
-        manifest: AddonManifest,
-        directory: Path,
-        context: ExecutionContext,
-        batching: int = 0,
-        probes: dict[str, bool] | None = None,
-    ) -> None:
-        self.manifest, self.directory, self.context = manifest, directory, context
-        self.batching = batching  # > 0: streams calling a network at once share a pass, at most this many
-        self.probes = probes  # batching probes' answers shared with addons of the same shape
-        self._programs: dict[tuple[str, str], NetworkRunner] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, name: str, device: torch.device) -> NetworkRunner:
-        key = (name, str(device))
-        with self._lock:
-            if key not in self._programs:
-                spec = self.manifest.networks[name]
-                path = self.directory / spec.file
-                try:  # checked now; its weights are read again when the network first runs
-                    self._check_static(name, spec, check_network(path, spec, self.directory))
-                except NetworkFileError as exc:
-                    raise AddonError(f"{path}: {exc}") from None
-                module = LazyModule(self._builder(path, spec, device))
-                runner = NetworkRunner(name, spec, module, self.context, device, probes=self.probes)
-                if self.batching:
-                    runner.batch_when_used(self.batching)
-                self._programs[key] = runner
-            return self._programs[key]
-
-    def _builder(self, path: Path, spec: NetworkSpec, device: torch.device) -> Callable[[], Callable[..., Any]]:
-        def build() -> Callable[..., Any]:
-            try:
-                return open_network(path, spec, self.directory, device)
-            except NetworkFileError as exc:  # changed on disk since it was checked
-                raise AddonError(f"{path}: {exc}") from None
-
-        return build
-
-    def _check_static(self, name: str, spec: NetworkSpec, longest: int | None) -> None:
-        length = spec.static_length if self.context is ExecutionContext.STATIC else None
-        if length is not None and longest is not None and length > longest:
-            raise NetworkFileError(
-                f"networks.{name}.static_length {spec.static_length} exceeds the {longest} frames "
-                "the network was exported for"
-            )
-
-
-def make_frontend(config: FrontendConfig | PiperFrontendConfig) -> Frontend:
-    """The text front end an addon's config names: Chorus's espeak phoneme events, or Piper's IPA."""
-    if isinstance(config, PiperFrontendConfig):
-        from addons.piper_text import PiperFrontend
-
-        return PiperFrontend(config)
-    return Frontend(config)
-
-
-def universal_vocoders(directory: Path) -> Callable[[str, torch.device], tuple[NetworkRunner, MelSettings]]:
-    """How the addon in ``directory`` finds universal vocoders (beside it, then where addons are)."""
-
-    def find(name: str, device: torch.device) -> tuple[NetworkRunner, MelSettings]:
-        from addons.vocoders import load_universal  # addons.vocoders finds packages through the loader
-
-        return load_universal(name, device, directory)
-
-    return find
-
-
-def build_env(
-    manifest: AddonManifest,
-    directory: Path,
-    context: ExecutionContext,
-    device: torch.device,
-    loader: NetworkLoader | None = None,
-) -> BuildEnv:
-    """What an addon's blocks are built with (networks through ``loader``, shared by its stages)."""
-    return BuildEnv(
-        loader or NetworkLoader(manifest, directory, context),
-        manifest.networks,
-        manifest.mel,
-        context,
-        device,
-        universal_vocoders(directory),
-    )
 
 
 class Stage(ABC):
@@ -536,185 +437,3 @@ def build_stages(
         else:
             built[name] = AudioStage(manifest, env)
     return built
-
-
-@dataclasses.dataclass(frozen=True)
-class StageOutput:
-    """One step of :func:`run_stages`: the mel just decoded and the audio now final (may be empty).
-
-    The last step (``mel`` None) carries the audio the vocoder held back at the end. With marks
-    asked for, a step with ``mel`` None and empty audio after each sentence carries its ``marks``.
-    """
-
-    sentence: int
-    mel: np.ndarray | None
-    audio: np.ndarray
-    marks: tuple[SpeechMark, ...] = ()
-
-
-def run_stages(
-    encoders: EncoderStage,
-    decoder: DecoderStage,
-    audio: AudioStage | None,
-    text: str,
-    request: Request,
-    marks: MarkTracker | None = None,
-    ahead: int = 0,
-) -> Iterator[StageOutput]:
-    """The synthesis loop: sentence by sentence, encode, decode chunk by chunk, vocode each chunk.
-
-    Work is done as steps are pulled. Without ``audio`` only mel is produced (every ``audio``
-    empty). ``marks`` follows the decoder's alignment and adds each sentence's speech marks.
-    An SSML document is said part by part (:mod:`addons.ssml`): a break is silent mel and exact
-    zeros, with the vocoder's stream finished before it and started after it, as at a change of
-    volume. Raises ``TextError`` when ``text`` has nothing speakable.
-
-    ``ahead`` > 0: the encoders and decoder run in a worker thread, up to ``ahead`` mel chunks
-    ahead of the vocoder, so the two share a machine's cores (an autoregressive decoder cannot
-    use a second core itself). The steps are the same, in the same order, to the bit.
-    """
-    events = _mel_events(encoders, decoder, text, request, marks)
-    if ahead > 0 and audio is not None:
-        events = prefetched(events, ahead)
-    return _vocoded(events, audio, encoders.env.mel.hop_length)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Event:
-    """What the mel side of :func:`run_stages` hands the audio side: a ``part`` starts (said with
-    ``request``), a sentence's ``mel`` chunk, ``silence`` (a break's mel) or speech ``marks``."""
-
-    kind: str
-    index: int = -1
-    mel: np.ndarray | None = None
-    request: Request | None = None
-    marks: tuple[SpeechMark, ...] = ()
-
-
-def _mel_events(
-    encoders: EncoderStage, decoder: DecoderStage, text: str, request: Request, marks: MarkTracker | None
-) -> Iterator[_Event]:
-    script = script_of(text, str(request.options.get("input_format", "text")))
-    # each part with its options, resolved before anything is said (a rate out of range is refused here)
-    planned = [(item, item.options(dict(request.options)) if isinstance(item, Part) else {}) for item in script]
-    index = 0
-    for item, options in planned:
-        if isinstance(item, Pause):
-            silence = silent_mel(item.ms, encoders.env.mel)
-            if marks is not None and (heard := marks.pause(len(silence), item.marks)):
-                yield _Event("marks", marks=tuple(heard))
-            if len(silence):
-                yield _Event("silence", mel=silence)
-            continue
-        said = request if options == request.options else Request(options=options, report=request.report)
-        yield _Event("part", request=said)
-        if marks is not None:
-            marks.part(item.text, item.spans, item.written, item.marks)
-        for sentence in _sentences(encoders, item, options, len(script) > 1):
-            if marks is not None:
-                marks.sentence(sentence)
-            features = with_pauses(encoders.encode(sentence.ids, said), sentence)
-            for mel, tokens in decoder.decode_aligned(features, said):
-                if marks is not None:
-                    marks.frames(tokens, len(mel))
-                yield _Event("mel", index, mel, said)
-            if marks is not None:
-                yield _Event("marks", index, marks=tuple(marks.end()))
-            index += 1
-        if marks is not None and (heard := marks.part_end()):
-            yield _Event("marks", marks=tuple(heard))
-    if index == 0:
-        raise TextError("the document has no speakable text")
-
-
-def _vocoded(events: Iterator[_Event], audio: AudioStage | None, hop_length: int) -> Iterator[StageOutput]:
-    empty = np.zeros(0, dtype=np.float32)
-    state = audio.start() if audio is not None else None
-    fresh = True  # nothing has gone through the vocoder's stream yet
-    segment: Request | None = None  # the request the vocoder's stream is said with (its gain)
-    for event in events:
-        if event.kind == "marks":
-            yield StageOutput(event.index, None, empty, event.marks)
-        elif event.kind == "silence":
-            assert event.mel is not None
-            if audio is not None and not fresh:
-                yield StageOutput(-1, None, audio.finish(state, segment))  # type: ignore[arg-type]
-                state, fresh = audio.start(), True
-            samples = np.zeros(len(event.mel) * hop_length if audio is not None else 0, dtype=np.float32)
-            yield StageOutput(-1, event.mel, samples)
-        elif event.kind == "part":
-            assert event.request is not None
-            gain = event.request.options.get("gain_db")
-            if audio is not None and not fresh and segment is not None and gain != segment.options.get("gain_db"):
-                yield StageOutput(-1, None, audio.finish(state, segment))
-                state, fresh = audio.start(), True
-            if fresh:
-                segment = event.request
-        else:
-            assert event.mel is not None and event.request is not None
-            out = audio.process(state, event.mel, event.request) if audio is not None else empty
-            fresh = False
-            yield StageOutput(event.index, event.mel, out)
-    if audio is not None and segment is not None:
-        yield StageOutput(-1, None, audio.finish(state, segment))
-
-
-_DONE = object()
-
-
-def prefetched(items: Iterator[Any], ahead: int) -> Iterator[Any]:
-    """``items``, pulled by a worker thread up to ``ahead`` items before they are asked for.
-
-    An exception in the worker is raised here, in order, after the items before it. Closing this
-    iterator early stops the worker at its next item and waits for it, so no work outlives the
-    stream; the worker closes ``items`` itself (a generator must be closed by the thread running it).
-    """
-    slots: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=ahead)
-    stop = threading.Event()
-
-    def put(entry: tuple[Any, BaseException | None]) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(entry, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for item in items:
-                if not put((item, None)):
-                    return
-            put((_DONE, None))
-        except BaseException as exc:  # handed to the consumer, raised there
-            put((_DONE, exc))
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
-
-    worker = threading.Thread(target=work, name="chorus-stages-ahead", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item, error = slots.get()
-            if item is _DONE:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
-        worker.join()
-
-
-def _sentences(encoders: EncoderStage, part: Part, options: Mapping[str, Any], skip_empty: bool) -> Iterator[Sentence]:
-    """The sentences of one part; with ``skip_empty`` (one part of several), a part with nothing
-    speakable in it is passed over rather than refused."""
-    lexicon, normalize = options.get("lexicon", ()), bool(options.get("normalize", True))
-    try:
-        yield from encoders.sentences(part.text, lexicon, normalize)
-    except TextError as exc:
-        if not skip_empty or isinstance(exc, LexiconError):
-            raise

@@ -21,9 +21,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from addons.manifest import MANIFEST_NAME, AddonError, AddonManifest, read_manifest
-from addons.netfile import NetworkFileError
-from addons.runtimes import check_network
+from addons.formats.manifest import MANIFEST_NAME, AddonError, AddonManifest, read_manifest
+from addons.formats.netfile import NetworkFileError
+from addons.formats.runtimes import check_network
 
 __all__ = [
     "CACHE_ENV",
@@ -48,7 +48,7 @@ RESIDENT_FACTOR = 2.6
 #: Per loaded voice beyond its networks (the front end, espeak's voice, Python objects).
 VOICE_OVERHEAD_BYTES = 4 << 20
 STAGES = ("encoders", "decoder", "vocoder")
-# The network roles each stage loads (see addons.stages): the rest go to the other stages.
+# The network roles each stage loads (see addons.engine.stages): the rest go to the other stages.
 _ROLES = {"encoders": ("encoder",), "decoder": ("decoder", "decoder_step"), "vocoder": ("vocoder",)}
 # Manifest fields that may differ between voices of one family: who they are, not their shape.
 _PERSONAL = {"name", "description", "version", "voices", "deployment", "defaults", "frontend"}
@@ -214,7 +214,7 @@ def _imported(model: Path, config: Path, cache: Path) -> Path:
     """The addon directory of the Piper pair ``model`` + ``config``, imported into ``cache`` unless an
     import of the same content is there; another name for content already imported shares its files
     (hard links, else copies) and gets its own manifest."""
-    from addons.piper import addon_name, import_piper
+    from addons.formats.piper import addon_name, import_piper
 
     name = addon_name(model)
     content = _digest(model, config)

@@ -12,22 +12,15 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from addons.frontend import Frontend, Sentence, TextError
-from addons.manifest import AddonError, AddonManifest, format_validation_error
-from addons.marks import MarkTracker, SpeechMark
-from addons.marks import provides_marks as _provides_marks
-from addons.pls import LexiconInput
-from addons.stages import (
-    STAGES,
-    AudioStage,
-    DecoderStage,
-    EncoderStage,
-    NetworkLoader,
-    PlainFeatures,
-    build_env,
-    build_stages,
-    run_stages,
-)
+from addons.engine.driver import run_stages
+from addons.engine.marks import MarkTracker, SpeechMark
+from addons.engine.marks import provides_marks as _provides_marks
+from addons.engine.networks import NetworkLoader, build_env
+from addons.engine.stages import STAGES, AudioStage, DecoderStage, EncoderStage, PlainFeatures, build_stages
+from addons.formats.manifest import AddonError, AddonManifest
+from addons.text.config import format_validation_error
+from addons.text.frontend import Frontend, Sentence, TextError
+from addons.text.pls import LexiconInput
 from blocks import ExecutionContext, Request, Vocoder
 
 __all__ = [
@@ -87,7 +80,7 @@ class AudioChunk:
     samples: np.ndarray
     sample_rate: int
     mel: np.ndarray | None = None
-    #: speech marks that became known with this chunk (see :mod:`addons.marks`), when asked for
+    #: speech marks that became known with this chunk (see :mod:`addons.engine.marks`), when asked for
     marks: tuple[SpeechMark, ...] = ()
 
 
@@ -111,7 +104,8 @@ class SynthesisOptions(BaseModel):
     )
     normalize: bool = Field(True, description="Read money, times, dates, units and abbreviations as words.")
     input_format: Literal["text", "ssml"] = Field(
-        "text", description="'ssml': the text is an SSML document (see addons.ssml); a <speak> root is read so anyway."
+        "text",
+        description="'ssml': the text is an SSML document (see addons.text.ssml); a <speak> root is read so anyway.",
     )
     seed: int | None = Field(
         None,
@@ -150,7 +144,7 @@ def resolve_options(manifest: AddonManifest, **options: Any) -> tuple[SynthesisO
 
 
 class Voice:
-    """A loaded addon: its stages (:mod:`addons.stages`) and the one in-process loop that drives them.
+    """A loaded addon: its stages (:mod:`addons.engine.stages`) and the one in-process loop that drives them.
 
     Thread-safe for concurrent ``stream`` calls (each has its own state). ``stages`` names the
     stages to build (default all three); a server process builds only its own, so it resolves,
@@ -171,7 +165,7 @@ class Voice:
         """``batching`` > 0 lets concurrent streams share forward passes, that many at most
         (see :mod:`blocks.batching`); results equal unbatched ones to float rounding. ``ahead``
         > 0: ``stream`` decodes in a worker thread up to that many mel chunks ahead of the
-        vocoder (see :func:`addons.stages.run_stages`); 0 runs both in the caller's thread.
+        vocoder (see :func:`addons.engine.driver.run_stages`); 0 runs both in the caller's thread.
         ``probes``: batching probes' answers shared with voices of the same shape (a family)."""
         if ahead < 0:
             raise ValueError(f"ahead must be >= 0, got {ahead}")
@@ -268,7 +262,7 @@ class Voice:
         ``with_mel``: also yield chunks whose audio is still held back by the vocoder, each
         carrying the mel it was made from (every mel frame then arrives exactly once).
         ``marks``: any of ``"sentence"``, ``"word"``, ``"phoneme"``; each sentence's speech marks
-        then come with a chunk (with no samples) right after its mel (see :mod:`addons.marks`).
+        then come with a chunk (with no samples) right after its mel (see :mod:`addons.engine.marks`).
         An addon whose stack gives no alignment (``provides_marks`` False) yields none.
         """
         kinds = tuple(marks)

@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from addons.manifest import AddonError, read_manifest
-from addons.netfile import NetworkFileError
-from addons.onnxfile import read_onnx
+from addons.formats.manifest import AddonError, read_manifest
+from addons.formats.netfile import NetworkFileError
+from addons.formats.onnxfile import read_onnx
 
 __all__ = ["PiperImportError", "import_piper"]
 
@@ -657,7 +657,7 @@ _COVERAGE_PROBE = "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 30 40 50
 def _check_coverage(config: dict[str, Any], path: Path) -> None:
     """Refuse an id map that lacks phonemes espeak-ng makes for ordinary text in the voice's language
     (Piper would drop them without a word: a config from another voice, or a cut-down map)."""
-    from addons.espeak import get_espeak
+    from addons.text.espeak import get_espeak
 
     voice = str((config.get("espeak") or {}).get("voice") or "en-us")
     try:

@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from addons.loader import addon_dirs
-from addons.manifest import AddonError, format_validation_error
-from addons.netfile import NetworkFileError, executable, load_program
+from addons.engine.catalog import addon_dirs
+from addons.formats.manifest import AddonError
+from addons.formats.netfile import NetworkFileError, executable, load_program
+from addons.text.config import format_validation_error
 from blocks import ExecutionContext, LazyModule, MelSettings, NetworkRunner, NetworkSpec
 
 __all__ = ["PACKAGE_FILE", "VocoderPackage", "check_vocoder", "find_vocoder", "load_universal"]

@@ -10,7 +10,7 @@ The XML is read with expat, and a document type declaration is refused before an
 read, so no entity can be declared: no entity expansion ("billion laughs"), no external entities.
 Only XML's five predefined entities and character references are read.
 
-How the script is said (``addons.stages.run_stages`` in process, ``serve_app.streams`` on a
+How the script is said (``addons.engine.driver.run_stages`` in process, ``serve_app.streams`` on a
 server): each :class:`Part` is split into sentences by the front-end like plain text; its ``rate``
 multiplies the request's speed and its ``volume_db`` adds to the voice's gain. A :class:`Pause` is
 exact digital silence of a whole number of mel frames (the vocoder's stream is finished before it
@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 from xml.parsers import expat
 
-from addons.frontend import TextError, pause_mark
-from addons.ipa import ESPEAK_MNEMONICS, ipa_to_espeak
-from addons.manifest import LexiconEntry
-from addons.normalize import cardinal, ordinal, year
+from addons.text.config import LexiconEntry
+from addons.text.frontend import TextError, pause_mark
+from addons.text.ipa import ESPEAK_MNEMONICS, ipa_to_espeak
+from addons.text.normalize import cardinal, ordinal, year
 
 __all__ = [
     "MAX_BREAK_MS",
@@ -107,7 +107,7 @@ class Part:
     marks: tuple[tuple[str, int, int], ...] = ()
 
     def options(self, options: dict[str, object]) -> dict[str, object]:
-        """Resolved request options (see ``addons.voice.resolve_options``) as this part says them.
+        """Resolved request options (see ``addons.engine.voice.resolve_options``) as this part says them.
 
         Raises :class:`SSMLError` when the part's rate takes the speed outside 0.25 to 4.
         """

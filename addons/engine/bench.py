@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
-from addons.voice import ThreadsPlan, Voice
+from addons.engine.voice import ThreadsPlan, Voice
 
 __all__ = ["SENTENCES", "BenchResult", "bench_voice", "compare_plans"]
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from addons.netfile import executable, load_program, max_length
-from addons.onnxfile import check_onnx, load_onnx, read_onnx
+from addons.formats.netfile import executable, load_program, max_length
+from addons.formats.onnxfile import check_onnx, load_onnx, read_onnx
 from blocks import NetworkSpec
 
 __all__ = ["check_network", "open_network"]

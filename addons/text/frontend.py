@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from addons.manifest import FrontendConfig, LexiconEntry
+from addons.text.config import FrontendConfig, LexiconEntry
 
 __all__ = [
     "Frontend",
@@ -107,7 +107,7 @@ class Lexicon:
     addon's). A word matches without its edge punctuation, and case-blind unless the entry says."""
 
     def __init__(self, entries: Sequence[LexiconEntry | Mapping[str, Any]] = (), normalize: bool = False) -> None:
-        self.normalize = normalize  # also read money, times, dates, units as words (addons.normalize)
+        self.normalize = normalize  # also read money, times, dates, units as words (addons.text.normalize)
         self.entries: dict[str, list[LexiconEntry]] = {}
         for raw in entries:
             entry = raw if isinstance(raw, LexiconEntry) else LexiconEntry.model_validate(raw)
@@ -151,7 +151,7 @@ def _nfkc_runs(text: str) -> Iterator[tuple[int, int]]:
 
 def _normalized(written: str, core: str, cut: int, previous: str | None) -> str:
     """``written`` with its core read as words where espeak-ng would misread it."""
-    from addons.normalize import spoken
+    from addons.text.normalize import spoken
 
     end = cut + len(core)
     if written[end : end + 1] == "." and (said := spoken(core + ".", previous)) is not None:
@@ -213,7 +213,7 @@ class Frontend:
 
     def phonemize(self, text: str) -> list[str]:
         """espeak-ng phoneme names for ``text`` ([] if nothing in it is speakable)."""
-        from addons.espeak import get_espeak
+        from addons.text.espeak import get_espeak
 
         try:
             return get_espeak(self.config.voice).phonemize(text)
@@ -223,7 +223,7 @@ class Frontend:
     def phonemize_aligned(self, text: str, phoneme_input: bool = False) -> list[tuple[str, int]]:
         """(phoneme, offset in ``text`` of the word it was read from) pairs ([] if nothing is speakable);
         ``phoneme_input``: ``[[...]]`` in ``text`` are phoneme mnemonics."""
-        from addons.espeak import get_espeak
+        from addons.text.espeak import get_espeak
 
         try:
             events = get_espeak(self.config.voice).phonemize_aligned(text, phoneme_input)
@@ -239,7 +239,7 @@ class Frontend:
         Each carries its words with their offsets in ``text`` and, per phoneme, which word it was
         read from. ``lexicon`` entries (then the addon's) override how words are said, and
         ``normalize`` reads money, times, dates, units and abbreviations as words
-        (:mod:`addons.normalize`; the marks keep the words as written). Raises
+        (:mod:`addons.text.normalize`; the marks keep the words as written). Raises
         :class:`TextError` on the first pull if ``text`` is empty or nothing in it is speakable,
         or a lexicon entry gives phonemes the voice does not have, so a caller fails before
         producing any output.

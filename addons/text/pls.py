@@ -1,6 +1,6 @@
 """Pronunciation lexicons from files and documents: W3C PLS (a subset) and Chorus's JSON form.
 
-A lexicon is a list of :class:`addons.manifest.LexiconEntry`: a word said as phonemes (espeak-ng
+A lexicon is a list of :class:`addons.formats.manifest.LexiconEntry`: a word said as phonemes (espeak-ng
 mnemonics or IPA) or read as an alias. They come from a request (``lexicon``: a JSON list, or a
 PLS document as a string), from the server's configuration (``lexicons`` in the Serve arguments)
 and from the addon (``frontend.lexicon`` and ``frontend.lexicon_files``); the first entry that
@@ -22,8 +22,8 @@ from xml.parsers import expat
 from pydantic import BeforeValidator, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
 from pydantic_core import PydanticCustomError
 
-from addons.manifest import LexiconEntry, format_validation_error
-from addons.ssml import guarded_parser
+from addons.text.config import LexiconEntry, format_validation_error
+from addons.text.ssml import guarded_parser
 
 __all__ = ["LEXICON_ERROR", "MAX_LEXICON_BYTES", "LexiconFileError", "LexiconInput", "load_lexicon", "read_pls"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from addons.export import NetworkExport, export_addon
+from addons.formats.export import NetworkExport, export_addon
 from addons.models import AttentionEncoder, DecoderStep, DurationPredictor, FrameVocoder, MelDecoder, TextEncoder
 from addons.models.attention import AttentionKeys, KeyedDecoderStep
 from blocks import MelSettings, TensorSpec

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from addons.espeak import IpaClause, get_espeak
-from addons.frontend import (
+from addons.text.config import LexiconEntry, PiperFrontendConfig
+from addons.text.espeak import IpaClause, get_espeak
+from addons.text.frontend import (
     _EDGE_PUNCTUATION,
     Frontend,
     Lexicon,
@@ -39,7 +40,6 @@ from addons.frontend import (
     pause_ms,
     split_edges,
 )
-from addons.manifest import LexiconEntry, PiperFrontendConfig
 
 __all__ = ["PiperFrontend"]
 
@@ -88,9 +88,9 @@ class _Window:
 
 
 class PiperFrontend(Frontend):
-    """:class:`~addons.frontend.Frontend`'s interface over Piper's phoneme ids (see the module doc).
+    """:class:`~addons.text.frontend.Frontend`'s interface over Piper's phoneme ids (see the module doc).
 
-    ``sentences`` yields :class:`~addons.frontend.Sentence` whose ``ids`` are exactly Piper's for
+    ``sentences`` yields :class:`~addons.text.frontend.Sentence` whose ``ids`` are exactly Piper's for
     that sentence (given ``normalize=False`` and no lexicon entry in it), ``phonemes`` one symbol
     per id, and ``phoneme_words`` the written word each id was read from (-1 for ``^ _ $``, spaces
     and punctuation).

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from addons.manifest import MANIFEST_NAME, SCHEMA_VERSION, AddonError, AddonManifest, check_manifest
-from addons.netfile import load_program
+from addons.formats.manifest import MANIFEST_NAME, SCHEMA_VERSION, AddonError, AddonManifest, check_manifest
+from addons.formats.netfile import load_program
 from blocks import NetworkSpec, StackError, TensorSpec
 
 __all__ = ["NetworkExport", "export_addon", "export_network"]
@@ -49,7 +49,7 @@ def export_addon(
 ) -> Path:
     """Write an addon to ``directory``.
 
-    ``manifest`` holds the other :class:`~addons.manifest.AddonManifest` fields (``name``,
+    ``manifest`` holds the other :class:`~addons.formats.manifest.AddonManifest` fields (``name``,
     ``language``, ``frontend``, ``stack``, ...). The manifest is checked before anything is
     exported, and each exported network is reloaded and compared with eager within ``tolerance``.
     """

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from addons.manifest import AddonError
+from addons.formats.manifest import AddonError
 from blocks import NetworkSpec
 
 __all__ = [

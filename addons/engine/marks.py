@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from addons.frontend import Frontend, Sentence, Word, pause_ms
-from addons.manifest import AddonManifest
+from addons.formats.manifest import AddonManifest
+from addons.text.frontend import Frontend, Sentence, Word, pause_ms
 from blocks import parse_stack
 from blocks.stages import provides_alignment
 

@@ -7,7 +7,7 @@ refused before a session is made, with one line that names the file and the reas
   and model-local functions (a way to define such domains);
 - tensors whose data lives in external files outside the addon directory, or missing, or
   shorter than the tensor says (ONNX Runtime would read them as they are);
-- files, and external data, larger than :data:`addons.netfile.MAX_NETWORK_BYTES`;
+- files, and external data, larger than :data:`addons.formats.netfile.MAX_NETWORK_BYTES`;
 - a graph whose inputs and outputs differ from the signature the manifest declares.
 
 A session is made once per network per process (:func:`session`), with explicit options: the
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from addons.netfile import MAX_NETWORK_BYTES, NetworkFileError
+from addons.formats.netfile import MAX_NETWORK_BYTES, NetworkFileError
 from blocks import NetworkSpec
 
 __all__ = ["STANDARD_DOMAINS", "OnnxModule", "check_onnx", "load_onnx", "read_onnx", "session"]

@@ -1,0 +1,85 @@
+"""The text front end: text and SSML to sentences of phoneme ids (espeak-ng, Piper's reading,
+normalization, lexicons). It knows nothing of networks or of the addon format above it."""
+
+from addons.text.config import (
+    AnyFrontendConfig,
+    FrontendConfig,
+    LexiconEntry,
+    PiperFrontendConfig,
+    Strict,
+    format_validation_error,
+)
+from addons.text.espeak import Espeak, IpaClause, PhonemeEvent, TeacherUtterance, get_espeak, is_pause
+from addons.text.frontend import (
+    Frontend,
+    Lexicon,
+    LexiconError,
+    Sentence,
+    TextError,
+    Word,
+    pause_mark,
+    pause_ms,
+    split_edges,
+)
+from addons.text.ipa import ESPEAK_MNEMONICS, ipa_to_espeak
+from addons.text.normalize import cardinal, ordinal, spoken
+from addons.text.piper import PiperFrontend
+from addons.text.pls import LEXICON_ERROR, MAX_LEXICON_BYTES, LexiconFileError, LexiconInput, load_lexicon, read_pls
+from addons.text.ssml import (
+    MAX_BREAK_MS,
+    Part,
+    Pause,
+    SSMLError,
+    guarded_parser,
+    is_ssml,
+    parse,
+    pause_frames,
+    plain_text,
+    script_of,
+)
+
+__all__ = [
+    "ESPEAK_MNEMONICS",
+    "LEXICON_ERROR",
+    "MAX_BREAK_MS",
+    "MAX_LEXICON_BYTES",
+    "AnyFrontendConfig",
+    "Espeak",
+    "Frontend",
+    "FrontendConfig",
+    "IpaClause",
+    "Lexicon",
+    "LexiconEntry",
+    "LexiconError",
+    "LexiconFileError",
+    "LexiconInput",
+    "Part",
+    "Pause",
+    "PhonemeEvent",
+    "PiperFrontend",
+    "PiperFrontendConfig",
+    "SSMLError",
+    "Sentence",
+    "Strict",
+    "TeacherUtterance",
+    "TextError",
+    "Word",
+    "cardinal",
+    "format_validation_error",
+    "get_espeak",
+    "guarded_parser",
+    "ipa_to_espeak",
+    "is_pause",
+    "is_ssml",
+    "load_lexicon",
+    "ordinal",
+    "parse",
+    "pause_frames",
+    "pause_mark",
+    "pause_ms",
+    "plain_text",
+    "read_pls",
+    "script_of",
+    "split_edges",
+    "spoken",
+]
