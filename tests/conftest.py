@@ -26,6 +26,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_ray_stops() -> Any:
+    """The session's shared Ray (``tests.shared_ray``), if a module started it, stops at the end."""
+    yield
+    from tests import shared_ray
+
+    shared_ray.stop()
+
+
 @pytest.fixture(scope="session")
 def fixture_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("addons")

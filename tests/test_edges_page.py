@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from serve_app.server import free_port
+from tests.shared_ray import serve_apps
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -42,21 +42,14 @@ def _browser() -> Any:
 @pytest.fixture(scope="module")
 def page(fixture_dir: Path) -> Iterator[tuple[str, Any]]:
     browser = _browser()  # skips before Ray starts
-    ray = pytest.importorskip("ray")
-    from ray import serve
-
+    pytest.importorskip("ray")
     from serve_app.app import AppArgs, build_app
 
-    port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(AppArgs(addons=[str(fixture_dir / "tiny-fast")])), name="chorus", route_prefix="/")
-        yield f"http://127.0.0.1:{port}", browser
+        with serve_apps((build_app(AppArgs(addons=[str(fixture_dir / "tiny-fast")])), "chorus", "/")) as url:
+            yield url, browser
     finally:
         browser.quit()
-        serve.shutdown()
-        ray.shutdown()
 
 
 def _state(browser: Any) -> str:

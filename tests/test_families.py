@@ -19,6 +19,7 @@ import pytest
 import addons
 from addons.engine.families import RESIDENT_FACTOR, VOICE_OVERHEAD_BYTES, scan_folder, signature, voices_per_replica
 from tests.helpers import run_cli
+from tests.shared_ray import serve_apps
 
 TEXT = "One pool of replicas. Many voices in it, each loaded when a listener asks."
 
@@ -160,30 +161,21 @@ def test_cli_refuses_a_missing_voices_dir(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def family_server(voices: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The family served with one voice per replica (every change of voice on a replica is a load)."""
-    import ray
-    from ray import serve
-
     from serve_app.app import AppArgs, build_app
-    from serve_app.server import free_port
 
     os.environ["CHORUS_IMPORT_CACHE"] = str(tmp_path_factory.getbasetemp() / "import-cache")
     # a fifth voice, good at the start, whose files turn bad while the others serve
     _copy_voice(voices / "tiny-a", voices / "tiny-spare", "tiny-spare")
-    port = free_port()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    args = AppArgs(
+        families=[{"voices_dir": str(voices), "voices_per_replica": 1}],
+        families_only=True,
+        deployments={"tinies-decoder": {"num_replicas": 2}},
+        admission=False,
+    )
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        args = AppArgs(
-            families=[{"voices_dir": str(voices), "voices_per_replica": 1}],
-            families_only=True,
-            deployments={"tinies-decoder": {"num_replicas": 2}},
-            admission=False,
-        )
-        serve.run(build_app(args), name="family", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
+        with serve_apps((build_app(args), "family", "/")) as url:
+            yield url
     finally:
-        serve.shutdown()
-        ray.shutdown()
         shutil.rmtree(voices / "tiny-spare", ignore_errors=True)
 
 

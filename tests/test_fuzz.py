@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from serve_app.server import free_port
+from tests.shared_ray import serve_apps
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -40,18 +40,11 @@ SPOKEN_CHARS = 24  # bodies sent to the real model keep this much input: synthes
 def server(fixture_dir: Path) -> Iterator[str]:
     from serve_app.app import AppArgs, build_app
 
-    port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        # Fused (each decoder replica vocodes): the fuzzing does not depend on it, and this module
-        # then also checks that path's audio without an app of its own.
-        args = AppArgs(addons=[str(fixture_dir / MODEL)], fused_vocoder=True)
-        serve.run(build_app(args), name="chorus", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    # Fused (each decoder replica vocodes): the fuzzing does not depend on it, and this module
+    # then also checks that path's audio without an app of its own.
+    args = AppArgs(addons=[str(fixture_dir / MODEL)], fused_vocoder=True)
+    with serve_apps((build_app(args), "chorus", "/")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

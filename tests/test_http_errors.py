@@ -26,7 +26,7 @@ from fastapi.responses import PlainTextResponse
 from fastapi.testclient import TestClient
 
 from serve_app.http import HttpPolicy, install, json_depth, key_digests
-from serve_app.server import free_port
+from tests.shared_ray import serve_apps
 
 KEY = "test-key-not-secret"
 OTHER_KEY = "sk-second-key"
@@ -51,8 +51,8 @@ def _error(response: httpx.Response, status: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def server(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    ray = pytest.importorskip("ray")
-    serve = pytest.importorskip("ray.serve")
+    pytest.importorskip("ray")
+    pytest.importorskip("ray.serve")
     import addons
     from serve_app.app import AppArgs, build_app
     from serve_app.ingress import Ingress, ModelInfo
@@ -63,23 +63,14 @@ def server(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     manifest["networks"]["text_encoder"].update(receptive_field=None, static_length=12)
     (fragile / "addon.json").write_text(json.dumps(manifest))
 
-    port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        args = AppArgs(addons=[str(fragile)], context="static", max_concurrent_streams=2, api_keys=[KEY])
-        serve.run(build_app(args), name="chorus", route_prefix="/")
-        info = ModelInfo.of(addons.read_manifest(fragile))
-        broken: Any = Ingress
-        serve.run(
-            broken.bind({"tiny-fast": info}, {"tiny-fast": (None, None, None)}, HttpPolicy()),
-            name="broken",
-            route_prefix="/broken",
-        )
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    args = AppArgs(addons=[str(fragile)], context="static", max_concurrent_streams=2, api_keys=[KEY])
+    info = ModelInfo.of(addons.read_manifest(fragile))
+    broken: Any = Ingress
+    with serve_apps(
+        (build_app(args), "chorus", "/"),
+        (broken.bind({"tiny-fast": info}, {"tiny-fast": (None, None, None)}, HttpPolicy()), "broken", "/broken"),
+    ) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 
 import addons
-from serve_app.server import free_port
+from tests.shared_ray import serve_apps
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -59,27 +59,20 @@ def server(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
     lexicon = tmp_path_factory.mktemp("lexicons") / "server.pls"
     lexicon.write_text(SERVER_PLS, encoding="utf-8")
-    port = free_port()
-    ray.init(address="local", num_cpus=6, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        args = AppArgs(
-            addons=[str(fixture_dir / "tiny-fast"), str(fixture_dir / "tiny-taco"), str(fixture_dir / "tiny-piper")],
-            deployments={
-                "tiny-fast-decoder": FAST_SCALING,
-                "tiny-taco-decoder": FAST_SCALING,
-                "universal-vocoder": LOAD_SCALING,
-            },
-            lexicons={"*": [str(lexicon)]},
-            # Admission would cap the load at what one replica keeps in real time on a slow machine,
-            # and Ray's requests policy would then never see more than one decode stream at once.
-            admission=False,
-        )
-        serve.run(build_app(args), name="chorus", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    args = AppArgs(
+        addons=[str(fixture_dir / "tiny-fast"), str(fixture_dir / "tiny-taco"), str(fixture_dir / "tiny-piper")],
+        deployments={
+            "tiny-fast-decoder": FAST_SCALING,
+            "tiny-taco-decoder": FAST_SCALING,
+            "universal-vocoder": LOAD_SCALING,
+        },
+        lexicons={"*": [str(lexicon)]},
+        # Admission would cap the load at what one replica keeps in real time on a slow machine,
+        # and Ray's requests policy would then never see more than one decode stream at once.
+        admission=False,
+    )
+    with serve_apps((build_app(args), "chorus", "/")) as url:
+        yield url
 
 
 def _replicas(deployment: str) -> int:

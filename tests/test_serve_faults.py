@@ -21,10 +21,9 @@ from typing import Any
 
 import httpx
 import pytest
-import ray
 from ray import serve
 
-from serve_app.server import free_port
+from tests.shared_ray import serve_apps
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -37,16 +36,9 @@ STREAMS = 6
 def server(fixture_dir: Path) -> Iterator[str]:
     from serve_app.app import AppArgs, build_app
 
-    port = free_port()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        addon = [str(fixture_dir / "tiny-universal")]
-        serve.run(build_app(AppArgs(addons=addon)), name="chorus", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    addon = [str(fixture_dir / "tiny-universal")]
+    with serve_apps((build_app(AppArgs(addons=addon)), "chorus", "/")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

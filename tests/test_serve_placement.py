@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from serve_app.server import free_port
+from tests import shared_ray
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -60,6 +61,7 @@ def cluster() -> Iterator[dict[str, str]]:
             "resources": resources,
         }
 
+    shared_ray.stop()  # a cluster of its own: the session's shared Ray is not it
     c = cluster_utils.Cluster(initialize_head=True, head_node_args=args("head"))
     nodes = {c.head_node.node_id: "head"}
     for name in ("gpu_g5", "gpu_g5", "inf2"):
