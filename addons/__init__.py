@@ -1,7 +1,7 @@
 """Chorus addons: the model plugin format, its loader and the bundled voices."""
 
 from addons.engine.catalog import DEFAULT_ADDON, addon_dirs, find_addon, list_addons
-from addons.engine.loader import load
+from addons.engine.loader import load, resolve_device
 from addons.engine.voice import AudioChunk, MelChunk, SynthesisOptions, ThreadsPlan, Voice, threads_plan
 from addons.formats.export import NetworkExport, export_addon
 from addons.formats.manifest import AddonError, AddonManifest, read_manifest
@@ -25,6 +25,7 @@ __all__ = [
     "list_addons",
     "load",
     "read_manifest",
+    "resolve_device",
     "share_cpu_arena",
     "threads_plan",
 ]

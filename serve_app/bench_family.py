@@ -133,7 +133,7 @@ class StageMemory:
     idle_mib: float  # RSS at ready: no voice loaded by a request yet (a graph's replicas hold theirs)
     end_mib: float  # RSS after every request
     per_voice_est_mib: float  # what one voice needs in this stage by the planner's estimate
-    bound_mib: float  # family: idle + min(cap, V) x replicas x per-voice estimate; graphs: NaN
+    bound_mib: float  # family: idle + replicas x (first voice measured + (min(cap, V) - 1) x estimate); graphs: NaN
 
 
 @dataclass(frozen=True)
@@ -621,7 +621,7 @@ def measure_system(plan: FamilyBenchPlan, system: System, workdir: Path) -> Syst
         pss = sum(pss_mib(p) for pids in replicas.by_stage().values() for p in pids)
         server = replicas.server_rss()
         counts = {s: len(p) for s, p in replicas.by_stage().items()}
-    stages = _stages(plan, system, counts, idle, end)
+    stages = _stages(plan, system, counts, idle, first, end)
     family = system.kind == "family"
     return SystemRow(
         system.kind,
@@ -646,8 +646,16 @@ def measure_system(plan: FamilyBenchPlan, system: System, workdir: Path) -> Syst
 
 
 def _stages(
-    plan: FamilyBenchPlan, system: System, counts: dict[str, int], idle: dict[str, float], end: dict[str, float]
+    plan: FamilyBenchPlan,
+    system: System,
+    counts: dict[str, int],
+    idle: dict[str, float],
+    first: dict[str, float],
+    end: dict[str, float],
 ) -> list[StageMemory]:
+    """Each stage's memory beside the cap's arithmetic: a replica's first voice as measured (it
+    carries the replica's working set: arenas, the batching probe's buffers), each further voice
+    it may hold at the estimate, times the replicas."""
     from addons.engine.families import RESIDENT_FACTOR, VOICE_OVERHEAD_BYTES, stage_bytes
     from addons.formats.manifest import read_manifest
 
@@ -658,7 +666,12 @@ def _stages(
         if not counts[stage]:
             continue  # no such deployment (a voice without its own vocoder)
         per_voice = (sizes[stage] * RESIDENT_FACTOR + VOICE_OVERHEAD_BYTES) / MIB
-        bound = idle[stage] + held * counts[stage] * per_voice if system.kind == "family" else math.nan
+        first_voice = max(per_voice, first.get(stage, idle[stage]) - idle[stage])  # one replica's first load
+        bound = (
+            idle[stage] + counts[stage] * (first_voice + (held - 1) * per_voice)
+            if system.kind == "family"
+            else math.nan
+        )
         out.append(StageMemory(stage, counts[stage], idle[stage], end[stage], per_voice, bound))
     return out
 

@@ -140,9 +140,7 @@ class Vocoding(_Replica):
         self.stages = {}
         for name, directory in addon_dirs.items():
             manifest = addons.read_manifest(Path(directory))
-            self.stages[name] = AudioStage.load_from(
-                Path(directory), manifest, addons.engine.loader.resolve_device(device), batching
-            )
+            self.stages[name] = AudioStage.load_from(Path(directory), manifest, addons.resolve_device(device), batching)
             self.stages[name].load()  # its weights, read before the first request
 
     async def _audio_stage(self, model: str) -> AudioStage:

@@ -88,6 +88,25 @@ class VoicePool(Generic[T]):
             raise KeyError(f"this family does not serve {name!r}")
         return (await self._voice(name)).stage
 
+    def warm_up(self, exercise: Callable[[T], object] | None = None) -> str | None:
+        """Load one of the family's voices and let it go again, before the first request: what
+        every load after it shares is then done (the batching probe, the runtimes' first
+        initialization, espeak's), so a cold voice costs only its own load. Returns the voice
+        used (None if none could be loaded: each request then reports its own error).
+        ``exercise(stage)``: run it once too (first calls initialize what loading does not)."""
+        for name in sorted(self.members):
+            try:
+                stage = self._load(name, Path(self.members[name]))
+                if exercise is not None:
+                    exercise(stage)
+            except (addons.AddonError, addons.TextError, OSError):
+                continue
+            del stage
+            gc.collect()
+            _trim_heap()
+            return name
+        return None
+
     def _load_clean(self, name: str) -> T:
         if self.evicted:  # its networks sit in reference cycles until collected
             self.evicted = False
@@ -134,6 +153,7 @@ class FamilyEncoders(_FamilyReplica, Encoding):
             return stage
 
         self.pool = VoicePool(members, cap, load)
+        self.pool.warm_up(lambda stage: [stage.encode(s.ids) for s in stage.sentences("Hello.")])
 
     async def _encoders(self) -> EncoderStage:
         return await self.pool.get(serve.get_multiplexed_model_id())  # type: ignore[no-any-return]
@@ -178,6 +198,7 @@ class FamilyDecoder(_FamilyReplica, Decoding):
             return _DecoderVoice(voice.decoder, voice.hop_length / voice.sample_rate, voice.audio if vocoder else None)
 
         self.pool = VoicePool(members, cap, load)
+        self.pool.warm_up()
 
     async def _decoder(self) -> tuple[DecoderStage, float]:
         held: _DecoderVoice = await self.pool.get(serve.get_multiplexed_model_id())
@@ -204,13 +225,12 @@ class FamilyVocoder(_FamilyReplica, Vocoding):
 
         def load(name: str, directory: Path) -> AudioStage:
             manifest = addons.read_manifest(directory)
-            stage = AudioStage.load_from(
-                directory, manifest, addons.engine.loader.resolve_device(device), batching, probes
-            )
+            stage = AudioStage.load_from(directory, manifest, addons.resolve_device(device), batching, probes)
             stage.load()
             return stage
 
         self.pool = VoicePool(members, cap, load)
+        self.pool.warm_up()
 
     async def _audio_stage(self, model: str) -> AudioStage:
         return await self.pool.get(model)  # type: ignore[no-any-return]
