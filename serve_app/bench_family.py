@@ -133,6 +133,7 @@ class StageMemory:
     idle_mib: float  # RSS at ready: no voice loaded by a request yet (a graph's replicas hold theirs)
     end_mib: float  # RSS after every request
     per_voice_est_mib: float  # what one voice needs in this stage by the planner's estimate
+    first_voice_mib: float  # what a replica's first voice took, measured (at least the estimate); graphs: NaN
     bound_mib: float  # family: idle + replicas x (first voice measured + (min(cap, V) - 1) x estimate); graphs: NaN
 
 
@@ -672,7 +673,8 @@ def _stages(
             if system.kind == "family"
             else math.nan
         )
-        out.append(StageMemory(stage, counts[stage], idle[stage], end[stage], per_voice, bound))
+        measured = first_voice if system.kind == "family" else math.nan
+        out.append(StageMemory(stage, counts[stage], idle[stage], end[stage], per_voice, measured, bound))
     return out
 
 
@@ -782,7 +784,7 @@ FIGURE_NOTES = (
     "memory: MiB of RSS summed over the replica processes of the served voices' deployments (ingress, "
     "proxy, controller and Ray's own processes not included: 'server' is every process of the server)",
     "idle: at /ready, before any request; first: after the first request; peak: highest sampled sum; "
-    "bound: the cap's arithmetic, per stage idle + min(cap, V) x replicas x the planner's per-voice estimate",
+    "bound: the cap's arithmetic, per stage idle + replicas x (a replica's first voice as measured + (min(cap, V) - 1) x the planner's per-voice estimate)",
     "cold: first audio of a voice's first request (family: no replica held it; single/graphs: loaded at start); "
     "warm: the same voice asked again right after; first audio = first pcm byte, ms, sequential requests",
     "traffic: C clients back to back; uniform = round robin over the voices, zipf = seeded Zipf (s 1.1); "
@@ -814,14 +816,15 @@ def format_systems(rows: Sequence[SystemRow]) -> str:
 
 
 def format_stages(rows: Sequence[SystemRow]) -> str:
-    head = f"{'system':<7} {'V':>4} {'stage':<8} {'replicas':>8} {'idle':>6} {'end':>6} {'per voice (est.)':>16} {'bound':>6}"
+    head = f"{'system':<7} {'V':>4} {'stage':<8} {'replicas':>8} {'idle':>6} {'end':>6} {'per voice (est.)':>16} {'1st voice':>9} {'bound':>6}"
     lines = [head]
     for r in rows:
         for s in r.stages:
             bound = f"{s.bound_mib:>6.0f}" if math.isfinite(s.bound_mib) else f"{'-':>6}"
+            first = f"{s.first_voice_mib:>9.0f}" if math.isfinite(s.first_voice_mib) else f"{'-':>9}"
             lines.append(
                 f"{r.system:<7} {r.voices:>4} {s.stage:<8} {s.replicas:>8} {s.idle_mib:>6.0f} {s.end_mib:>6.0f} "
-                f"{s.per_voice_est_mib:>16.0f} {bound}"
+                f"{s.per_voice_est_mib:>16.0f} {first} {bound}"
             )
     return "\n".join(lines)
 

@@ -23,7 +23,9 @@ def test_addon_speaks_through_the_package_it_names(fixture_dir: Path) -> None:
     voice = addons.load(fixture_dir / "tiny-universal")
     chunks = list(voice.stream(TEXT))
     audio = np.concatenate([c.samples for c in chunks])
-    assert len(chunks) > 1 and audio.size > 0 and np.isfinite(audio).all()
+    whole, mel = voice.synthesize(TEXT)
+    assert len(chunks) > 1 and np.array_equal(audio, whole)  # streamed equals whole
+    assert audio.size == len(mel) * voice.hop_length and len(mel) > 0 and np.isfinite(audio).all()
     assert not read_manifest(fixture_dir / "tiny-universal").uses_own_vocoder  # one shared deployment serves it
 
 
