@@ -2,7 +2,8 @@
 
 from addons.engine.catalog import DEFAULT_ADDON, addon_dirs, find_addon, list_addons
 from addons.engine.loader import load, resolve_device
-from addons.engine.voice import AudioChunk, MelChunk, SynthesisOptions, ThreadsPlan, Voice, threads_plan
+from addons.engine.options import SynthesisOptions
+from addons.engine.voice import AudioChunk, MelChunk, ThreadsPlan, Voice, threads_plan
 from addons.formats.export import NetworkExport, export_addon
 from addons.formats.manifest import AddonError, AddonManifest, read_manifest
 from addons.formats.onnxfile import share_cpu_arena

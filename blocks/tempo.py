@@ -14,7 +14,12 @@ import math
 
 import numpy as np
 
-__all__ = ["MelTempo", "honours"]
+__all__ = ["MAX_SPEED", "MIN_SPEED", "MelTempo", "honours"]
+
+#: The speaking rates the blocks that honour ``speed`` are built for (an upsampler dividing
+#: durations, :class:`MelTempo` resampling mel): every request option, SSML rate and voice preset
+#: is held to this range (``addons.engine.options``).
+MIN_SPEED, MAX_SPEED = 0.25, 4.0
 
 
 def honours(node: object, option: str) -> bool:

@@ -60,8 +60,8 @@ def _zero_like(value: Any) -> Any:
 def profile_addon(directory: Path, text: str) -> FloorProfile:
     """Run the addon in process on ``text`` once and record what each hop carries."""
     import addons
+    from addons.engine.options import resolve_options
     from addons.engine.stages import AudioStage
-    from addons.engine.voice import resolve_options
     from addons.text.frontend import Frontend
     from blocks import Request
 

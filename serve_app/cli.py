@@ -55,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--context", choices=["dynamic", "static"], default="dynamic", help="execution context")
     synth.add_argument("--voice", default="default", help="one of the addon's voices")
-    synth.add_argument("--speed", type=float, default=None, help="speaking rate multiplier (0.25-4)")
+    synth.add_argument(
+        "--speed", type=float, default=None, help="speaking rate factor; unset: the voice's own (range: docs/api.md)"
+    )
     synth.add_argument("--mel-out", type=Path, help="also save the mel frames [F, n_mels] as .npy")
     synth.add_argument("--mel-plot", type=Path, help="also save a PNG plot of the mel")
     synth.add_argument(

@@ -285,7 +285,7 @@ class Decoding(Vocoding):
         ``first_frames``, what the vocoder needs for its first audio: one round trip, not two) to
         MAX_MEL_CHUNK frames.
 
-        ``options`` are resolved already (see ``addons.engine.voice.resolve_options``). ``deadline``
+        ``options`` are resolved already (see ``addons.engine.options.resolve_options``). ``deadline``
         (Unix seconds) is when the listener's buffer runs dry at the start of this sentence
         (now, if nothing was heard yet); each chunk's network calls are ranked by it, plus the
         audio already produced, so streams ahead of playback yield to newer ones. ``aligned``: each

@@ -28,7 +28,7 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 
 from addons.engine.families import VoiceUnavailable
 from addons.engine.marks import MarkTracker, SpeechMark, provides_marks
-from addons.engine.voice import resolve_options
+from addons.engine.options import OptionError, resolve_options
 from addons.formats.manifest import AddonManifest
 from addons.text.config import LexiconEntry
 from addons.text.frontend import Frontend, LexiconError
@@ -121,7 +121,7 @@ class ModelInfo:
         return cls(manifest, provides_marks(manifest), tuple(lexicon))
 
     def resolve(self, **options: Any) -> dict[str, Any]:
-        """A request's options resolved for this model (``addons.engine.voice.resolve_options``), the
+        """A request's options resolved for this model (``addons.engine.options.resolve_options``), the
         server's lexicon after the request's own (and before the addon's)."""
         _, resolved = resolve_options(self.manifest, **options)
         if self.lexicon:
@@ -175,13 +175,6 @@ def _samples_at(marks: Sequence[SpeechMark], native: int, rate: int) -> list[dic
             for key in ("start_sample", "end_sample"):
                 mark[key] = round(mark[key] * rate / native)
     return found
-
-
-def _option_error(exc: ValueError) -> tuple[str, str]:
-    """The field at fault and the code of a request's voice options refused by ``resolve_options``."""
-    if str(exc).startswith("unknown voice"):
-        return "voice", "voice_not_found"
-    return ("voice" if "voice" in str(exc) else "speed"), "invalid_option"
 
 
 class SpeechError(Exception):
@@ -268,9 +261,8 @@ class _SocketBackend:
             resolved = info.resolve(
                 voice=body.voice_name, speed=body.speed, lexicon=body.lexicon, normalize=body.normalize, seed=body.seed
             )
-        except ValueError as exc:
-            param, code = _option_error(exc)
-            raise ProtocolError(str(exc), code, param) from None
+        except OptionError as exc:
+            raise ProtocolError(str(exc), exc.code, exc.param) from None
         try:
             tracker = self.ingress._tracker(info, list(message.timestamps))
         except SpeechError as exc:
@@ -560,8 +552,8 @@ class Ingress:
             resolved = info.resolve(
                 voice=body.voice_name, speed=body.speed, lexicon=body.lexicon, normalize=body.normalize, seed=body.seed
             )
-        except ValueError as exc:
-            raise SpeechError(400, str(exc), *_option_error(exc)) from None
+        except OptionError as exc:
+            raise SpeechError(400, str(exc), exc.param, exc.code) from None
         native = info.manifest.mel.sample_rate
         rate = body.output_rate(native)
         if rate is not None and rate != native and body.response_format not in RESAMPLED_FORMATS:

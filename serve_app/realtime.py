@@ -60,6 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from addons.engine.marks import MarkTracker, SpeechMark
+from addons.engine.options import Speed, option
 from addons.text.frontend import Frontend
 from addons.text.pls import LexiconInput
 from addons.text.ssml import is_ssml
@@ -91,7 +92,7 @@ class OpenMessage(_Message):
     type: Literal["open"]
     model: str = Field(min_length=1, description="A served model, or an OpenAI name mapped to one.")
     voice: str = Field("default", min_length=1, description="A voice of the model (OpenAI names are mapped).")
-    speed: float | None = Field(None, ge=0.25, le=4.0, description="Speaking rate; unset: the voice's own.")
+    speed: Speed | None = option("speed")
     audio: Literal["base64", "binary"] = Field("base64", description="Audio as base64 JSON events or binary frames.")
     timestamps: list[Literal["word", "phoneme", "sentence"]] = Field(
         default_factory=list, description="Speech marks to send beside the audio (where the model has them)."
@@ -103,10 +104,8 @@ class OpenMessage(_Message):
         description="Speak unfinished text after this long without more; 0: never.",
     )
     interrupt: bool = Field(False, description="Cancel every other context of the connection first (a new turn).")
-    lexicon: LexiconInput = Field(
-        default_factory=list, max_length=100, description="Pronunciation overrides, as on /v1/audio/speech."
-    )
-    normalize: bool = Field(True, description="Read money, times, dates and units as words.")
+    lexicon: LexiconInput = option("lexicon")
+    normalize: bool = option("normalize")
 
 
 class TextMessage(_Message):

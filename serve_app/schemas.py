@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from addons.engine.options import InputFormat, Seed, Speed, option
 from addons.text.pls import LEXICON_ERROR, LexiconInput
 from serve_app.audio_format import UNSUPPORTED_FORMATS
 
@@ -94,51 +95,15 @@ class SpeechRequest(_Strict):
             "Opus carries), aac is ADTS."
         ),
     )
-    speed: float | None = Field(
-        default=None,
-        ge=0.25,
-        le=4.0,
-        description=(
-            "Speaking rate factor, 0.25 to 4.0. Unset: the voice's own speed (a preset may have one), "
-            "else the model's default (1.0 for the bundled voices)."
-        ),
-    )
+    speed: Speed | None = option("speed")
     stream_format: Literal["audio", "sse"] = Field(
         default="audio",
         description="'audio': the encoded file as a chunked body; 'sse': server-sent events.",
     )
-    lexicon: LexiconInput = Field(
-        default_factory=list,
-        max_length=100,
-        description=(
-            "Pronunciation overrides for this request, before the server's and the model's own: each a "
-            "'grapheme' (one word, matched without edge punctuation, case-blind unless 'case_sensitive') said "
-            "as 'phonemes' (espeak-ng mnemonics of the voice's inventory, or IPA with 'alphabet': 'ipa') or "
-            "read as an 'alias'. Or a W3C PLS document as one string (docs/ssml.md). At most 100 entries; any "
-            "problem with them is a 400 'invalid_lexicon' naming the entry."
-        ),
-    )
-    input_format: Literal["text", "ssml"] = Field(
-        "text",
-        description=(
-            "'text' (default), or 'ssml': the input is an SSML document (the subset in docs/ssml.md; an input "
-            "whose root is <speak> is read as SSML either way). Bad or unsupported markup is a 400 "
-            "'invalid_ssml' naming the tag and its line and column; markup is never read aloud."
-        ),
-    )
-    seed: int | None = Field(
-        None,
-        ge=0,
-        le=2**32 - 1,
-        description=(
-            "For models that draw noise (VITS voices such as Piper's): which draw, so the same request gives the "
-            "same audio; unset: 0. Other models ignore it."
-        ),
-    )
-    normalize: bool = Field(
-        True,
-        description="Read money ($3.50), times (10:00), dates, units (5 km) and abbreviations as words; false reads them as espeak-ng does.",
-    )
+    lexicon: LexiconInput = option("lexicon")
+    input_format: InputFormat = option("input_format")
+    seed: Seed | None = option("seed")
+    normalize: bool = option("normalize")
     timestamps: list[Literal["sentence", "ssml", "word", "phoneme"]] = Field(
         default_factory=list,
         description=(

@@ -234,18 +234,27 @@ def test_every_lexicon_error_on_the_websocket_is_invalid_lexicon(lexicon: Any, p
     )
 
 
-def test_the_python_api_states_its_own_limit() -> None:
-    from addons.engine.voice import SynthesisOptions, resolve_options
-    from addons.text.frontend import TextError
+def test_the_python_api_holds_the_one_declared_limit() -> None:
+    """One options model: in process as over HTTP, at most MAX_REQUEST_LEXICON entries, and the
+    refusal names the field."""
+    from addons.engine.options import MAX_REQUEST_LEXICON, OptionError, SynthesisOptions, resolve_options
 
+    assert MAX_REQUEST_LEXICON == 100
     manifest = addons.load("chorus-fast").manifest
-    with pytest.raises(TextError) as caught:
-        resolve_options(manifest, lexicon=[{"grapheme": "x", "alias": "y"}] * 1001)
-    assert str(caught.value) == "lexicon: at most 1000 entries per request, got 1001"
+    with pytest.raises(OptionError) as caught:
+        resolve_options(manifest, lexicon=[{"grapheme": "x", "alias": "y"}] * 101)
+    assert str(caught.value) == "lexicon: at most 100 entries per request, got 101"
+    assert (caught.value.param, caught.value.code) == ("lexicon", "invalid_option")
     with pytest.raises(ValueError) as bad:
         SynthesisOptions(lexicon=[{"grapheme": "click", "phonemes": "ʘa", "alphabet": "ipa"}])
     assert bad.value.errors()[0]["type"] == "invalid_lexicon"  # type: ignore[attr-defined]
-    assert len(SynthesisOptions(lexicon=[{"grapheme": "x", "alias": "y"}] * 1000).lexicon) == 1000
+    assert len(SynthesisOptions(lexicon=[{"grapheme": "x", "alias": "y"}] * 100).lexicon) == 100
+    with pytest.raises(OptionError) as speed:
+        resolve_options(manifest, speed=9)
+    assert speed.value.param == "speed" and "4" in str(speed.value)
+    with pytest.raises(OptionError) as voice:
+        resolve_options(manifest, voice="nobody")
+    assert (voice.value.param, voice.value.code) == ("voice", "voice_not_found")
 
 
 def test_a_json_lexicon_file_names_the_bad_entry(tmp_path: Path) -> None:

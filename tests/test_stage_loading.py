@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import addons
+from addons.engine.options import resolve_options
 from addons.engine.stages import AudioStage
-from addons.engine.voice import resolve_options
 from addons.formats.manifest import AddonError, read_manifest
 from blocks import Request, parse_stack
 from blocks.stages import split_stack

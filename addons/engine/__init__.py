@@ -28,6 +28,18 @@ from addons.engine.marks import (
     split_text_features,
 )
 from addons.engine.networks import NetworkLoader, build_env, make_frontend, universal_vocoders
+from addons.engine.options import (
+    MAX_REQUEST_LEXICON,
+    MAX_SEED,
+    OPTION_FIELDS,
+    InputFormat,
+    OptionError,
+    Seed,
+    Speed,
+    SynthesisOptions,
+    option,
+    resolve_options,
+)
 from addons.engine.stages import (
     PAUSES,
     STAGES,
@@ -41,17 +53,7 @@ from addons.engine.stages import (
     with_pauses,
 )
 from addons.engine.vocoders import PACKAGE_FILE, VocoderPackage, check_vocoder, find_vocoder, load_universal
-from addons.engine.voice import (
-    AHEAD,
-    PIPELINED_AHEAD,
-    AudioChunk,
-    MelChunk,
-    SynthesisOptions,
-    ThreadsPlan,
-    Voice,
-    resolve_options,
-    threads_plan,
-)
+from addons.engine.voice import AHEAD, PIPELINED_AHEAD, AudioChunk, MelChunk, ThreadsPlan, Voice, threads_plan
 
 __all__ = [
     "AHEAD",
@@ -59,6 +61,9 @@ __all__ = [
     "CACHE_ENV",
     "DEFAULT_ADDON",
     "MARK_TYPES",
+    "MAX_REQUEST_LEXICON",
+    "MAX_SEED",
+    "OPTION_FIELDS",
     "PACKAGE_FILE",
     "PATH_ENV",
     "PAUSES",
@@ -72,12 +77,16 @@ __all__ = [
     "EncoderStage",
     "Family",
     "FolderScan",
+    "InputFormat",
     "MarkTracker",
     "MelChunk",
     "NetworkLoader",
+    "OptionError",
     "PlainFeatures",
     "Refusal",
+    "Seed",
     "SpeechMark",
+    "Speed",
     "Stage",
     "StageOutput",
     "SynthesisOptions",
@@ -96,6 +105,7 @@ __all__ = [
     "load",
     "load_universal",
     "make_frontend",
+    "option",
     "prefetched",
     "provides_marks",
     "resolve_device",

@@ -12,7 +12,7 @@ decoder    :data:`PlainFeatures`              mel chunks ``[F, n_mels]`` float32
 audio      mel chunks + a plain stream state  audio ``[S]`` float32 (final samples)  ``gain_db``
 ========== ================================== ====================================== ==============
 
-Request options reach every stage already resolved (:func:`addons.engine.voice.resolve_options`).
+Request options reach every stage already resolved (:func:`addons.engine.options.resolve_options`).
 :func:`addons.engine.driver.run_stages` is the synthesis loop in process; ``serve_app.streams``
 runs the same calls on remote replicas. Their networks come through :mod:`addons.engine.networks`.
 """

@@ -6,21 +6,19 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from addons.engine.driver import run_stages
 from addons.engine.marks import MarkTracker, SpeechMark
 from addons.engine.marks import provides_marks as _provides_marks
 from addons.engine.networks import NetworkLoader, build_env
+from addons.engine.options import SynthesisOptions, resolve_options
 from addons.engine.stages import STAGES, AudioStage, DecoderStage, EncoderStage, PlainFeatures, build_stages
 from addons.formats.manifest import AddonError, AddonManifest
-from addons.text.config import format_validation_error
-from addons.text.frontend import Frontend, Sentence, TextError
-from addons.text.pls import LexiconInput
+from addons.text.frontend import Frontend, Sentence
 from blocks import ExecutionContext, Request, Vocoder
 
 __all__ = [
@@ -29,10 +27,8 @@ __all__ = [
     "AudioChunk",
     "AudioStage",
     "MelChunk",
-    "SynthesisOptions",
     "ThreadsPlan",
     "Voice",
-    "resolve_options",
     "threads_plan",
 ]
 
@@ -90,57 +86,6 @@ class MelChunk:
 
     frames: np.ndarray
     sentence: int
-
-
-class SynthesisOptions(BaseModel):
-    """Per-request options; unset fields fall back to the voice preset, then the addon defaults."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    voice: str = Field("default", description="One of the addon's voices.")
-    speed: float | None = Field(None, ge=0.25, le=4.0, description="Speaking rate multiplier.")
-    lexicon: LexiconInput = Field(
-        default_factory=list, max_length=1000, description="Pronunciation overrides, before the addon's own."
-    )
-    normalize: bool = Field(True, description="Read money, times, dates, units and abbreviations as words.")
-    input_format: Literal["text", "ssml"] = Field(
-        "text",
-        description="'ssml': the text is an SSML document (see addons.text.ssml); a <speak> root is read so anyway.",
-    )
-    seed: int | None = Field(
-        None,
-        ge=0,
-        le=2**32 - 1,
-        description="For voices that draw noise (VITS, Piper): which draw; unset: 0. The same seed, the same audio.",
-    )
-
-
-def resolve_options(manifest: AddonManifest, **options: Any) -> tuple[SynthesisOptions, dict[str, Any]]:
-    """Validate request options against an addon; return them and the values blocks see
-    (request value, else the voice preset's, else the addon default). Needs no networks.
-    """
-    try:
-        opts = SynthesisOptions(**options)
-    except ValidationError as exc:
-        raise TextError(format_validation_error(exc)) from None
-    if opts.voice not in manifest.voices:
-        raise TextError(f'unknown voice "{opts.voice}" (known: {", ".join(sorted(manifest.voices))})')
-    preset = manifest.voices[opts.voice]
-    speed = (
-        opts.speed if opts.speed is not None else preset.speed if preset.speed is not None else manifest.defaults.speed
-    )
-    resolved = {"speed": speed, "voice": opts.voice, "gain_db": preset.gain_db}
-    if preset.speaker is not None:
-        resolved["speaker"] = preset.speaker
-    if opts.seed:
-        resolved["seed"] = opts.seed
-    if opts.lexicon:
-        resolved["lexicon"] = [entry.model_dump() for entry in opts.lexicon]
-    if not opts.normalize:
-        resolved["normalize"] = False
-    if opts.input_format == "ssml":
-        resolved["input_format"] = "ssml"
-    return opts, resolved
 
 
 class Voice:

@@ -35,6 +35,7 @@ from blocks import (
     parse_stack,
     plan_stack,
 )
+from blocks.tempo import MAX_SPEED, MIN_SPEED
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -62,12 +63,14 @@ class AddonError(ValueError):
 class SynthesisDefaults(Strict):
     """Per-request options and their defaults; a request may override each."""
 
-    speed: float = Field(1.0, ge=0.25, le=4.0, description="Speaking rate multiplier (2.0 = twice as fast).")
+    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED, description="Speaking rate multiplier (2.0 = twice as fast).")
 
 
 class VoicePreset(Strict):
     description: str = Field("", description="What this voice sounds like.")
-    speed: float | None = Field(None, ge=0.25, le=4.0, description="Speed for this voice, unless the request sets one.")
+    speed: float | None = Field(
+        None, ge=MIN_SPEED, le=MAX_SPEED, description="Speed for this voice, unless the request sets one."
+    )
     gain_db: float = Field(0.0, ge=-60, le=24, description="Output gain of this voice in dB.")
     speaker: int | None = Field(
         None, ge=0, le=65535, description="The model's speaker id for this voice (a multi-speaker model's)."

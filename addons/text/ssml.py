@@ -33,6 +33,7 @@ from addons.text.config import LexiconEntry
 from addons.text.frontend import TextError, pause_mark
 from addons.text.ipa import ESPEAK_MNEMONICS, ipa_to_espeak
 from addons.text.normalize import cardinal, ordinal, year
+from blocks.tempo import MAX_SPEED, MIN_SPEED
 
 __all__ = [
     "MAX_BREAK_MS",
@@ -107,19 +108,20 @@ class Part:
     marks: tuple[tuple[str, int, int], ...] = ()
 
     def options(self, options: dict[str, object]) -> dict[str, object]:
-        """Resolved request options (see ``addons.engine.voice.resolve_options``) as this part says them.
+        """Resolved request options (see ``addons.engine.options.resolve_options``) as this part says them.
 
-        Raises :class:`SSMLError` when the part's rate takes the speed outside 0.25 to 4.
+        Raises :class:`SSMLError` when the part's rate takes the speed outside the range the voices take
+        (``blocks.tempo.MIN_SPEED`` to ``MAX_SPEED``).
         """
         if self.rate == 1.0 and not self.volume_db and not self.lexicon:
             return options
         out = dict(options)
         if self.rate != 1.0:
             speed = float(options.get("speed", 1.0)) * self.rate  # type: ignore[arg-type]
-            if not 0.25 <= speed <= 4.0:
+            if not MIN_SPEED <= speed <= MAX_SPEED:
                 raise SSMLError(
                     f"<prosody rate> {self.rate:g}x at speed {options.get('speed', 1.0)} gives speed {speed:.3g}, "
-                    "outside 0.25 to 4"
+                    f"outside {MIN_SPEED:g} to {MAX_SPEED:g}"
                 )
             out["speed"] = speed
         if self.volume_db:
