@@ -84,13 +84,16 @@ class ModelAdmission:
 
     def admit(self, sample_rate: int, grace_s: float = 0.0) -> Ticket:
         """A ticket for a new stream, or :class:`AtCapacity` naming the reason; ``grace_s``: seconds
-        its first audio may take beyond ``first_audio_s`` (a cold voice's load)."""
+        its first audio may take beyond ``first_audio_s`` (a cold voice's load), once more for each
+        cold stream still waiting for its first audio (their loads queue ahead of this one)."""
         now = time.monotonic()
         self._learn(now)
         reason = self._refusal(now)
         if reason:
             self.refused += 1
             raise AtCapacity(reason)
+        if grace_s > 0:  # a replica loads one voice at a time: the cold streams still starting load first
+            grace_s *= 1 + sum(1 for t in self.tickets if t.first_audio is None and t.grace_s > 0)
         ticket = Ticket(self, sample_rate, now, grace_s=grace_s)
         self.tickets.add(ticket)
         return ticket

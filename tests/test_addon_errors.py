@@ -131,6 +131,7 @@ BROKEN: dict[str, tuple[str, Callable[[dict[str, Any]], Any], str]] = {
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
+@pytest.mark.slow
 def test_broken_addon_is_rejected_naming_the_field(edit_addon: Callable[..., Path], case: str) -> None:
     name, edit, pattern = BROKEN[case]
     directory = edit_addon(name, edit)

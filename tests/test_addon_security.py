@@ -169,6 +169,7 @@ def test_planted_payload_never_runs(planted: Callable[[str], tuple[Path, Path, P
 
 
 @pytest.mark.parametrize("case", ["sample inputs", "symbolic expression", "pickled weight"])
+@pytest.mark.slow
 def test_cli_refuses_planted_addon_in_one_line(
     planted: Callable[[str], tuple[Path, Path, Path]], tmp_path: Path, case: str
 ) -> None:
@@ -303,6 +304,7 @@ BROKEN_FILES: dict[str, Callable[[Path], str]] = {
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN_FILES))
+@pytest.mark.slow
 def test_broken_network_files_are_one_line_exit_2(fixture_dir: Path, tmp_path: Path, case: str) -> None:
     addon = _copy(fixture_dir, tmp_path)
     message = BROKEN_FILES[case](addon)

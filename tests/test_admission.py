@@ -74,3 +74,25 @@ def test_turned_off_it_admits_every_stream_up_to_the_ceiling(clock: Clock) -> No
     tickets[0].close()
     model.admit(RATE)
     assert model.limit == 5
+
+
+def test_cold_voices_queue_their_loads_and_admission_allows_for_the_queue(clock: Clock) -> None:
+    """A family replica loads one voice at a time: the third cold stream waits for three loads."""
+    model = ModelAdmission(AdmissionConfig(ceiling=10, start_slots=10, first_audio_s=1.0))
+    cold = [model.admit(RATE, grace_s=2.0) for _ in range(3)]
+    assert [t.grace_s for t in cold] == [2.0, 4.0, 6.0]
+    warm = model.admit(RATE)  # a warm voice gets no grace
+    assert warm.grace_s == 0.0
+    warm.heard(60 * RATE)
+    clock.now += 5.0  # past the first two cold streams' allowance, within the third's
+    cold[0].heard(60 * RATE)
+    cold[1].heard(60 * RATE)
+    model.admit(RATE).heard(60 * RATE)  # the third is still within its grace: not behind
+    clock.now += 2.5  # now it is
+    with pytest.raises(AtCapacity, match="falling behind"):
+        model.admit(RATE)
+    assert model.limit == 4  # five streams were too many
+    cold[2].heard(60 * RATE)
+    cold[0].close()
+    cold[1].close()
+    assert model.admit(RATE, grace_s=2.0).grace_s == 2.0  # no cold stream starting: its own load only

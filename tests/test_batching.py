@@ -179,6 +179,7 @@ def test_batched_network_calls_equal_single_calls() -> None:
 
 @pytest.mark.parametrize("name", ["tiny-fast", "tiny-taco", "tiny-neural"])
 @pytest.mark.parametrize("context", ["dynamic", "static"])
+@pytest.mark.slow
 def test_concurrent_streams_batched_equal_unbatched(fixture_dir: Path, name: str, context: str) -> None:
     plain = addons.load(fixture_dir / name, context=context)
     want = [np.concatenate([c.samples for c in plain.stream(t)]) for t in TEXTS]

@@ -181,6 +181,7 @@ def case(request: pytest.FixtureRequest, fixture_dir: Path) -> Case:
     return CASES[request.param](fixture_dir)
 
 
+@pytest.mark.slow
 def test_deterministic(case: Case) -> None:
     a, b = _run(case), _run(case)
     if isinstance(a, dict):
@@ -191,6 +192,7 @@ def test_deterministic(case: Case) -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_shapes_and_lengths(case: Case) -> None:
     out = _run(case)
     if isinstance(out, dict):  # sequence block: every output is per token, batch 1 (frames: per frame)
@@ -211,6 +213,7 @@ CONSUMERS = ["ChunkStats", "Decoder", "FramedAudio", "Gain", "GriffinLim", "Neur
 
 @pytest.mark.parametrize("chunk", [1, 7])
 @pytest.mark.parametrize("name", CONSUMERS)
+@pytest.mark.slow
 def test_chunked_source_equals_whole(fixture_dir: Path, name: str, chunk: int) -> None:
     case = CASES[name](fixture_dir)
     assert case.source is not None

@@ -18,6 +18,8 @@ from addons.engine.voice import PIPELINED_AHEAD
 from serve_app.cli import main
 from tests.helpers import run_cli
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

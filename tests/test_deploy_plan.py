@@ -10,6 +10,8 @@ import yaml
 
 from tests.helpers import run_cli
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_CONFIG = ROOT / "serve_app" / "serve_config.cluster.yaml"
 

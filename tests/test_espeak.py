@@ -105,6 +105,7 @@ def test_same_text_gives_identical_output(tts: Espeak) -> None:
     assert first.phonemes == second.phonemes
 
 
+@pytest.mark.slow
 def test_output_matches_a_fresh_process(tts: Espeak) -> None:
     text = SENTENCES[2]
     tts.synthesize(SENTENCES[1])  # advance this process's synthesizer first

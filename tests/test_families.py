@@ -21,6 +21,8 @@ from addons.engine.families import RESIDENT_FACTOR, VOICE_OVERHEAD_BYTES, scan_f
 from tests.helpers import run_cli
 from tests.shared_ray import serve_apps
 
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
 TEXT = "One pool of replicas. Many voices in it, each loaded when a listener asks."
 
 

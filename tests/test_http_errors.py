@@ -28,6 +28,8 @@ from fastapi.testclient import TestClient
 from serve_app.http import HttpPolicy, install, json_depth, key_digests
 from tests.shared_ray import serve_apps
 
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
 KEY = "test-key-not-secret"
 OTHER_KEY = "sk-second-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -22,6 +22,7 @@ def _run(voice: addons.Voice, text: str, **options: object) -> tuple[np.ndarray,
 
 
 @pytest.mark.parametrize("name", ["chorus-fast", "chorus-taco"])
+@pytest.mark.slow
 def test_marks_cover_every_word_once_in_order_and_sit_on_frames(name: str) -> None:
     voice = addons.load(name)  # the bundled voices: trained, so every word gets frames
     assert voice.provides_marks
@@ -60,6 +61,7 @@ def test_marks_cover_every_word_once_in_order_and_sit_on_frames(name: str) -> No
     assert {p.value for p in phonemes} <= {p for s in voice.sentences(TEXT) for p in s.phonemes}
 
 
+@pytest.mark.slow
 def test_marks_follow_speed() -> None:
     voice = addons.load("chorus-fast")
     _, normal = _run(voice, TEXT)
@@ -72,6 +74,7 @@ def test_marks_follow_speed() -> None:
 
 
 @pytest.mark.parametrize("name", ["tiny-fast", "tiny-taco"])
+@pytest.mark.slow
 def test_static_context_gives_the_same_marks(fixture_dir: Path, name: str) -> None:
     _, dynamic = _run(addons.load(fixture_dir / name), TEXT)
     _, static = _run(addons.load(fixture_dir / name, context="static"), TEXT)
@@ -89,6 +92,7 @@ def test_a_stack_without_alignment_gives_no_marks() -> None:
         MarkTracker(256, 22050, ["syllable"])
 
 
+@pytest.mark.slow
 def test_cli_writes_marks_as_json_lines(fixture_dir: Path, tmp_path: Path) -> None:
     import json
 
@@ -109,6 +113,7 @@ def test_cli_writes_marks_as_json_lines(fixture_dir: Path, tmp_path: Path) -> No
     assert lines == want and lines
 
 
+@pytest.mark.slow
 def test_word_marks_sit_on_the_words_in_the_voices_own_audio() -> None:
     """addons.recipes.marks_check on one held-out text: the teacher's word boundaries, mapped onto
     the voice's audio by DTW, fall within 25 ms of the marks; every word once, in order."""

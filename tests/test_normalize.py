@@ -58,6 +58,7 @@ def voice() -> addons.Voice:
     return addons.load("chorus-fast")
 
 
+@pytest.mark.slow
 def test_a_voice_reads_the_spoken_form_and_marks_keep_the_written_word(voice: addons.Voice) -> None:
     def phonemes(text: str, **kw: bool) -> list[str]:
         return [p for s in voice.sentences(text, **kw) for p in s.phonemes]

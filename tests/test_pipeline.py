@@ -26,6 +26,7 @@ def mel_of(voice: addons.Voice, text: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", ALL)
+@pytest.mark.slow
 def test_wav_length_is_frames_times_hop(fixture_dir: Path, name: str) -> None:
     voice = addons.load(fixture_dir / name)
     audio, mel = voice.synthesize("Hello world. How are you today?")
@@ -36,6 +37,7 @@ def test_wav_length_is_frames_times_hop(fixture_dir: Path, name: str) -> None:
 
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("text", [SHORT, "Exactly eight tokens.", LONG, f"{LONG} {LONG}"])
+@pytest.mark.slow
 def test_static_context_equals_dynamic(fixture_dir: Path, name: str, text: str) -> None:
     dynamic = mel_of(addons.load(fixture_dir / name, context="dynamic"), text)
     static = mel_of(addons.load(fixture_dir / name, context="static"), text)
@@ -52,6 +54,7 @@ def test_static_windows_cover_short_equal_and_long_inputs(fixture_dir: Path) -> 
 
 
 @pytest.mark.parametrize("name", ["tiny-fast", "tiny-taco"])
+@pytest.mark.slow
 def test_customized_encoders_swap_changes_nothing(
     fixture_dir: Path, edit_addon: Callable[..., Path], name: str
 ) -> None:
@@ -113,6 +116,7 @@ def test_diagnostic_block_reports_chunks(fixture_dir: Path, edit_addon: Callable
     assert sum(s["size"] for s in stats) == samples and all(s["rms"] >= 0 for s in stats)
 
 
+@pytest.mark.slow
 def test_speed_and_voices(fixture_dir: Path) -> None:
     voice = addons.load(fixture_dir / "tiny-fast")
     normal = voice.synthesize(LONG)[1].shape[0]
@@ -207,6 +211,7 @@ def test_audio_stage_loads_alone_and_matches_the_voice(fixture_dir: Path) -> Non
 
 
 @pytest.mark.parametrize("name", ["tiny-fast", "tiny-neural"])
+@pytest.mark.slow
 def test_vocoder_state_travels_as_plain_data(fixture_dir: Path, name: str) -> None:
     from addons.engine.voice import AudioStage
 
@@ -258,6 +263,7 @@ AHEAD_TEXTS = [
 
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("text", AHEAD_TEXTS)
+@pytest.mark.slow
 def test_decoding_ahead_in_a_thread_changes_nothing(fixture_dir: Path, name: str, text: str) -> None:
     """The decoder in a worker thread, chunks ahead of the vocoder: the same chunks, samples, mel
     and marks, in the same order, to the bit."""

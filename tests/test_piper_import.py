@@ -121,6 +121,7 @@ def test_padded_encoder_batches_equal_one_by_one(fixture_dir: Path) -> None:
             np.testing.assert_array_equal(a[key], b[key])
 
 
+@pytest.mark.slow
 def test_import_cli_writes_an_addon_and_refuses_bad_input_with_exit_2(fixture_dir: Path, tmp_path: Path) -> None:
     model = fixture_dir / "piper-sources" / "en_US-tiny-medium.onnx"
     ok = run_cli("addon", "import", "piper", str(model), "--out", str(tmp_path / "voice"))

@@ -16,6 +16,8 @@ from addons.recipes.corpus import Corpus, build_corpus, clean_sentences, duratio
 from addons.text.espeak import get_espeak
 from blocks import MelSettings
 
+pytestmark = pytest.mark.slow
+
 SENTENCES = [
     "The cat sat on the mat.",
     "Bring me the red box, please.",

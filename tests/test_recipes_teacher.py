@@ -20,6 +20,8 @@ from blocks.audio import log_mel
 from serve_app import cli
 from tests.make_piper_fixture import build_piper_addons
 
+pytestmark = pytest.mark.slow
+
 SENTENCES = [
     "The cat sat on the mat.",
     "Bring me the red box, please.",

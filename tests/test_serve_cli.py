@@ -15,6 +15,8 @@ import pytest
 from serve_app.server import free_port, read_config
 from tests.helpers import run_cli
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

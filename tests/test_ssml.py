@@ -33,6 +33,7 @@ def _words(voice: addons.Voice, text: str, **options: object) -> list[dict[str, 
 # -- the audio ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_speak_root_alone_changes_nothing(voice: addons.Voice) -> None:
     text = "Plain words. Said the same way!"
     assert np.array_equal(_audio(voice, f"<speak>{text}</speak>"), _audio(voice, text))
@@ -50,6 +51,7 @@ def test_a_speak_root_alone_changes_nothing(voice: addons.Voice) -> None:
         ("Trailing words.<break time='{ms}ms'/>", "Trailing words."),  # after the last
     ],
 )
+@pytest.mark.slow
 def test_a_break_adds_its_silence_within_a_frame(voice: addons.Voice, ms: float, marked: str, plain: str) -> None:
     """The words around a break are said as without it; its silence is the only audio added."""
     frame = voice.hop_length / voice.sample_rate
@@ -118,6 +120,7 @@ def test_prosody_volume_scales_only_its_part(voice: addons.Voice) -> None:
     assert np.allclose(mixed[first.size :], then, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sub_say_as_and_phoneme_change_only_their_word(voice: addons.Voice) -> None:
     """Each says exactly what the same override in a lexicon says."""
     cases = [

@@ -44,6 +44,7 @@ def test_each_stage_builds_only_its_own_networks(fixture_dir: Path, name: str) -
 
 
 @pytest.mark.parametrize("name", ["tiny-neural", "tiny-universal", "tiny-taco"])
+@pytest.mark.slow
 def test_stages_alone_give_the_voices_audio(fixture_dir: Path, name: str) -> None:
     directory = fixture_dir / name
     manifest = read_manifest(directory)
@@ -103,6 +104,7 @@ def test_a_replica_warms_up_its_own_stage_only(fixture_dir: Path, name: str) -> 
     assert {n for n, on in _loaded(voice).items() if on} == set(names)
 
 
+@pytest.mark.slow
 def test_the_cli_applies_the_voice_presets_gain(edit_addon: Callable[..., Path], tmp_path: Path) -> None:
     """One loop: ``chorus synth --voice`` gives what ``Voice.stream`` gives (the preset's gain too)."""
     import soundfile as sf

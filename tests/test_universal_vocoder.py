@@ -61,6 +61,7 @@ def test_other_mel_settings_are_refused_naming_them(installed: Path, edit_addon:
         addons.load(addon)
 
 
+@pytest.mark.slow
 def test_a_missing_package_is_a_clear_error(installed: Path, edit_addon: Callable[..., Path]) -> None:
     addon = edit_addon("tiny-universal", lambda m: m["vocoder"].update(name="no-such-vocoder"))
     with pytest.raises(AddonError, match='universal vocoder "no-such-vocoder" not found'):
@@ -97,6 +98,7 @@ def test_a_broken_package_is_refused(
         load_universal("tiny-vocoder", __import__("torch").device("cpu"), tmp_path / "some-addon")
 
 
+@pytest.mark.slow
 def test_addon_validate_checks_a_vocoder_package(fixture_dir: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -190,6 +190,7 @@ def _program(directory: Path) -> torch.export.ExportedProgram:
     return load_program(directory / spec.file, spec, directory)
 
 
+@pytest.mark.slow
 def test_reexport_gives_a_graph_traced_for_every_length_with_the_same_audio(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -61,6 +61,7 @@ def test_griffin_lim_is_deterministic_and_input_chunking_invariant() -> None:
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_long_text_streams_without_growing_memory(fixture_dir: Path) -> None:
     script = textwrap.dedent(
         f"""
