@@ -10,7 +10,7 @@ PORT ?= 8000
 IMPORTED := build/addons
 JOE := $(IMPORTED)/en_us-joe-medium
 
-.PHONY: install voices browser test fuzz lint serve bench clean
+.PHONY: install voices browser test test-fast fuzz lint serve bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ browser:
 
 test: install voices browser
 	CHORUS_TEST_IMPORTED=$(CURDIR)/$(IMPORTED) $(PY) -m pytest -q
+
+# The edit loop: everything but the slow tests (servers, Ray, subprocesses, training, the
+# slowest equality sweeps), stopping at the first failure. `make test` stays the full suite and CI.
+test-fast: install
+	$(PY) -m pytest -q -x -m "not slow and not ray"
 
 # The HTTP API fuzzed from its own OpenAPI schema (also part of `make test`).
 fuzz: install
