@@ -238,8 +238,7 @@ class NetworkRunner:
             self.module.load()
         with _BATCHING_LOCK:
             if self.batching_wanted:
-                self.enable_batching(self.batching_wanted)
-                self.batching_wanted = 0
+                self.enable_batching(self.batching_wanted)  # settles batching_wanted
 
     def batch_when_used(self, max_batch: int = 32) -> None:
         """:meth:`enable_batching` at the first call: its probe runs the network, which would
@@ -252,8 +251,7 @@ class NetworkRunner:
         if self.batching_wanted:
             with _BATCHING_LOCK:
                 if self.batching_wanted:
-                    self.enable_batching(self.batching_wanted)
-                    self.batching_wanted = 0
+                    self.enable_batching(self.batching_wanted)  # settles batching_wanted
         args = []
         device = self.device
         for t in self.spec.inputs:

@@ -287,12 +287,12 @@ def test_openai_clients_pcm_plays_at_24_khz_for_the_wavs_duration(servers: tuple
 
 def test_pcm_at_the_models_rate_on_request(servers: tuple[Server, Server], fixture_dir: Path) -> None:
     import addons
-    from serve_app.audio_format import make_encoder
+    from tests.expect import in_process_pcm
 
     _, b = servers
     text = "The model's own rate, to the bit."
     local = addons.load(fixture_dir / "tiny-fast")
-    want = b"".join(make_encoder("pcm", local.sample_rate).encode(c.samples) for c in local.stream(text))
+    want = in_process_pcm(fixture_dir / "tiny-fast", text).tobytes()
     body = {"model": "tiny-fast", "input": text, "response_format": "pcm", "sample_rate": "native"}
     got = httpx.post(f"{b.url}/v1/audio/speech", json=body, timeout=120)
     assert got.status_code == 200 and got.headers["x-sample-rate"] == str(local.sample_rate)

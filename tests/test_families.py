@@ -18,6 +18,7 @@ import pytest
 
 import addons
 from addons.engine.families import RESIDENT_FACTOR, VOICE_OVERHEAD_BYTES, scan_folder, signature, voices_per_replica
+from tests.expect import in_process_pcm
 from tests.helpers import run_cli
 from tests.shared_ray import serve_apps
 
@@ -187,11 +188,7 @@ def _speech(url: str, model: str, text: str = TEXT) -> httpx.Response:
 
 
 def _in_process(directory: Path, text: str = TEXT) -> bytes:
-    from serve_app.audio_format import make_encoder
-
-    voice = addons.load(directory)
-    encoder = make_encoder("pcm", voice.sample_rate)
-    return b"".join(encoder.encode(chunk.samples) for chunk in voice.stream(text))
+    return in_process_pcm(directory, text).tobytes()
 
 
 def test_every_voice_of_the_family_answers_as_in_process(family_server: str, voices: Path) -> None:
