@@ -11,7 +11,7 @@ costs here is what the serving structure costs before any synthesis.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -87,7 +87,7 @@ class FloorEncoders(_Replica):
         self.profile = profile
         self.fallback = next(iter(profile.features))
 
-    async def encode(self, sentence: str, options: dict[str, Any] | None = None) -> list[dict[str, np.ndarray]]:
+    async def encode(self, sentence: str, options: Mapping[str, Any] | None = None) -> list[dict[str, np.ndarray]]:
         known = sentence if sentence in self.profile.features else self.fallback
         out = []
         for shapes, frames in zip(self.profile.features[known], self.profile.frames[known], strict=True):
@@ -107,11 +107,11 @@ class _NoOpVocoding(_Replica):
         return {"state": self.state, "first_frames": self.first_frames}
 
     async def process(
-        self, model: str, state: Any, mel: np.ndarray, options: dict[str, Any], deadline: float | None = None
+        self, model: str, state: Any, mel: np.ndarray, options: Mapping[str, Any], deadline: float | None = None
     ) -> tuple[np.ndarray, Any]:
         return np.zeros(len(mel) * self.hop, np.float32), state
 
-    async def finish(self, model: str, state: Any, options: dict[str, Any]) -> np.ndarray:
+    async def finish(self, model: str, state: Any, options: Mapping[str, Any]) -> np.ndarray:
         return np.zeros(0, np.float32)
 
 
@@ -132,7 +132,7 @@ class FloorDecoder(_NoOpVocoding):
     async def decode(
         self,
         features: dict[str, np.ndarray],
-        options: dict[str, Any],
+        options: Mapping[str, Any],
         deadline: float | None = None,
         first_frames: int = 0,
         aligned: bool = False,
@@ -147,7 +147,7 @@ class FloorDecoder(_NoOpVocoding):
         model: str,
         state: Any,
         features: dict[str, np.ndarray],
-        options: dict[str, Any],
+        options: Mapping[str, Any],
         deadline: float | None = None,
         first_frames: int = 0,
     ) -> AsyncIterator[dict[str, Any]]:

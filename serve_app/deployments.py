@@ -13,7 +13,7 @@ import contextlib
 import contextvars
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -160,7 +160,7 @@ class Vocoding(_Replica):
         model: str,
         state: dict[str, Any],
         mel: np.ndarray,
-        options: dict[str, Any],
+        options: Mapping[str, Any],
         deadline: float | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """The audio of ``mel`` that is now final, and the new state; ``deadline`` ranks the work."""
@@ -169,7 +169,7 @@ class Vocoding(_Replica):
         audio = await self._in_thread(stage.process, live, mel, Request(options=options), deadline=deadline)
         return audio, stage.pack(live)
 
-    async def finish(self, model: str, state: dict[str, Any], options: dict[str, Any]) -> np.ndarray:
+    async def finish(self, model: str, state: dict[str, Any], options: Mapping[str, Any]) -> np.ndarray:
         stage = await self._audio_stage(model)
         return await self._in_thread(stage.finish, stage.unpack(state), Request(options=options))
 
@@ -189,7 +189,7 @@ class Encoding(_Replica):
         """The stage this request is for (a family replica loads its voice on first use)."""
         return self.stage
 
-    async def encode(self, sentence: str, options: dict[str, Any] | None = None) -> list[dict[str, np.ndarray]]:
+    async def encode(self, sentence: str, options: Mapping[str, Any] | None = None) -> list[dict[str, np.ndarray]]:
         """Features for each speakable part of ``sentence`` ([] if nothing in it is speakable), with
         the part's text description (keys ``text.*``, for speech marks; not for the decoder)."""
         try:
@@ -276,7 +276,7 @@ class Decoding(Vocoding):
     async def decode(
         self,
         features: dict[str, np.ndarray],
-        options: dict[str, Any],
+        options: Mapping[str, Any],
         deadline: float | None = None,
         first_frames: int = 0,
         aligned: bool = False,
@@ -300,7 +300,7 @@ class Decoding(Vocoding):
         model: str,
         state: dict[str, Any],
         features: dict[str, np.ndarray],
-        options: dict[str, Any],
+        options: Mapping[str, Any],
         deadline: float | None = None,
         first_frames: int = 0,
     ) -> AsyncIterator[dict[str, Any]]:
@@ -325,7 +325,7 @@ class Decoding(Vocoding):
         decoder: DecoderStage,
         frame_s: float,
         features: dict[str, np.ndarray],
-        options: dict[str, Any],
+        options: Mapping[str, Any],
         deadline: float | None,
         first_frames: int,
     ) -> AsyncIterator[tuple[np.ndarray, np.ndarray | None]]:

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any, Literal, TypeVar
@@ -28,11 +28,11 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 
 from addons.engine.families import VoiceUnavailable
 from addons.engine.marks import MarkTracker, SpeechMark, provides_marks
-from addons.engine.options import OptionError, resolve_options
+from addons.engine.options import OptionError, ResolvedOptions, resolve_options
 from addons.formats.manifest import AddonManifest
 from addons.text.config import LexiconEntry
 from addons.text.frontend import Frontend, LexiconError
-from addons.text.ssml import Pause, SSMLError, script_of
+from addons.text.ssml import SSMLError, script_of
 from serve_app.admission import AdmissionConfig, AtCapacity, ModelAdmission, RecentVoices
 from serve_app.aliases import Aliases, OpenAINames
 from serve_app.audio_format import (
@@ -57,7 +57,7 @@ from serve_app.schemas import (
     error_response,
     sse_event,
 )
-from serve_app.streams import LOST_REPLICA, NoSpeakableText, Say, StageHandles, sayings, synthesize
+from serve_app.streams import LOST_REPLICA, NoSpeakableText, StageHandles, UtterancePlan, synthesize
 
 __all__ = ["OPENAI_PCM_RATE", "Ingress", "ModelInfo", "SpeechBody"]
 
@@ -120,12 +120,12 @@ class ModelInfo:
     def of(cls, manifest: AddonManifest, lexicon: Sequence[LexiconEntry] = ()) -> "ModelInfo":
         return cls(manifest, provides_marks(manifest), tuple(lexicon))
 
-    def resolve(self, **options: Any) -> dict[str, Any]:
+    def resolve(self, **options: Any) -> ResolvedOptions:
         """A request's options resolved for this model (``addons.engine.options.resolve_options``), the
         server's lexicon after the request's own (and before the addon's)."""
         _, resolved = resolve_options(self.manifest, **options)
         if self.lexicon:
-            resolved["lexicon"] = [*resolved.get("lexicon", ()), *(e.model_dump() for e in self.lexicon)]
+            resolved = resolved.replace(lexicon=[*resolved.lexicon, *(e.model_dump() for e in self.lexicon)])
         return resolved
 
     def card(self) -> dict[str, Any]:
@@ -273,7 +273,7 @@ class _SocketBackend:
         self,
         model: str,
         sentences: AsyncIterator[str],
-        options: dict[str, Any],
+        options: Mapping[str, Any],
         marks: MarkTracker | None = None,
         on_marks: Callable[[list[SpeechMark]], None] | None = None,
     ) -> AsyncIterator[np.ndarray]:
@@ -542,7 +542,7 @@ class Ingress:
             return f"model '{model}' is a voice family with no voice '{voice}': name one of its voices ({voices})"
         return f"model '{model}' not found (available: {', '.join(sorted(self.models))})"
 
-    def _prepare(self, body: SpeechBody) -> tuple[ModelInfo, dict[str, Any], AudioEncoder, list[Say | Pause]]:
+    def _prepare(self, body: SpeechBody) -> tuple[ModelInfo, ResolvedOptions, AudioEncoder, UtterancePlan]:
         """The model, resolved options, audio encoder and what to say (sentences and an SSML
         document's pauses) of a request; every mistake in it is a ``SpeechError``."""
         info = self.models.get(body.model)
@@ -571,7 +571,7 @@ class Ingress:
         if not Frontend.normalize(body.input):
             raise SpeechError(400, "input is empty", "input", "empty_input")
         try:
-            items = sayings(script_of(body.input, body.input_format), resolved)
+            items = UtterancePlan.of_script(script_of(body.input, body.input_format), resolved)
         except SSMLError as exc:
             raise SpeechError(400, str(exc), "input", "invalid_ssml") from None
         return info, resolved, encoder, items
@@ -587,8 +587,8 @@ class Ingress:
     async def _synthesize(
         self,
         model: str,
-        sentences: Sequence[str | Say | Pause] | AsyncIterator[str],
-        options: dict[str, Any],
+        sentences: UtterancePlan | AsyncIterator[str],
+        options: Mapping[str, Any],
         marks: MarkTracker | None = None,
         on_marks: Callable[[list[SpeechMark]], None] | None = None,
     ) -> AsyncIterator[np.ndarray]:
@@ -597,7 +597,8 @@ class Ingress:
         encoders, decoder, vocoder = self.handles[model]
         handles = StageHandles(encoders, decoder, vocoder, self.models[model].fused_vocoder)
         resumed = lambda stage: self.outcomes.inc(tags={"model": model, "outcome": f"resumed_{stage}"})  # noqa: E731
-        rate = self.models[model].manifest.mel.sample_rate
+        mel = self.models[model].manifest.mel
+        rate = mel.sample_rate
         try:
             info = self.models[model]
             warm = info.family is None or self.recent[info.family].touch(model)
@@ -607,8 +608,7 @@ class Ingress:
                 503, f"model '{model}' is at capacity: {exc}; retry shortly", code="at_capacity"
             ) from None
         try:
-            hop = self.models[model].manifest.mel.hop_length
-            stream = synthesize(handles, model, sentences, options, rate, resumed, marks, on_marks, hop)
+            stream = synthesize(handles, model, sentences, options, mel, resumed, marks, on_marks)
             async for audio in stream:
                 if info.family and ticket.first_audio is None:
                     start = "warm" if warm else "cold"

@@ -146,7 +146,7 @@ class Opened:
 
     model: str
     voice: str
-    options: dict[str, Any]
+    options: Mapping[str, Any]
     sample_rate: int
     marks: MarkTracker | None = None  # speech marks asked for (one tracker for the context's audio)
 
@@ -160,7 +160,7 @@ class SpeechBackend(Protocol):
         self,
         model: str,
         sentences: AsyncIterator[str],
-        options: dict[str, Any],
+        options: Mapping[str, Any],
         marks: MarkTracker | None = None,
         on_marks: Callable[[list[SpeechMark]], None] | None = None,
     ) -> AsyncIterator[np.ndarray]: ...

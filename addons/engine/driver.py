@@ -1,205 +1,728 @@
-"""The synthesis loop in process: an utterance's text or SSML, sentence by sentence, through an
-addon's stages (:mod:`addons.engine.stages`): encode, decode chunk by chunk, vocode each chunk,
-with SSML breaks, changes of volume, speech marks and look-ahead in a worker thread."""
+"""The one synthesis loop: an utterance's plan said through three ports (encode, decode, waveform).
+
+Every path runs it: ``Voice.stream`` in process (a synchronous adapter, :func:`run_sync`), ``chorus
+synth``, the HTTP ingress and the WebSocket (``serve_app.streams``). What differs between them is
+only where the stages sit, and that is the ports':
+
+========== ======================================================== =================================
+port       call                                                     in process / on a server
+========== ======================================================== =================================
+encode     ``encode(sentence, options)`` -> features per sentence    the encoders stage / its replica
+decode     ``decode(features, options, ...)`` -> mel chunks          the decoder stage / its replica
+waveform   ``start()``, ``process(state, mel)``, ``finish(state)``   the audio stage / the vocoder
+========== ======================================================== =================================
+
+(:func:`local_ports` builds them over an addon's stages; ``serve_app.streams`` over Ray handles.
+A decoder replica that also vocodes offers :class:`FusedPort` instead of decode plus waveform.)
+
+The rules exist here once:
+
+- **Plan.** :class:`UtterancePlan` is built once from text or SSML: sentences, each with the
+  options of its part (rate, volume, lexicon), the parts' mark anchors, and pauses.
+- **Pauses and gain.** A pause is exact silence of whole mel frames; the waveform's stream is
+  finished before it and started after it, as at a change of gain, so the audio after a break is
+  exactly that text's audio said alone and a gain applies to exactly its part.
+- **Look-ahead.** The next sentence is encoded while this one is said. With ``ahead`` > 0 the mel
+  side (encode, decode) runs as its own task up to ``ahead`` chunks before the waveform, so the two
+  share a machine's cores; the output is the same, to the bit.
+- **Resume.** A port that loses its stage mid-sentence raises :class:`StageLost`. Synthesis is
+  deterministic, so the sentence is decoded again from its features and the frames already said
+  are skipped (a fused port: the waveform state it began with is restored and the samples already
+  sent are skipped). The listener hears exactly the undisturbed audio. :class:`Resumes` bounds how
+  many losses one stream survives.
+- **Marks.** Sentences travel as text features (:func:`addons.engine.marks.sentence_arrays`), so
+  speech marks are found the same way wherever the encoders ran.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
-import queue
+import logging
 import threading
-from collections.abc import Iterator, Mapping
-from typing import Any
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from addons.engine.marks import MarkTracker, SpeechMark
-from addons.engine.stages import AudioStage, DecoderStage, EncoderStage, silent_mel, with_pauses
-from addons.text.frontend import LexiconError, Sentence, TextError
-from addons.text.ssml import Part, Pause, script_of
-from blocks import (
-    Request,
-)
+from addons.engine.marks import MarkTracker, SpeechMark, sentence_arrays, split_text_features
+from addons.engine.stages import AudioStage, DecoderStage, EncoderStage, PlainFeatures, silent_mel, with_pauses
+from addons.text.frontend import Frontend, LexiconError, TextError
+from addons.text.ssml import Part, Pause, pause_frames, script_of
+from blocks import MelSettings, Request
 
-__all__ = ["StageOutput", "prefetched", "run_stages"]
+__all__ = [
+    "MAX_RESUMES",
+    "DecodePort",
+    "EncodePort",
+    "FusedPort",
+    "Item",
+    "NoSpeakableText",
+    "Ports",
+    "Resumes",
+    "Say",
+    "Spoken",
+    "StageLost",
+    "UtterancePlan",
+    "WaveformPort",
+    "local_ports",
+    "run_sync",
+    "speak",
+]
+
+logger = logging.getLogger("chorus")
+
+#: Stage losses one stream survives (retried calls and resumed sentences together).
+MAX_RESUMES = 3
+RETRY_DELAY_S = 0.05
+
+T = TypeVar("T")
+Options = Mapping[str, Any]
+
+
+class NoSpeakableText(TextError):
+    """Every sentence of the input was empty after the front end (nothing to say)."""
+
+
+class StageLost(Exception):
+    """A port's stage went away in the middle of a call (its process killed, its node gone);
+    ``cause`` is what the port saw. The driver resumes (see the module's notes)."""
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        super().__init__(f"{stage} lost: {type(cause).__name__}")
+        self.stage, self.cause = stage, cause
+
+
+@dataclasses.dataclass
+class Resumes:
+    """Stage losses one stream has survived; ``on_resume`` reports each (metrics, logs). Past
+    :data:`MAX_RESUMES`, the loss's own error is raised and the stream fails visibly."""
+
+    used: int = 0
+    on_resume: Callable[[str], None] | None = None
+    limit: int = MAX_RESUMES
+
+    def spend(self, stage: str, exc: BaseException) -> None:
+        self.used += 1
+        if self.used > self.limit:
+            raise exc
+        logger.warning(
+            "chorus: %s lost (%s); resuming the stream (%d/%d)", stage, type(exc).__name__, self.used, self.limit
+        )
+        if self.on_resume is not None:
+            self.on_resume(stage)
+
+    async def retry(self, stage: str, lost: tuple[type[BaseException], ...], make: Callable[[], Awaitable[T]]) -> T:
+        """Await ``make()``; when it raises one of ``lost``, make the same call again (another
+        replica takes it): for calls that hold no state between them."""
+        while True:
+            try:
+                return await make()
+            except lost as exc:
+                self.spend(stage, exc)
+                await asyncio.sleep(RETRY_DELAY_S)
+
+
+# -- the plan ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Say:
+    """One sentence to say; ``options``: the resolved options it is said with (None: the
+    stream's); ``part``: the SSML part (see ``addons.text.ssml``) it is the first sentence of, and
+    ``ends_part``: whether it is that part's last (speech marks follow parts)."""
+
+    text: str
+    options: Options | None = None
+    part: Part | None = None
+    ends_part: bool = False
+
+
+Item = str | Say | Pause
 
 
 @dataclasses.dataclass(frozen=True)
-class StageOutput:
-    """One step of :func:`run_stages`: the mel just decoded and the audio now final (may be empty).
+class UtterancePlan:
+    """What one utterance says, decided once: sentences (each with its part's options and mark
+    anchors) and pauses, in order. Iterating it gives the items :func:`speak` takes."""
 
-    The last step (``mel`` None) carries the audio the vocoder held back at the end. With marks
-    asked for, a step with ``mel`` None and empty audio after each sentence carries its ``marks``.
-    """
+    items: tuple[Say | Pause, ...]
 
-    sentence: int
-    mel: np.ndarray | None
+    @classmethod
+    def of(cls, text: str, options: Options) -> UtterancePlan:
+        """The plan of ``text`` (SSML when ``options["input_format"]`` says so or its root is
+        ``<speak>``). Raises ``SSMLError`` on bad markup or a part's rate out of range."""
+        return cls.of_script(script_of(text, str(options.get("input_format", "text"))), options)
+
+    @classmethod
+    def of_script(cls, script: Iterable[Part | Pause], options: Options) -> UtterancePlan:
+        items: list[Say | Pause] = []
+        for item in script:
+            if isinstance(item, Pause):
+                items.append(item)
+                continue
+            said = item.options(options)
+            sentences = Frontend.split_sentences(Frontend.normalize(item.text))
+            for i, sentence in enumerate(sentences):
+                items.append(Say(sentence, said, item if i == 0 else None, i == len(sentences) - 1))
+        return cls(tuple(items))
+
+    def __iter__(self) -> Iterator[Say | Pause]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+# -- the ports ----------------------------------------------------------------------------------------------
+class EncodePort(Protocol):
+    async def encode(self, sentence: str, options: Options) -> list[PlainFeatures]:
+        """Features for each speakable sentence the front end finds in ``sentence`` ([] if none),
+        each with its text description (``text.*`` keys, :func:`addons.engine.marks.sentence_arrays`).
+        Raises ``LexiconError`` for the request's own bad pronunciations."""
+        ...
+
+
+class DecodePort(Protocol):
+    def decode(
+        self, features: PlainFeatures, options: Options, deadline: float | None, first_frames: int, aligned: bool
+    ) -> AsyncIterator[tuple[np.ndarray, np.ndarray | None]]:
+        """One sentence's mel chunks ``[F, n_mels]``, each with its frames' phoneme indices (or
+        None); ``deadline``: when the listener's buffer runs dry (Unix seconds; None: now);
+        ``first_frames``: what the waveform needs for its first audio."""
+        ...
+
+
+class WaveformPort(Protocol):
+    async def start(self) -> tuple[Any, int]:
+        """A new stream: its state, and the mel frames the first ``process`` needs to give audio."""
+        ...
+
+    async def process(
+        self, state: Any, mel: np.ndarray, options: Options, deadline: float | None
+    ) -> tuple[np.ndarray, Any]:
+        """The audio of ``mel`` that is now final, and the state after it (a port that may lose its
+        stage returns a new state and leaves ``state`` as it was)."""
+        ...
+
+    async def finish(self, state: Any, options: Options) -> np.ndarray:
+        """The audio held back at the end of the stream."""
+        ...
+
+
+class FusedPort(Protocol):
+    def speak(
+        self, state: Any, features: PlainFeatures, options: Options, deadline: float | None, first_frames: int
+    ) -> AsyncIterator[tuple[np.ndarray | None, int, np.ndarray] | dict[str, Any]]:
+        """One sentence decoded and vocoded in one call: ``(tokens, frames, audio)`` per chunk,
+        last ``{"state": ...}``, the waveform state after the sentence."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Ports:
+    """Where one addon's stages are. ``fused``: the decoder also vocodes (``waveform`` still starts
+    and finishes the stream); ``waveform`` None: mel only. ``mel``: the addon's mel settings."""
+
+    encode: EncodePort
+    decode: DecodePort
+    waveform: WaveformPort | None
+    mel: MelSettings
+    fused: FusedPort | None = None
+
+
+# -- what the driver yields -------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Spoken:
+    """One step of :func:`speak`: ``audio`` now final (may be empty); with ``with_mel``, the
+    ``mel`` just decoded (a break's silent mel included) and its ``sentence``; ``marks`` that
+    became known (they come before the audio that follows them)."""
+
     audio: np.ndarray
+    mel: np.ndarray | None = None
+    sentence: int = -1
     marks: tuple[SpeechMark, ...] = ()
 
 
-def run_stages(
-    encoders: EncoderStage,
-    decoder: DecoderStage,
-    audio: AudioStage | None,
-    text: str,
-    request: Request,
-    marks: MarkTracker | None = None,
-    ahead: int = 0,
-) -> Iterator[StageOutput]:
-    """The synthesis loop: sentence by sentence, encode, decode chunk by chunk, vocode each chunk.
-
-    Work is done as steps are pulled. Without ``audio`` only mel is produced (every ``audio``
-    empty). ``marks`` follows the decoder's alignment and adds each sentence's speech marks.
-    An SSML document is said part by part (:mod:`addons.text.ssml`): a break is silent mel and exact
-    zeros, with the vocoder's stream finished before it and started after it, as at a change of
-    volume. Raises ``TextError`` when ``text`` has nothing speakable.
-
-    ``ahead`` > 0: the encoders and decoder run in a worker thread, up to ``ahead`` mel chunks
-    ahead of the vocoder, so the two share a machine's cores (an autoregressive decoder cannot
-    use a second core itself). The steps are the same, in the same order, to the bit.
-    """
-    events = _mel_events(encoders, decoder, text, request, marks)
-    if ahead > 0 and audio is not None:
-        events = prefetched(events, ahead)
-    return _vocoded(events, audio, encoders.env.mel.hop_length)
+_EMPTY = np.zeros(0, dtype=np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Event:
-    """What the mel side of :func:`run_stages` hands the audio side: a ``part`` starts (said with
-    ``request``), a sentence's ``mel`` chunk, ``silence`` (a break's mel) or speech ``marks``."""
+    """What the mel side hands the waveform side: ``say`` (a sentence of the plan starts),
+    ``sentence`` (one the front end found in it starts; its text features, and its features when the
+    port is fused), ``mel``, ``end`` (of that sentence), ``said`` (the plan's sentence is over) or
+    ``pause``."""
 
     kind: str
+    say: Say | None = None
+    options: Options | None = None
     index: int = -1
     mel: np.ndarray | None = None
-    request: Request | None = None
-    marks: tuple[SpeechMark, ...] = ()
-
-
-def _mel_events(
-    encoders: EncoderStage, decoder: DecoderStage, text: str, request: Request, marks: MarkTracker | None
-) -> Iterator[_Event]:
-    script = script_of(text, str(request.options.get("input_format", "text")))
-    # each part with its options, resolved before anything is said (a rate out of range is refused here)
-    planned = [(item, item.options(dict(request.options)) if isinstance(item, Part) else {}) for item in script]
-    index = 0
-    for item, options in planned:
-        if isinstance(item, Pause):
-            silence = silent_mel(item.ms, encoders.env.mel)
-            if marks is not None and (heard := marks.pause(len(silence), item.marks)):
-                yield _Event("marks", marks=tuple(heard))
-            if len(silence):
-                yield _Event("silence", mel=silence)
-            continue
-        said = request if options == request.options else Request(options=options, report=request.report)
-        yield _Event("part", request=said)
-        if marks is not None:
-            marks.part(item.text, item.spans, item.written, item.marks)
-        for sentence in _sentences(encoders, item, options, len(script) > 1):
-            if marks is not None:
-                marks.sentence(sentence)
-            features = with_pauses(encoders.encode(sentence.ids, said), sentence)
-            for mel, tokens in decoder.decode_aligned(features, said):
-                if marks is not None:
-                    marks.frames(tokens, len(mel))
-                yield _Event("mel", index, mel, said)
-            if marks is not None:
-                yield _Event("marks", index, marks=tuple(marks.end()))
-            index += 1
-        if marks is not None and (heard := marks.part_end()):
-            yield _Event("marks", marks=tuple(heard))
-    if index == 0:
-        raise TextError("the document has no speakable text")
-
-
-def _vocoded(events: Iterator[_Event], audio: AudioStage | None, hop_length: int) -> Iterator[StageOutput]:
-    empty = np.zeros(0, dtype=np.float32)
-    state = audio.start() if audio is not None else None
-    fresh = True  # nothing has gone through the vocoder's stream yet
-    segment: Request | None = None  # the request the vocoder's stream is said with (its gain)
-    for event in events:
-        if event.kind == "marks":
-            yield StageOutput(event.index, None, empty, event.marks)
-        elif event.kind == "silence":
-            assert event.mel is not None
-            if audio is not None and not fresh:
-                yield StageOutput(-1, None, audio.finish(state, segment))  # type: ignore[arg-type]
-                state, fresh = audio.start(), True
-            samples = np.zeros(len(event.mel) * hop_length if audio is not None else 0, dtype=np.float32)
-            yield StageOutput(-1, event.mel, samples)
-        elif event.kind == "part":
-            assert event.request is not None
-            gain = event.request.options.get("gain_db")
-            if audio is not None and not fresh and segment is not None and gain != segment.options.get("gain_db"):
-                yield StageOutput(-1, None, audio.finish(state, segment))
-                state, fresh = audio.start(), True
-            if fresh:
-                segment = event.request
-        else:
-            assert event.mel is not None and event.request is not None
-            out = audio.process(state, event.mel, event.request) if audio is not None else empty
-            fresh = False
-            yield StageOutput(event.index, event.mel, out)
-    if audio is not None and segment is not None:
-        yield StageOutput(-1, None, audio.finish(state, segment))
+    tokens: np.ndarray | None = None
+    features: PlainFeatures | None = None
+    text: dict[str, np.ndarray] | None = None
+    pause: Pause | None = None
 
 
 _DONE = object()
 
 
-def prefetched(items: Iterator[Any], ahead: int) -> Iterator[Any]:
-    """``items``, pulled by a worker thread up to ``ahead`` items before they are asked for.
+async def speak(
+    plan: Iterable[Item] | AsyncIterable[Item],
+    ports: Ports,
+    options: Options,
+    *,
+    marks: MarkTracker | None = None,
+    resumes: Resumes | None = None,
+    ahead: int = 0,
+    with_mel: bool = False,
+) -> AsyncIterator[Spoken]:
+    """Say ``plan`` (an :class:`UtterancePlan`, or items still arriving: text a client is still
+    writing) through ``ports`` with resolved ``options``, as one waveform stream.
 
-    An exception in the worker is raised here, in order, after the items before it. Closing this
-    iterator early stops the worker at its next item and waits for it, so no work outlives the
-    stream; the worker closes ``items`` itself (a generator must be closed by the thread running it).
+    ``marks``: the tracker speech marks are found with (they come as :class:`Spoken` ``marks``).
+    ``resumes``: the stream's budget of stage losses (the remote ports' retries spend from the
+    same). ``ahead``: mel chunks the decoder may run before the waveform. Raises
+    :class:`NoSpeakableText` when nothing in the plan can be said, ``LexiconError`` for bad
+    pronunciations, ``SSMLError`` for a part's rate out of range.
     """
-    slots: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=ahead)
-    stop = threading.Event()
+    stream = _Stream(ports, options, resumes or Resumes(), marks, with_mel)
+    events = stream.mel_side(_async_iter(plan))
+    if ahead > 0:
+        events = _ahead(events, ahead)
+    try:
+        async for spoken in stream.waveform_side(events):
+            yield spoken
+    finally:
+        await _aclose(events)
 
-    def put(entry: tuple[Any, BaseException | None]) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(entry, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
 
-    def work() -> None:
+class _Stream:
+    """One utterance: the waveform state carried between calls and the listener's clock."""
+
+    def __init__(self, ports: Ports, options: Options, resumes: Resumes, marks: MarkTracker | None, with_mel: bool):
+        self.ports, self.options, self.resumes, self.marks, self.with_mel = ports, options, resumes, marks, with_mel
+        self.mel = ports.mel
+        self.state: Any = None
+        self.first_frames = 0  # mel the waveform needs for its first audio: the decoder's first chunk
+        self.starting: asyncio.Future[None] | None = None  # the waveform's first start
+        self.fresh = True  # nothing has gone through the waveform's stream since it started
+        self.segment: Options = options  # the options the waveform's stream is said with (its gain)
+        self.spoken = 0  # sentences said
+        self.first_audio: float | None = None  # Unix time the listener got the first samples
+        self.samples = 0  # samples sent so far
+
+    # -- the listener's clock ----------------------------------------------------------------------
+    def deadline(self) -> float | None:
+        """When the listener's buffer runs dry (Unix seconds); None before any audio: now."""
+        return None if self.first_audio is None else self.first_audio + self.samples / self.mel.sample_rate
+
+    def sent(self, audio: np.ndarray, **fields: Any) -> Spoken:
+        if audio.size:
+            if self.first_audio is None:
+                self.first_audio = time.time()
+            self.samples += audio.size
+        return Spoken(audio, **fields)
+
+    # -- the mel side: encode (a sentence ahead), decode ----------------------------------------------
+    async def mel_side(self, items: AsyncIterator[Item]) -> AsyncIterator[_Event]:
+        first = await anext(items, None)
+        if first is None:
+            raise NoSpeakableText("input has no speakable characters")
+        pending: asyncio.Future[tuple[Say | Pause, list[PlainFeatures]] | None] | None
+        pending = asyncio.ensure_future(self._prepared(first))
         try:
-            for item in items:
-                if not put((item, None)):
-                    return
-            put((_DONE, None))
-        except BaseException as exc:  # handed to the consumer, raised there
-            put((_DONE, exc))
+            if self.starting is not None:  # the decoder's first chunk is sized by what the waveform needs
+                await asyncio.shield(self.starting)
+            while pending is not None:
+                prepared = await pending
+                if prepared is None:  # the items have ended
+                    break
+                # The next item is read (it may still be on its way) and encoded meanwhile.
+                pending = asyncio.ensure_future(self._next_prepared(items))
+                item, features_list = prepared
+                if isinstance(item, Pause):
+                    yield _Event("pause", pause=item)
+                    continue
+                options = self._options(item)
+                yield _Event("say", say=item, options=options)
+                for features in features_list:
+                    model, text = split_text_features(features)
+                    index, self.spoken = self.spoken, self.spoken + 1
+                    if self.ports.fused is not None:
+                        yield _Event("sentence", index=index, text=text, features=model, options=options)
+                        continue
+                    yield _Event("sentence", index=index, text=text, options=options)
+                    async for mel, tokens in self._decoded(model, options):
+                        yield _Event("mel", index=index, mel=mel, tokens=tokens, options=options)
+                    yield _Event("end", index=index)
+                yield _Event("said", say=item)
         finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
+            if pending is not None:
+                pending.cancel()
+        if not self.spoken:
+            raise NoSpeakableText("input has no speakable characters")
 
-    worker = threading.Thread(target=work, name="chorus-stages-ahead", daemon=True)
-    worker.start()
+    def _options(self, say: Say) -> Options:
+        return say.options if say.options is not None else self.options
+
+    async def _prepared(self, item: Item) -> tuple[Say | Pause, list[PlainFeatures]] | None:
+        if isinstance(item, Pause):
+            return item, []
+        say = item if isinstance(item, Say) else Say(item)
+        return say, await self.ports.encode.encode(say.text, self._options(say))
+
+    async def _next_prepared(self, items: AsyncIterator[Item]) -> tuple[Say | Pause, list[PlainFeatures]] | None:
+        item = await anext(items, None)
+        return None if item is None else await self._prepared(item)
+
+    async def _decoded(
+        self, features: PlainFeatures, options: Options
+    ) -> AsyncIterator[tuple[np.ndarray, np.ndarray | None]]:
+        """One sentence's mel; a lost decoder restarts it and the frames already given are skipped
+        (the decoder is deterministic: the same features give the same frames)."""
+        given = 0
+        while True:
+            produced = 0
+            try:
+                decode = self.ports.decode.decode(
+                    features, options, self.deadline(), self.first_frames, self.marks is not None
+                )
+                async for mel, tokens in decode:
+                    skip = min(max(given - produced, 0), len(mel))
+                    produced += len(mel)
+                    if len(mel) > skip:
+                        given += len(mel) - skip
+                        yield (mel[skip:], None if tokens is None else tokens[skip:]) if skip else (mel, tokens)
+                return
+            except StageLost as exc:
+                self.resumes.spend(exc.stage, exc.cause)
+                await asyncio.sleep(RETRY_DELAY_S)
+
+    # -- the waveform side: boundaries, marks, audio ------------------------------------------------
+    async def waveform_side(self, events: AsyncIterator[_Event]) -> AsyncIterator[Spoken]:
+        # The stream starts while the first sentence is encoded (the mel side waits for it to decode).
+        starting: asyncio.Future[None] | None = asyncio.ensure_future(self.start())
+        self.starting = starting
+        try:
+            async for spoken in self._said(events):
+                if starting is not None:
+                    await starting
+                    starting = None
+                yield spoken
+            if starting is not None:
+                await starting
+        finally:
+            if starting is not None:
+                starting.cancel()
+        tail = await self.finish()
+        if tail.size:
+            yield self.sent(tail)
+
+    async def _said(self, events: AsyncIterator[_Event]) -> AsyncIterator[Spoken]:
+        async for event in events:
+            if event.kind == "mel":
+                assert event.mel is not None and event.options is not None
+                if self.marks is not None:
+                    self.marks.frames(event.tokens, len(event.mel))
+                audio = await self._vocode(event.mel, event.options)
+                self.fresh = False
+                if audio.size or self.with_mel:
+                    yield self.sent(audio, mel=event.mel if self.with_mel else None, sentence=event.index)
+            elif event.kind == "sentence":
+                assert event.options is not None
+                if self.marks is not None:
+                    self.marks.sentence_text(event.text or {})
+                if event.features is not None:
+                    async for spoken in self._fused(event.features, event.options):
+                        yield spoken
+                    if (heard := self._sentence_marks()) is not None:
+                        yield heard
+            elif event.kind == "end":
+                if (heard := self._sentence_marks()) is not None:
+                    yield heard
+            elif event.kind == "say":
+                async for spoken in self._say(event):
+                    yield spoken
+            elif event.kind == "said":
+                assert event.say is not None
+                if self.marks is not None and event.say.ends_part and (heard_all := self.marks.part_end()):
+                    yield Spoken(_EMPTY, marks=tuple(heard_all))
+            else:
+                assert event.pause is not None
+                async for spoken in self._pause(event.pause):
+                    yield spoken
+
+    def _sentence_marks(self) -> Spoken | None:
+        if self.marks is None:
+            return None
+        return Spoken(_EMPTY, marks=tuple(self.marks.end()))
+
+    async def _say(self, event: _Event) -> AsyncIterator[Spoken]:
+        """A sentence of the plan begins: its part's text for marks, a new waveform stream where
+        its gain differs from the stream's."""
+        say, options = event.say, event.options
+        assert say is not None and options is not None
+        if self.marks is not None and say.part is not None:
+            part = say.part
+            self.marks.part(part.text, part.spans, part.written, part.marks)
+        if not self.fresh and options.get("gain_db") != self.segment.get("gain_db"):
+            async for spoken in self._boundary():
+                yield spoken
+        if self.fresh:
+            self.segment = options
+
+    async def _pause(self, pause: Pause) -> AsyncIterator[Spoken]:
+        """Exact silence, a whole number of frames; the marks at its start reported first."""
+        frames = pause_frames(pause.ms, self.mel.sample_rate, self.mel.hop_length)
+        if self.marks is not None and (heard := self.marks.pause(frames, pause.marks)):
+            yield Spoken(_EMPTY, marks=tuple(heard))
+        if frames:
+            async for spoken in self._boundary():
+                yield spoken
+            samples = frames * self.mel.hop_length if self.ports.waveform is not None else 0
+            mel = silent_mel(pause.ms, self.mel) if self.with_mel else None
+            yield self.sent(np.zeros(samples, dtype=np.float32), mel=mel)
+
+    async def _boundary(self) -> AsyncIterator[Spoken]:
+        """End the waveform's stream here (its held-back audio) and start a new one."""
+        if self.fresh or self.ports.waveform is None:
+            return
+        tail = await self.finish()
+        if tail.size:
+            yield self.sent(tail)
+        await self.start()
+
+    async def start(self) -> None:
+        if self.ports.waveform is not None:
+            self.state, self.first_frames = await self.ports.waveform.start()
+        self.fresh = True
+
+    async def finish(self) -> np.ndarray:
+        if self.ports.waveform is None:
+            return _EMPTY
+        return await self.ports.waveform.finish(self.state, self.segment)
+
+    async def _vocode(self, mel: np.ndarray, options: Options) -> np.ndarray:
+        if self.ports.waveform is None:
+            return _EMPTY
+        audio, self.state = await self.ports.waveform.process(self.state, mel, options, self.deadline())
+        return audio
+
+    async def _fused(self, features: PlainFeatures, options: Options) -> AsyncIterator[Spoken]:
+        """One sentence's audio from a decoder that also vocodes. A lost replica restarts the
+        sentence from the waveform state it began with; the samples already sent are skipped."""
+        assert self.ports.fused is not None
+        begin = self.state  # plain data: the fused port returns a new state, never changes this one
+        sent = 0
+        while True:
+            self.state, produced = begin, 0
+            if self.marks is not None:
+                self.marks.restart()
+            try:
+                speak = self.ports.fused.speak(self.state, features, options, self.deadline(), self.first_frames)
+                async for item in speak:
+                    if isinstance(item, dict):
+                        self.state = item["state"]
+                        continue
+                    tokens, frames, audio = item
+                    if self.marks is not None:
+                        self.marks.frames(tokens, frames)
+                    self.fresh = False
+                    skip = min(max(sent - produced, 0), audio.size)
+                    produced += audio.size
+                    if audio.size > skip:
+                        sent += audio.size - skip
+                        yield self.sent(audio[skip:])
+                return
+            except StageLost as exc:
+                self.resumes.spend(exc.stage, exc.cause)
+                await asyncio.sleep(RETRY_DELAY_S)
+
+
+async def _async_iter(items: Iterable[Item] | AsyncIterable[Item]) -> AsyncIterator[Item]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
+async def _ahead(events: AsyncIterator[T], ahead: int) -> AsyncIterator[T]:
+    """``events``, pulled by a task up to ``ahead`` items before they are asked for. An error is
+    raised here, in order, after the items before it; closing this stops the task."""
+    slots: asyncio.Queue[tuple[Any, BaseException | None]] = asyncio.Queue(maxsize=ahead)
+
+    async def work() -> None:
+        try:
+            async for event in events:
+                await slots.put((event, None))
+            await slots.put((_DONE, None))
+        except Exception as exc:  # handed to the consumer, raised there
+            await slots.put((_DONE, exc))
+        finally:
+            await _aclose(events)
+
+    task = asyncio.ensure_future(work())
     try:
         while True:
-            item, error = slots.get()
+            item, error = await slots.get()
             if item is _DONE:
                 if error is not None:
                     raise error
                 return
             yield item
     finally:
-        stop.set()
-        worker.join()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
-def _sentences(encoders: EncoderStage, part: Part, options: Mapping[str, Any], skip_empty: bool) -> Iterator[Sentence]:
-    """The sentences of one part; with ``skip_empty`` (one part of several), a part with nothing
-    speakable in it is passed over rather than refused."""
-    lexicon, normalize = options.get("lexicon", ()), bool(options.get("normalize", True))
-    try:
-        yield from encoders.sentences(part.text, lexicon, normalize)
-    except TextError as exc:
-        if not skip_empty or isinstance(exc, LexiconError):
+async def _aclose(items: AsyncIterator[Any]) -> None:
+    close = getattr(items, "aclose", None)
+    if close is not None:
+        await close()
+
+
+# -- ports over an addon's stages, in this process ----------------------------------------------------------
+def local_ports(
+    encoders: EncoderStage,
+    decoder: DecoderStage,
+    audio: AudioStage | None,
+    report: dict[str, Any] | None = None,
+    threaded: bool = False,
+) -> Ports:
+    """Ports over stages in this process. ``report``: the caller's ``Request.report``, which every
+    stage's request shares. ``threaded``: encode and decode run in worker threads (with
+    :func:`speak`'s ``ahead``, the waveform runs meanwhile in the caller's thread); else every
+    call runs in the thread driving the loop."""
+    shared = report if report is not None else {}
+    run = _in_thread if threaded else _inline
+    return Ports(
+        _LocalEncode(encoders, shared, run),
+        _LocalDecode(decoder, shared, run),
+        _LocalWaveform(audio, shared) if audio is not None else None,
+        encoders.env.mel,
+    )
+
+
+async def _inline(fn: Callable[..., T], *args: Any) -> T:
+    return fn(*args)
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.to_thread(fn, *args)
+
+
+Runner = Callable[..., Awaitable[Any]]
+
+
+@dataclasses.dataclass
+class _LocalEncode:
+    stage: EncoderStage
+    report: dict[str, Any]
+    run: Runner
+
+    async def encode(self, sentence: str, options: Options) -> list[PlainFeatures]:
+        result: list[PlainFeatures] = await self.run(self._encode, sentence, options)
+        return result
+
+    def _encode(self, sentence: str, options: Options) -> list[PlainFeatures]:
+        lexicon, normalize = options.get("lexicon", ()), bool(options.get("normalize", True))
+        try:
+            found = list(self.stage.sentences(sentence, lexicon, normalize))
+        except LexiconError:
             raise
+        except TextError:
+            return []
+        request = Request(options=options, report=self.report)
+        return [{**with_pauses(self.stage.encode(s.ids, request), s), **sentence_arrays(s)} for s in found]
+
+
+@dataclasses.dataclass
+class _LocalDecode:
+    stage: DecoderStage
+    report: dict[str, Any]
+    run: Runner
+
+    async def decode(
+        self, features: PlainFeatures, options: Options, deadline: float | None, first_frames: int, aligned: bool
+    ) -> AsyncIterator[tuple[np.ndarray, np.ndarray | None]]:
+        chunks = self.stage.decode_aligned(features, Request(options=options, report=self.report))
+        step: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                step = asyncio.ensure_future(self.run(next, chunks, None))
+                chunk = await asyncio.shield(step)
+                if chunk is None:
+                    return
+                yield chunk
+        finally:
+            if step is not None and not step.done():  # cancelled: the step in hand ends first
+                await asyncio.wait([step])
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+
+@dataclasses.dataclass
+class _LocalWaveform:
+    stage: AudioStage
+    report: dict[str, Any]
+
+    async def start(self) -> tuple[Any, int]:
+        return self.stage.start(), self.stage.first_frames
+
+    async def process(
+        self, state: Any, mel: np.ndarray, options: Options, deadline: float | None
+    ) -> tuple[np.ndarray, Any]:
+        return self.stage.process(state, mel, Request(options=options, report=self.report)), state
+
+    async def finish(self, state: Any, options: Options) -> np.ndarray:
+        return self.stage.finish(state, Request(options=options, report=self.report))
+
+
+# -- the synchronous adapter --------------------------------------------------------------------------------
+def run_sync(stream: AsyncIterator[T]) -> Iterator[T]:
+    """Drive an async stream from synchronous code, item by item as they are pulled, on a private
+    event loop: in this thread, or in a helper thread where this thread already runs a loop.
+    Closing the iterator early closes the stream (its work stops)."""
+    try:
+        asyncio.get_running_loop()
+        running = True
+    except RuntimeError:
+        running = False
+    loop = asyncio.new_event_loop()
+    helper: threading.Thread | None = None
+    if running:
+        helper = threading.Thread(target=loop.run_forever, name="chorus-driver", daemon=True)
+        helper.start()
+
+    def run(awaitable: Awaitable[Any]) -> Any:
+        if helper is None:
+            return loop.run_until_complete(awaitable)
+        return asyncio.run_coroutine_threadsafe(_awaited(awaitable), loop).result()
+
+    try:
+        while True:
+            try:
+                item: T = run(anext(stream))
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        try:
+            run(_aclose(stream))
+            run(loop.shutdown_asyncgens())
+            run(loop.shutdown_default_executor())
+        finally:
+            if helper is not None:
+                loop.call_soon_threadsafe(loop.stop)
+                helper.join()
+            loop.close()
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable

@@ -11,6 +11,8 @@ defaults; what it returns is what every stage receives, served encoders included
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -28,6 +30,7 @@ __all__ = [
     "OPTION_FIELDS",
     "InputFormat",
     "OptionError",
+    "ResolvedOptions",
     "Seed",
     "Speed",
     "SynthesisOptions",
@@ -109,7 +112,60 @@ def option(name: str) -> Any:
     return OPTION_FIELDS[name]
 
 
-def resolve_options(manifest: AddonManifest, **options: Any) -> tuple[SynthesisOptions, dict[str, Any]]:
+@dataclasses.dataclass(frozen=True, eq=False)
+class ResolvedOptions(Mapping[str, Any]):
+    """A request's options resolved against one voice: what every stage receives (served
+    encoders included), frozen, plain data (it crosses processes as it is).
+
+    Fields are typed (``options.speed``); as a mapping it holds the values a stage may read
+    (``speed``, ``voice``, ``gain_db`` always; ``speaker``, ``seed``, ``lexicon``, ``normalize``,
+    ``input_format`` where they differ from the default), so ``options.get("speed", 1.0)`` and an
+    equal plain dict compare equal. :meth:`replace` gives a changed copy (an SSML part's rate).
+    """
+
+    voice: str = "default"
+    speed: float = 1.0
+    gain_db: float = 0.0
+    speaker: int | None = None
+    seed: int = 0
+    lexicon: tuple[dict[str, Any], ...] = ()
+    normalize: bool = True
+    input_format: str = "text"
+
+    def _items(self) -> dict[str, Any]:
+        items: dict[str, Any] = {"speed": self.speed, "voice": self.voice, "gain_db": self.gain_db}
+        if self.speaker is not None:
+            items["speaker"] = self.speaker
+        if self.seed:
+            items["seed"] = self.seed
+        if self.lexicon:
+            items["lexicon"] = list(self.lexicon)
+        if not self.normalize:
+            items["normalize"] = False
+        if self.input_format != "text":
+            items["input_format"] = self.input_format
+        return items
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items())
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __repr__(self) -> str:
+        return f"ResolvedOptions({self._items()!r})"
+
+    def replace(self, **changes: Any) -> ResolvedOptions:
+        """A copy with ``changes`` (``lexicon`` as any sequence of entries)."""
+        if "lexicon" in changes:
+            changes["lexicon"] = tuple(changes["lexicon"])
+        return dataclasses.replace(self, **changes)
+
+
+def resolve_options(manifest: AddonManifest, **options: Any) -> tuple[SynthesisOptions, ResolvedOptions]:
     """Validate request options against an addon; return them and the values blocks see
     (request value, else the voice preset's, else the addon default). Needs no networks.
     Raises :class:`OptionError` naming the field at fault.
@@ -127,15 +183,14 @@ def resolve_options(manifest: AddonManifest, **options: Any) -> tuple[SynthesisO
     speed = (
         opts.speed if opts.speed is not None else preset.speed if preset.speed is not None else manifest.defaults.speed
     )
-    resolved = {"speed": speed, "voice": opts.voice, "gain_db": preset.gain_db}
-    if preset.speaker is not None:
-        resolved["speaker"] = preset.speaker
-    if opts.seed:
-        resolved["seed"] = opts.seed
-    if opts.lexicon:
-        resolved["lexicon"] = [entry.model_dump() for entry in opts.lexicon]
-    if not opts.normalize:
-        resolved["normalize"] = False
-    if opts.input_format == "ssml":
-        resolved["input_format"] = "ssml"
+    resolved = ResolvedOptions(
+        voice=opts.voice,
+        speed=float(speed),
+        gain_db=float(preset.gain_db),
+        speaker=preset.speaker,
+        seed=opts.seed or 0,
+        lexicon=tuple(entry.model_dump() for entry in opts.lexicon),
+        normalize=opts.normalize,
+        input_format=opts.input_format,
+    )
     return opts, resolved

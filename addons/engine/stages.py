@@ -13,8 +13,8 @@ audio      mel chunks + a plain stream state  audio ``[S]`` float32 (final sampl
 ========== ================================== ====================================== ==============
 
 Request options reach every stage already resolved (:func:`addons.engine.options.resolve_options`).
-:func:`addons.engine.driver.run_stages` is the synthesis loop in process; ``serve_app.streams``
-runs the same calls on remote replicas. Their networks come through :mod:`addons.engine.networks`.
+:func:`addons.engine.driver.speak` is the one synthesis loop that drives them, in this process
+or on remote replicas (through its ports). Their networks come through :mod:`addons.engine.networks`.
 """
 
 from __future__ import annotations

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from addons.engine.driver import run_stages
+from addons.engine.driver import UtterancePlan, local_ports, run_sync, speak
 from addons.engine.marks import MarkTracker, SpeechMark
 from addons.engine.marks import provides_marks as _provides_marks
 from addons.engine.networks import NetworkLoader, build_env
-from addons.engine.options import SynthesisOptions, resolve_options
+from addons.engine.options import ResolvedOptions, SynthesisOptions, resolve_options
 from addons.engine.stages import STAGES, AudioStage, DecoderStage, EncoderStage, PlainFeatures, build_stages
 from addons.formats.manifest import AddonError, AddonManifest
 from addons.text.frontend import Frontend, Sentence
@@ -110,7 +110,7 @@ class Voice:
         """``batching`` > 0 lets concurrent streams share forward passes, that many at most
         (see :mod:`blocks.batching`); results equal unbatched ones to float rounding. ``ahead``
         > 0: ``stream`` decodes in a worker thread up to that many mel chunks ahead of the
-        vocoder (see :func:`addons.engine.driver.run_stages`); 0 runs both in the caller's thread.
+        vocoder (see :func:`addons.engine.driver.speak`); 0 runs both in the caller's thread.
         ``probes``: batching probes' answers shared with voices of the same shape (a family)."""
         if ahead < 0:
             raise ValueError(f"ahead must be >= 0, got {ahead}")
@@ -179,7 +179,7 @@ class Voice:
         return sorted(self.manifest.voices)
 
     # -- the in-process driver ------------------------------------------------------------------
-    def options(self, **options: Any) -> tuple[SynthesisOptions, dict[str, Any]]:
+    def options(self, **options: Any) -> tuple[SynthesisOptions, ResolvedOptions]:
         """Validate request options; return them and the resolved values blocks see."""
         return resolve_options(self.manifest, **options)
 
@@ -189,7 +189,10 @@ class Voice:
 
     def stream_mel(self, text: str, request: Request | None = None, **options: Any) -> Iterator[MelChunk]:
         """Mel chunks for ``text``, sentence after sentence; work is done as chunks are pulled."""
-        for step in run_stages(self.encoders, self.decoder, None, text, self.request(request, **options)):
+        request = self.request(request, **options)
+        ports = local_ports(self.encoders, self.decoder, None, request.report)
+        plan = UtterancePlan.of(text, request.options)
+        for step in run_sync(speak(plan, ports, request.options, with_mel=True)):
             if step.mel is not None:
                 yield MelChunk(step.mel, step.sentence)
 
@@ -212,12 +215,13 @@ class Voice:
         """
         kinds = tuple(marks)
         tracker = MarkTracker(self.hop_length, self.sample_rate, kinds) if kinds else None
-        steps = run_stages(
-            self.encoders, self.decoder, self.audio, text, self.request(request, **options), tracker, self.ahead
-        )
-        for step in steps:
-            if step.audio.size or (with_mel and step.mel is not None) or step.marks:
-                yield AudioChunk(step.audio, self.sample_rate, step.mel if with_mel else None, step.marks)
+        request = self.request(request, **options)
+        ports = local_ports(self.encoders, self.decoder, self.audio, request.report, threaded=self.ahead > 0)
+        plan = UtterancePlan.of(text, request.options)
+        spoken = speak(plan, ports, request.options, marks=tracker, ahead=self.ahead, with_mel=with_mel)
+        for step in run_sync(spoken):
+            if step.audio.size or step.mel is not None or step.marks:
+                yield AudioChunk(step.audio, self.sample_rate, step.mel, step.marks)
 
     @property
     def provides_marks(self) -> bool:

@@ -10,7 +10,7 @@ The XML is read with expat, and a document type declaration is refused before an
 read, so no entity can be declared: no entity expansion ("billion laughs"), no external entities.
 Only XML's five predefined entities and character references are read.
 
-How the script is said (``addons.engine.driver.run_stages`` in process, ``serve_app.streams`` on a
+How the script is said (``addons.engine.driver.speak``, in process and on a
 server): each :class:`Part` is split into sentences by the front-end like plain text; its ``rate``
 multiplies the request's speed and its ``volume_db`` adds to the voice's gain. A :class:`Pause` is
 exact digital silence of a whole number of mel frames (the vocoder's stream is finished before it
@@ -24,9 +24,9 @@ written and give their offsets in the document.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 from xml.parsers import expat
 
 from addons.text.config import LexiconEntry
@@ -107,28 +107,30 @@ class Part:
     written: tuple[tuple[str, str], ...] = ()
     marks: tuple[tuple[str, int, int], ...] = ()
 
-    def options(self, options: dict[str, object]) -> dict[str, object]:
-        """Resolved request options (see ``addons.engine.options.resolve_options``) as this part says them.
+    def options(self, options: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Resolved request options (``addons.engine.options.ResolvedOptions``) as this part says them:
+        a changed copy through their ``replace`` (a plain mapping: a changed dict).
 
         Raises :class:`SSMLError` when the part's rate takes the speed outside the range the voices take
         (``blocks.tempo.MIN_SPEED`` to ``MAX_SPEED``).
         """
         if self.rate == 1.0 and not self.volume_db and not self.lexicon:
             return options
-        out = dict(options)
+        changes: dict[str, Any] = {}
         if self.rate != 1.0:
-            speed = float(options.get("speed", 1.0)) * self.rate  # type: ignore[arg-type]
+            speed = float(options.get("speed", 1.0)) * self.rate
             if not MIN_SPEED <= speed <= MAX_SPEED:
                 raise SSMLError(
                     f"<prosody rate> {self.rate:g}x at speed {options.get('speed', 1.0)} gives speed {speed:.3g}, "
                     f"outside {MIN_SPEED:g} to {MAX_SPEED:g}"
                 )
-            out["speed"] = speed
+            changes["speed"] = speed
         if self.volume_db:
-            out["gain_db"] = float(options.get("gain_db", 0.0)) + self.volume_db  # type: ignore[arg-type]
+            changes["gain_db"] = float(options.get("gain_db", 0.0)) + self.volume_db
         if self.lexicon:
-            out["lexicon"] = [e.model_dump() for e in self.lexicon] + list(options.get("lexicon", ()))  # type: ignore[call-overload]
-        return out
+            changes["lexicon"] = [e.model_dump() for e in self.lexicon] + list(options.get("lexicon", ()))
+        replace = getattr(options, "replace", None)
+        return replace(**changes) if callable(replace) else {**options, **changes}
 
 
 @dataclass(frozen=True)
