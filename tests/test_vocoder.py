@@ -173,6 +173,35 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_corpus: Path, tmp_path: P
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_fine_tuning_starts_from_an_exported_vocoder(tiny_corpus: Path, tmp_path: Path) -> None:
+    """``--init-from`` starts a run from an exported vocoder's weights, its sizes (not the flags'),
+    and names the export as asked; a directory that holds no vocoder is refused with exit code 2."""
+    assert vocoder.main(_options(tiny_corpus, tmp_path / "base", "--steps", "2")) == 0
+    base = tmp_path / "base" / "vocoder"
+    tuned = tmp_path / "tuned"
+    extra = ["--steps", "1", "--init-from", str(base), "--name", "chorus-vocoder-tiny", "--no-export"]
+    options = [o for o in _options(tiny_corpus, tuned, *extra) if not o.startswith("--dim")] + ["--dim=24"]
+    assert vocoder.main(options) == 0
+    start = torch.load(tuned / "run" / "checkpoint.pt", weights_only=True)["model"]
+    want = vocoder.read_vocoder(base)[0].state_dict()
+    assert start.keys() == want.keys() and all(start[k].shape == want[k].shape for k in want)
+    assert (
+        vocoder.main(
+            [
+                *_options(tiny_corpus, tuned, "--steps", "1", "--resume"),
+                "--init-from",
+                str(base),
+                "--name",
+                "chorus-vocoder-tiny",
+            ]
+        )
+        == 0
+    )
+    doc = json.loads((tuned / "vocoder" / vocoder.CONFIG_FILE).read_text())
+    assert doc["name"] == "chorus-vocoder-tiny" and doc["trained"]["init_from"] == str(base)
+    assert vocoder.main(_options(tiny_corpus, tmp_path / "bad", "--steps", "1", "--init-from", str(tmp_path))) == 2
+
+
 def _sized_overlap_add(self: VocosVocoder, frames: torch.Tensor) -> torch.Tensor:
     """The overlap-add as exported before 2026-12-04: sizes computed from the input's shape."""
     b, t, _ = frames.shape

@@ -4,11 +4,14 @@ the teacher corpus audio, export it, and compare it with Griffin-Lim.
     python -m addons.recipes.vocoder --corpus data/corpus --minutes 95 --out runs/vocoder --threads 1 [--resume]
     python -m addons.recipes.vocoder --evaluate [--export addons/bundled/chorus-vocoder] [--n 20]
     python -m addons.recipes.vocoder --reexport --init-from addons/bundled/chorus-vocoder --export DIR
+    python -m addons.recipes.vocoder --corpus data/corpus-joe --init-from addons/bundled/chorus-vocoder \
+        --name chorus-vocoder-joe --export build/addons/chorus-vocoder-joe --out runs/vocoder-joe --minutes 40
 
 The espeak-ng corpus keeps mels, not audio; espeak-ng is deterministic, so each utterance's audio is
 spoken again when the run starts (a few ms each, checked against the stored mel length) and kept as
 int16. A teacher corpus (``addons.recipes.corpus --teacher``) stores its audio, which is read instead:
-a vocoder for that voice's audio (new weights; ``--minutes`` as for the universal one).
+a vocoder for that voice's audio (new weights, or with ``--init-from`` the universal one's,
+fine-tuned).
 Each step takes ``--batch-size`` random segments of ``--segment`` frames from the length batch the
 shared loop hands out (cycling through it), with ``--context`` extra mel frames on each side so the
 scored samples see their neighbours as at run time; the network's input is the corpus mel.
@@ -194,7 +197,20 @@ class VocoderRecipe:
             f"{NAME}: {seconds / 3600:.2f} h of teacher audio read in {time.perf_counter() - started:.0f} s",
             file=sys.stderr,
         )
-        return build_model(self.config, corpus.mel)
+        if self.args.init_from is None:
+            return build_model(self.config, corpus.mel)
+        model, package, _ = read_vocoder(self.args.init_from)
+        if package.mel != corpus.mel:
+            raise UsageError(f"--init-from {self.args.init_from}: its mel settings are not the corpus's")
+        weights = model.state_dict()
+        self.config = {
+            "dim": int(weights["embed.weight"].shape[0]),
+            "hidden": int(weights["blocks.0.up.weight"].shape[0]),
+            "layers": len(model.blocks),
+            "kernel": int(weights["embed.weight"].shape[-1]),
+        }
+        print(f"{NAME}: starting from {self.args.init_from} ({package.name})", file=sys.stderr)
+        return model
 
     def loss(self, model: nn.Module, batch: list[Utterance]) -> tuple[torch.Tensor, dict[str, float]]:
         assert isinstance(model, VocosVocoder)
@@ -227,7 +243,9 @@ class VocoderRecipe:
             "threads": self.args.threads,
             "machine": _machine(),
         }
-        return export_vocoder(model, corpus.mel, Path(directory), trained)
+        if self.args.init_from is not None:
+            trained["init_from"] = str(self.args.init_from)
+        return export_vocoder(model, corpus.mel, Path(directory), trained, self.args.name or NAME)
 
 
 def build_model(config: dict[str, Any], settings: MelSettings) -> VocosVocoder:
@@ -284,17 +302,15 @@ def export_vocoder(
     return directory
 
 
-def reexport(directory: Path, out: Path) -> Path:
-    """Write the exported vocoder at ``directory`` to ``out`` with this version's graph: the network
-    is rebuilt from its weights (unchanged) and exported again, its ``trained`` record kept. Since
-    2026-12-04 the graph computes no size from its input, so Chorus runs it as a TorchScript trace
-    (:func:`addons.formats.netfile.traced`); the audio is the same to the bit."""
+def read_vocoder(directory: Path, flag: str = "--init-from") -> tuple[VocosVocoder, VocoderPackage, dict[str, Any]]:
+    """The exported vocoder at ``directory`` rebuilt as a module from its weights (its sizes read
+    from them), its package and its ``vocoder.json``. Raises :class:`UsageError` naming ``flag``."""
     try:
         doc = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
         package = VocoderPackage.model_validate(doc)
         weights = load_program(directory / package.network.file, package.network, directory).state_dict
     except (OSError, ValueError) as exc:  # AddonError and pydantic's errors are ValueErrors
-        raise UsageError(f"--reexport {directory}: {exc}") from None
+        raise UsageError(f"{flag} {directory}: {exc}") from None
     try:
         model = VocosVocoder(
             n_mels=package.mel.n_mels,
@@ -307,7 +323,16 @@ def reexport(directory: Path, out: Path) -> Path:
         )
         model.load_state_dict(dict(weights))
     except (KeyError, RuntimeError, ValueError) as exc:
-        raise UsageError(f"--reexport {directory}: not a {VocosVocoder.__name__} ({exc})") from None
+        raise UsageError(f"{flag} {directory}: not a {VocosVocoder.__name__} ({exc})") from None
+    return model, package, doc
+
+
+def reexport(directory: Path, out: Path) -> Path:
+    """Write the exported vocoder at ``directory`` to ``out`` with this version's graph: the network
+    is rebuilt from its weights (unchanged) and exported again, its ``trained`` record kept. Since
+    2026-12-04 the graph computes no size from its input, so Chorus runs it as a TorchScript trace
+    (:func:`addons.formats.netfile.traced`); the audio is the same to the bit."""
+    model, package, doc = read_vocoder(directory, "--reexport")
     return export_vocoder(model, package.mel, out, doc.get("trained", {}), package.name)
 
 
@@ -460,6 +485,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=4, help="Extra mel frames fed on each side of a segment.")
     p.add_argument("--batch-size", type=int, default=16, help="Segments per step.")
     p.add_argument("--mel-weight", type=float, default=1.0, help="Weight of the log-mel L1.")
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="Start from this exported vocoder's weights (fine-tuning, e.g. on a teacher's audio); sizes come from it.",
+    )
+    p.add_argument("--name", default=None, help=f"The exported vocoder's name (default {NAME}).")
     return p
 
 
