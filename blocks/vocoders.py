@@ -149,6 +149,12 @@ class GriffinLim(Vocoder[GriffinLimConfig, GriffinLimState]):
         return cfg.chunk_frames + cfg.context_frames
 
     def enable_batching(self, max_batch: int = 32, when_used: bool = False) -> bool:
+        """Batch concurrent streams' windows only where a batch gives each window exactly what it
+        gives alone (probed once per mel setting: batched FFTs need not sum in the same order)."""
+        cfg = self.config
+        if not _batches_exact(self.mel, cfg.n_iter, cfg.momentum, cfg.power, cfg.chunk_frames + 2 * cfg.context_frames):
+            self._queue = None
+            return False
         self._queue = BatchQueue(
             self._griffin_lim_batch, lambda w: (tuple(w[0].shape), w[2]), max_batch, default_lanes("cpu")
         )
@@ -225,6 +231,30 @@ class GriffinLim(Vocoder[GriffinLimConfig, GriffinLimState]):
             previous = rebuilt
         audio = torch.istft(magnitude * angles, length=length, **kw)  # type: ignore[arg-type]
         return torch.clamp(audio, -1.0, 1.0), angles
+
+
+@functools.lru_cache(maxsize=8)
+def _batches_exact(mel: MelSettings, n_iter: int, momentum: float, power: float, frames: int) -> bool:
+    """Whether Griffin-Lim over a batch of windows equals each window run alone, to the bit, here."""
+    config = GriffinLimConfig(n_iter=n_iter, momentum=momentum, power=power)
+    probe = GriffinLim(config, BuildEnv(loader=_no_network, specs={}, mel=mel))
+    gen = torch.Generator().manual_seed(0)
+    n_freq = mel.n_fft // 2 + 1
+    windows = []
+    for _ in range(3):
+        magnitude = torch.rand(n_freq, frames, generator=gen) + 0.1
+        angles = torch.polar(torch.ones(n_freq, frames), 2 * torch.pi * torch.rand(n_freq, frames, generator=gen))
+        windows.append((magnitude, angles, frames * mel.hop_length))
+    alone = [probe._griffin_lim_batch([w])[0] for w in windows]
+    for size in (2, 3):
+        together = probe._griffin_lim_batch(windows[:size])
+        if not all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(alone, together, strict=False)):
+            return False
+    return True
+
+
+def _no_network(name: str, device: torch.device) -> Any:
+    raise KeyError(name)
 
 
 @functools.lru_cache(maxsize=8)

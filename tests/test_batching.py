@@ -232,3 +232,28 @@ def test_lanes_run_that_many_batches_at_once() -> None:
     same time (each in its own thread); with one lane the second waits for the first."""
     assert _two_callers(2) == ([10, 20], True)
     assert _two_callers(1) == ([10, 20], False)
+
+
+def test_griffin_lim_batches_only_where_a_batch_equals_each_window_alone() -> None:
+    """Batched FFTs need not sum in the order single ones do: Griffin-Lim batches concurrent streams'
+    windows only where its probe found them bit-exact, and says which it chose."""
+    from blocks import BuildEnv, GriffinLim, MelSettings
+    from blocks.vocoders import GriffinLimConfig
+
+    mel = MelSettings()
+    vocoder = GriffinLim(GriffinLimConfig(n_iter=4), BuildEnv(loader=lambda *_: None, specs={}, mel=mel))  # type: ignore[arg-type, return-value]
+    on = vocoder.enable_batching(4)
+    gen = torch.Generator().manual_seed(1)
+    n_freq, frames = mel.n_fft // 2 + 1, 48
+    windows = [
+        (
+            torch.rand(n_freq, frames, generator=gen) + 0.1,
+            torch.polar(torch.ones(n_freq, frames), torch.rand(n_freq, frames, generator=gen)),
+            frames * mel.hop_length,
+        )
+        for _ in range(2)
+    ]
+    alone = [vocoder._griffin_lim_batch([w])[0][0] for w in windows]
+    together = [audio for audio, _ in vocoder._griffin_lim_batch(windows)]
+    exact = all(torch.equal(a, b) for a, b in zip(alone, together, strict=True))
+    assert on == exact and (vocoder._queue is not None) == on

@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from serve_app.server import free_port
+from tests.expect import in_process_pcm, wav_samples
 from tests.helpers import ROOT, run_cli
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -380,3 +381,25 @@ def test_the_streaming_example_runs_as_the_docs_write_it(servers: tuple[Server, 
     assert result.returncode == 0, result.stderr[-2000:]
     with wave.open(str(out)) as reply:
         assert reply.getnframes() > 0
+
+
+# Last in this module: it stops server B.
+def test_chorus_serve_serves_until_interrupted(servers: tuple[Server, Server], fixture_dir: Path) -> None:
+    """`chorus serve` answers speech as in process and its metrics, and stops cleanly (exit 0) on SIGINT."""
+    _, b = servers
+    response = httpx.post(
+        f"{b.url}/v1/audio/speech",
+        json={"model": "tiny-fast", "input": "Served.", "response_format": "wav"},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    samples, rate = wav_samples(response.content)
+    assert rate == 22050 and np.array_equal(samples, in_process_pcm(fixture_dir / "tiny-fast", "Served."))
+    assert "ray_" in httpx.get(f"{b.url}/metrics", timeout=30).text
+    os.killpg(b.proc.pid, signal.SIGINT)
+    try:
+        code = b.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:  # never leave a Ray instance behind
+        os.killpg(b.proc.pid, signal.SIGKILL)
+        code = b.proc.wait(timeout=30)
+    assert code == 0

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from serve_app.server import free_port, read_config
+from serve_app.server import read_config
 from tests.helpers import run_cli
 
 pytestmark = pytest.mark.slow
@@ -37,62 +31,6 @@ def test_bad_serve_config_is_a_clear_error(tmp_path: Path) -> None:
         read_config(bad)
     result = run_cli("serve", "--config", str(bad), timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_chorus_serve_serves_until_interrupted(fixture_dir: Path) -> None:
-    port, metrics = free_port(), free_port()
-    env = {**os.environ, "CHORUS_ADDON_PATH": str(fixture_dir)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "serve_app.cli",
-            "serve",
-            "--addon",
-            "tiny-fast",
-            "--port",
-            str(port),
-            "--num-cpus",
-            "4",
-            "--metrics-port",
-            str(metrics),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its Ray stops with the group on SIGINT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/ready", timeout=10).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            time.sleep(0.5)
-        else:
-            pytest.fail("chorus serve never became ready")
-        response = httpx.post(
-            f"{url}/v1/audio/speech",
-            json={"model": "tiny-fast", "input": "Served.", "response_format": "wav"},
-            timeout=60,
-        )
-        assert response.status_code == 200 and response.content[:4] == b"RIFF"
-        assert "ray_" in httpx.get(f"{url}/metrics", timeout=30).text
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            code = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:  # never leave a Ray instance behind
-            os.killpg(proc.pid, signal.SIGKILL)
-            code = proc.wait(timeout=30)
-    assert code == 0
 
 
 def test_local_serve_config_runs_the_bundled_gpu_hints_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -151,7 +151,10 @@ class UtterancePlan:
     @classmethod
     def of(cls, text: str, options: Options) -> UtterancePlan:
         """The plan of ``text`` (SSML when ``options["input_format"]`` says so or its root is
-        ``<speak>``). Raises ``SSMLError`` on bad markup or a part's rate out of range."""
+        ``<speak>``). Raises ``TextError`` for empty text, ``SSMLError`` on bad markup or a part's
+        rate out of range."""
+        if not Frontend.normalize(text):
+            raise TextError("text is empty")
         return cls.of_script(script_of(text, str(options.get("input_format", "text"))), options)
 
     @classmethod
