@@ -595,17 +595,16 @@ def local_ports(
     decoder: DecoderStage,
     audio: AudioStage | None,
     report: dict[str, Any] | None = None,
-    threaded: bool = False,
+    ahead: int = 0,
 ) -> Ports:
     """Ports over stages in this process. ``report``: the caller's ``Request.report``, which every
-    stage's request shares. ``threaded``: encode and decode run in worker threads (with
-    :func:`speak`'s ``ahead``, the waveform runs meanwhile in the caller's thread); else every
-    call runs in the thread driving the loop."""
+    stage's request shares. ``ahead`` > 0: each sentence is decoded in a worker thread up to that many
+    chunks before the waveform takes them (which runs meanwhile in the thread driving the loop), and
+    encoding runs in a worker too; 0: every call runs in the thread driving the loop."""
     shared = report if report is not None else {}
-    run = _in_thread if threaded else _inline
     return Ports(
-        _LocalEncode(encoders, shared, run),
-        _LocalDecode(decoder, shared, run),
+        _LocalEncode(encoders, shared, _in_thread if ahead > 0 else _inline),
+        _LocalDecode(decoder, shared, ahead),
         _LocalWaveform(audio, shared) if audio is not None else None,
         encoders.env.mel,
     )
@@ -648,26 +647,67 @@ class _LocalEncode:
 class _LocalDecode:
     stage: DecoderStage
     report: dict[str, Any]
-    run: Runner
+    ahead: int = 0
 
-    async def decode(
+    def decode(
         self, features: PlainFeatures, options: Options, deadline: float | None, first_frames: int, aligned: bool
     ) -> AsyncIterator[tuple[np.ndarray, np.ndarray | None]]:
         chunks = self.stage.decode_aligned(features, Request(options=options, report=self.report))
-        step: asyncio.Future[Any] | None = None
+        return _worker_stream(chunks, self.ahead) if self.ahead > 0 else _inline_stream(chunks)
+
+
+async def _inline_stream(chunks: Iterator[T]) -> AsyncIterator[T]:
+    try:
+        for chunk in chunks:
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+async def _worker_stream(chunks: Iterator[T], ahead: int) -> AsyncIterator[T]:
+    """``chunks`` pulled by a worker thread up to ``ahead`` before they are taken, so the pulling
+    goes on while the loop's thread is busy (vocoding). An error comes in order; closing this stops
+    the worker at its next chunk and waits for it."""
+    loop = asyncio.get_running_loop()
+    arrived: asyncio.Queue[tuple[Any, BaseException | None]] = asyncio.Queue()
+    room, stop = threading.Semaphore(ahead), threading.Event()
+
+    def hand(entry: tuple[Any, BaseException | None]) -> None:
+        loop.call_soon_threadsafe(arrived.put_nowait, entry)
+
+    def work() -> None:
         try:
-            while True:
-                step = asyncio.ensure_future(self.run(next, chunks, None))
-                chunk = await asyncio.shield(step)
-                if chunk is None:
+            for chunk in chunks:
+                while not room.acquire(timeout=0.05):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
                     return
-                yield chunk
+                hand((chunk, None))
+            hand((_DONE, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            hand((_DONE, exc))
         finally:
-            if step is not None and not step.done():  # cancelled: the step in hand ends first
-                await asyncio.wait([step])
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()
+
+    worker = threading.Thread(target=work, name="chorus-decode-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = await arrived.get()
+            if item is _DONE:
+                if error is not None:
+                    raise error
+                return
+            room.release()
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 @dataclasses.dataclass

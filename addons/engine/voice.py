@@ -216,7 +216,7 @@ class Voice:
         kinds = tuple(marks)
         tracker = MarkTracker(self.hop_length, self.sample_rate, kinds) if kinds else None
         request = self.request(request, **options)
-        ports = local_ports(self.encoders, self.decoder, self.audio, request.report, threaded=self.ahead > 0)
+        ports = local_ports(self.encoders, self.decoder, self.audio, request.report, self.ahead)
         plan = UtterancePlan.of(text, request.options)
         spoken = speak(plan, ports, request.options, marks=tracker, ahead=self.ahead, with_mel=with_mel)
         for step in run_sync(spoken):
