@@ -6,7 +6,7 @@ features, options and vocoder state give the same audio on any replica. So when 
 under a stream (its process killed, its node gone), the stream does not have to die with it.
 Stateless calls (encode, one vocoder step) are simply repeated, and Ray routes them to a live
 replica; a lost decoder stream is reported to the driver as ``StageLost``, and the driver says the
-sentence again from its features, skipping what the listener already has. After ``MAX_RESUMES``
+sentence again from its features, skipping what the listener already has. After ``addons.engine.driver.MAX_RESUMES``
 losses in one stream, or on any other error, the stream fails as before (visibly broken, never short).
 
 Only plain data crosses: numpy features, the vocoder's packed state, sample counts.
@@ -23,12 +23,10 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import ReplicaUnavailableError
 
 from addons.engine.driver import (
-    MAX_RESUMES,
     Item,
     NoSpeakableText,
     Ports,
     Resumes,
-    Say,
     StageLost,
     UtterancePlan,
     speak,
@@ -39,9 +37,7 @@ from blocks import MelSettings
 
 __all__ = [
     "LOST_REPLICA",
-    "MAX_RESUMES",
     "NoSpeakableText",
-    "Say",
     "StageHandles",
     "UtterancePlan",
     "remote_ports",
