@@ -180,6 +180,29 @@ def test_evaluate_writes_table_and_plots(trained: dict[str, Path], tiny_corpus: 
     assert (tmp_path / "mel_1.png").stat().st_size > 0
 
 
+def test_f0_follows_a_glide_and_silence_is_unvoiced() -> None:
+    sr, hop = 22050, 256
+    t = np.arange(sr) / sr
+    f0 = 110.0 + 90.0 * t  # 110 -> 200 Hz over a second
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    audio = 0.3 * np.sign(np.sin(phase)) + 0.1 * np.sin(2 * phase)
+    audio[: sr // 4] = 0.0
+    est = evaluate.f0_yin(audio, sr, hop)
+    assert len(est) == len(audio) // hop
+    frames = np.arange(len(est)) * hop / sr
+    assert not est[frames < 0.2].any()
+    voiced = frames > 0.3
+    assert (est[voiced] > 0).all()
+    assert np.abs(1200 * np.log2(est[voiced] / (110.0 + 90.0 * frames[voiced]))).max() < 25.0
+    # an octave up is 1200 cents off wherever both are voiced
+    octave = np.sign(np.sin(2 * phase)) * 0.3
+    octave[: sr // 4] = 0.0
+    settings = MelSettings()
+    rms, voicing = evaluate.f0_errors(octave, audio, settings, 25)
+    assert 1100.0 < rms < 1300.0 and voicing < 10.0
+    assert evaluate.f0_errors(audio, audio, settings, 25) == (0.0, 0.0)
+
+
 def test_dtw_and_mcd_basics() -> None:
     rows, cols = evaluate.dtw_path(np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]]))
     assert rows.tolist() == [0, 1, 1] and cols.tolist() == [0, 1, 2]

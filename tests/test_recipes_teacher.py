@@ -13,7 +13,7 @@ import torch
 
 import addons
 from addons.formats.manifest import read_manifest
-from addons.recipes import corpus, evaluate, fast, teacher, vocoder
+from addons.recipes import corpus, evaluate, fast, taco, teacher, vocoder
 from addons.recipes.corpus import Corpus
 from addons.text.config import PiperFrontendConfig
 from blocks.audio import log_mel
@@ -180,6 +180,47 @@ def test_student_trains_exports_validates_and_reads_as_the_teacher(
     assert [r["text"] for r in rows] == [u.text for u in held]
     assert all(r["mcd_db"] > 0 and np.isfinite(r["duration_mae_frames"]) for r in rows)
     assert "tiny-piper, noise off" in (tmp_path / "eval" / "evaluation.md").read_text()
+
+
+def test_taco_student_trains_on_the_teacher_corpus_and_reads_as_the_teacher(
+    teacher_corpus: Path, piper: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sizes = ["--dim", "16", "--rnn", "16", "--prenet", "8", "--attention", "8", "--free-runs", "1"]
+    options = ["--corpus", str(teacher_corpus), "--out", str(tmp_path / "run"), "--threads", "1", *sizes]
+    assert taco.main([*options, "--steps", "2", "--window", "96", "--export", str(tmp_path / "voice")]) == 0
+    assert cli.main(["addon", "validate", str(tmp_path / "voice")]) == 0
+    assert "ok" in capsys.readouterr().out
+    student, shipped = addons.load(tmp_path / "voice"), addons.load(piper)
+    assert student.name == "chorus-taco-tiny-piper"
+    assert student.manifest.frontend.model_copy(update={"max_sentence_phonemes": 400}) == shipped.manifest.frontend
+    assert student.manifest.frontend.max_sentence_phonemes == 96
+    text = "Nobody reads the answer twice."
+    assert [s.ids.tolist() for s in student.sentences(text)] == [s.ids.tolist() for s in shipped.sentences(text)]
+    audio, mel = student.synthesize(text)
+    assert audio.shape == (mel.shape[0] * student.hop_length,) and np.isfinite(audio).all()
+    assert taco.main([*options, "--steps", "2", "--init-from", str(tmp_path / "voice")]) == 2
+    assert "teacher corpus" in capsys.readouterr().err
+
+
+def test_calibrated_durations_add_up_to_the_teachers_frames(teacher_corpus: Path) -> None:
+    c = Corpus.load(teacher_corpus)
+    torch.manual_seed(0)
+    model = fast.FastModel(c.symbols, c.mel.n_mels, 16, 0.0, None)
+    batch = fast.collate(c.train)
+
+    def said() -> float:
+        with torch.no_grad():
+            return float(
+                torch.round(model.durations(model.encoder(batch.ids, batch.token_mask), batch.token_mask)).sum()
+            )
+
+    fast.calibrate_durations(model, c.train)
+    assert abs(said() / float(batch.durations.sum()) - 1.0) < 0.01
+    with torch.no_grad():
+        model.durations.proj.bias.sub_(0.5)  # speaks short now
+    assert said() < 0.8 * float(batch.durations.sum())
+    assert fast.calibrate_durations(model, c.train) == pytest.approx(0.5, abs=0.05)
+    assert abs(said() / float(batch.durations.sum()) - 1.0) < 0.01
 
 
 def test_vocoder_trains_on_the_teachers_stored_audio(teacher_corpus: Path, tmp_path: Path) -> None:

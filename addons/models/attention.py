@@ -26,8 +26,9 @@ class AttentionEncoder(TextEncoder):
         kernel_size: int = 5,
         dilations: list[int] | None = None,
         dropout: float = 0.1,
+        padding_idx: int | None = 0,
     ) -> None:
-        super().__init__(n_symbols, dim, kernel_size, dilations or [1, 2, 4, 1], dropout)
+        super().__init__(n_symbols, dim, kernel_size, dilations or [1, 2, 4, 1], dropout, padding_idx)
 
 
 class DecoderStep(nn.Module):

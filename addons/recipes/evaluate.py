@@ -16,8 +16,12 @@ text end to end (front-end, networks, its vocoder) and is compared with the teac
   same figure for Griffin-Lim run on the teacher's own mel is the floor set by the vocoder.
 - mel L1: the voice's mel against the teacher's, per frame and band, along a DTW path; for a
   duration model also with the teacher's durations driving its upsampler (frame for frame).
+- F0: YIN pitch (:func:`f0_yin`) of voice and teacher audio compared along the same DTW path: the
+  RMS difference in cents over frame pairs voiced in both, and the share of pairs whose voicing
+  disagrees (percent).
+- length error: frames of the voice minus the teacher's, and as a percentage of the teacher's.
 - duration MAE (frames per phoneme, predictions rounded as the Upsampler does) for a duration model.
-- for an attention model: length error (frames, voice minus teacher), how many sentences ended by
+- for an attention model: how many sentences ended by
   the stop token (rather than the length guard), and alignment sharpness (mean over decoder steps
   of the largest attention weight), read off the step network's outputs during synthesis.
 
@@ -49,7 +53,7 @@ from blocks import AttentionDecoder, Block, BuildEnv, GriffinLim, MelSettings, R
 from blocks.network import NetworkRunner
 from blocks.upsampler import regulate_durations
 
-__all__ = ["MCD_CONSTANT", "dtw_path", "main", "mcd", "mel_cepstra"]
+__all__ = ["MCD_CONSTANT", "dtw_path", "f0_errors", "f0_yin", "main", "mcd", "mel_cepstra"]
 
 MCD_CONSTANT = 10.0 * math.sqrt(2.0) / math.log(10.0)
 
@@ -94,12 +98,87 @@ def _pairwise(a: np.ndarray, b: np.ndarray, p: int) -> np.ndarray:
     return d if p == 2 else d / a.shape[1]
 
 
-def mcd(audio: np.ndarray, reference: np.ndarray, settings: MelSettings, n_cepstra: int) -> float:
-    """DTW-aligned mel-cepstral distortion in dB between two waveforms (see the module docstring)."""
+def _cepstral_path(
+    audio: np.ndarray, reference: np.ndarray, settings: MelSettings, n_cepstra: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cepstral distances ``[N, M]`` between the frames of two waveforms and their DTW path."""
     a, b = (mel_cepstra(log_mel(torch.from_numpy(x), settings).numpy(), n_cepstra) for x in (audio, reference))
     cost = _pairwise(a, b, 2)
     rows, cols = dtw_path(cost)
+    return cost, rows, cols
+
+
+def mcd(audio: np.ndarray, reference: np.ndarray, settings: MelSettings, n_cepstra: int) -> float:
+    """DTW-aligned mel-cepstral distortion in dB between two waveforms (see the module docstring)."""
+    cost, rows, cols = _cepstral_path(audio, reference, settings, n_cepstra)
     return float(MCD_CONSTANT * cost[rows, cols].mean())
+
+
+def f0_yin(
+    audio: np.ndarray,
+    sample_rate: int,
+    hop_length: int,
+    fmin: float = 60.0,
+    fmax: float = 500.0,
+    threshold: float = 0.15,
+    silence_db: float = -45.0,
+) -> np.ndarray:
+    """F0 in Hz per frame (``len(audio) // hop_length`` frames, centred as :func:`log_mel`'s); 0 where unvoiced.
+
+    YIN (de Cheveigne and Kawahara, 2002): the cumulative-mean-normalised difference function over
+    lags ``sample_rate / fmax .. sample_rate / fmin``, its first dip below ``threshold`` followed down
+    to its local minimum and refined by a parabola. Frames more than ``-silence_db`` dB below the
+    loudest frame, or with no dip, are unvoiced.
+    """
+    x = np.asarray(audio, np.float64)
+    n = len(x) // hop_length
+    lag_min, lag_max = int(sample_rate // fmax), math.ceil(sample_rate / fmin)
+    width = lag_max  # integration window: one period of the lowest pitch
+    if n == 0:
+        return np.zeros(0)
+    half = (width + lag_max) // 2
+    padded = np.pad(x, (half, half + width + lag_max))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, width + lag_max)[::hop_length][:n]
+    size = 1 << math.ceil(math.log2(2 * (width + lag_max)))
+    head = np.fft.rfft(frames[:, :width], size)
+    r = np.fft.irfft(np.conj(head) * np.fft.rfft(frames, size), size)[:, : lag_max + 1]
+    squares = np.concatenate([np.zeros((n, 1)), np.cumsum(frames**2, axis=1)], axis=1)
+    energy = squares[:, width : width + lag_max + 1] - squares[:, : lag_max + 1]  # sum of x[t+lag : t+lag+width]^2
+    d = np.maximum(energy[:, :1] + energy - 2.0 * r, 0.0)
+    cmnd = np.ones_like(d)
+    lags = np.arange(1, lag_max + 1)
+    cmnd[:, 1:] = d[:, 1:] * lags / np.maximum(np.cumsum(d[:, 1:], axis=1), 1e-12)
+    search = cmnd[:, lag_min:lag_max]
+    below = search < threshold
+    voiced = below.any(axis=1)
+    lag = np.argmax(below, axis=1)
+    for _ in range(lag_max):  # follow each dip down to its local minimum
+        step = (lag + 1 < search.shape[1]) & (
+            search[np.arange(n), np.minimum(lag + 1, search.shape[1] - 1)] < search[np.arange(n), lag]
+        )
+        if not step.any():
+            break
+        lag = lag + step
+    lag = lag + lag_min
+    rows = np.arange(n)
+    left, mid, right = cmnd[rows, lag - 1], cmnd[rows, lag], cmnd[rows, np.minimum(lag + 1, lag_max)]
+    curve = left - 2.0 * mid + right
+    shift = np.where(curve > 1e-12, 0.5 * (left - right) / np.where(curve > 1e-12, curve, 1.0), 0.0)
+    period = lag + np.clip(shift, -1.0, 1.0)
+    level = 10.0 * np.log10(energy[:, 0] / width + 1e-12)
+    voiced &= level > level.max() + silence_db
+    return np.where(voiced, sample_rate / period, 0.0)
+
+
+def f0_errors(audio: np.ndarray, reference: np.ndarray, settings: MelSettings, n_cepstra: int) -> tuple[float, float]:
+    """F0 error of ``audio`` against ``reference`` along the cepstral DTW path: the RMS difference in cents
+    over frame pairs voiced in both, and the share of pairs (percent) whose voicing disagrees."""
+    _, rows, cols = _cepstral_path(audio, reference, settings, n_cepstra)
+    f, g = (f0_yin(x, settings.sample_rate, settings.hop_length) for x in (audio, reference))
+    a, b = f[rows], g[cols]
+    both = (a > 0) & (b > 0)
+    cents = 1200.0 * np.log2(a[both] / b[both]) if both.any() else np.zeros(1)
+    return float(np.sqrt(np.mean(cents**2))), float(100.0 * np.mean((a > 0) != (b > 0)))
 
 
 def dtw_mel_l1(mel: np.ndarray, reference: np.ndarray) -> float:
@@ -213,6 +292,12 @@ class _DurationNetworks:
 
 
 # -- evaluation ---------------------------------------------------------------------------------------------
+def _audio_scores(audio: np.ndarray, teacher: np.ndarray, settings: MelSettings, n_cepstra: int) -> dict[str, float]:
+    """MCD and F0 error of ``audio`` against the teacher's."""
+    rms_cents, voicing = f0_errors(audio, teacher, settings, n_cepstra)
+    return {"mcd_db": mcd(audio, teacher, settings, n_cepstra), "f0_rmse_cents": rms_cents, "voicing_error": voicing}
+
+
 def _score(
     voice: addons.Voice,
     utt: Utterance,
@@ -225,10 +310,10 @@ def _score(
     """Per-sentence numbers for one voice, and its mel (for plots); ``normalize`` as the corpus read the text."""
     spoken = _speak(voice, tap, utt.text, normalize)
     settings = voice.manifest.mel
-    row = {
-        "mcd_db": mcd(spoken.audio, teacher, settings, args.cepstra),
+    row = _audio_scores(spoken.audio, teacher, settings, args.cepstra) | {
         "mel_l1_dtw": dtw_mel_l1(spoken.mel, utt.mel),
         "length_error_frames": float(spoken.mel.shape[0] - utt.frames),
+        "length_error_percent": 100.0 * (spoken.mel.shape[0] - utt.frames) / utt.frames,
     }
     if networks is not None:
         mel, durations = networks.run(utt)
@@ -295,8 +380,11 @@ _COLUMNS = [
     ("MCD (dB)", "mcd_db", "{0:.2f} ± {1:.2f}"),
     ("mel L1, DTW", "mel_l1_dtw", "{0:.3f}"),
     ("mel L1, teacher durations", "mel_l1_teacher_durations", "{0:.3f}"),
+    ("F0 RMSE (cents)", "f0_rmse_cents", "{0:.0f} ± {1:.0f}"),
+    ("voicing error (%)", "voicing_error", "{0:.1f}"),
     ("duration MAE (frames)", "duration_mae_frames", "{0:.2f}"),
     ("length error (frames)", "length_error_frames", "{0:+.1f} ± {1:.1f}"),
+    ("length error (%)", "length_error_percent", "{0:+.1f} ± {1:.1f}"),
     ("ended by stop token", "ended_by_stop", "{2:.0f} / {n}"),
     ("attention sharpness", "sharpness", "{0:.3f}"),
 ]
@@ -365,7 +453,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
     floor = "teacher mel + Griffin-Lim (vocoder floor)"
     results = {
         floor: [
-            {"mcd_db": mcd(_vocode(u.mel.astype(np.float32), corpus.mel), a, corpus.mel, args.cepstra)}
+            _audio_scores(_vocode(u.mel.astype(np.float32), corpus.mel), a, corpus.mel, args.cepstra)
             for u, a in zip(utts, teachers, strict=True)
         ]
     }

@@ -11,7 +11,11 @@ id 0, is a phoneme with an embedding of its own) and learns the teacher's durati
 Teacher durations drive the upsampling during training (each token's encoding repeated for its
 frames), so the decoder always sees the true alignment; the duration predictor learns
 ``log(1 + frames)`` on a detached encoding. Losses: mel L1 (+ ``--l2`` times mel MSE) over real
-frames, plus ``--duration-weight`` times the duration MSE in the log domain over real tokens.
+frames, plus ``--duration-weight`` times the duration MSE in the log domain over real tokens, plus
+``--length-weight`` times the utterance length's absolute error in the log domain (a log-domain
+duration loss alone predicts geometric means and speaks short). At export the duration predictor's
+bias is shifted so that its rounded predictions add up to the teacher's frames over the first
+training utterances (:func:`calibrate_durations`; ``--no-calibrate`` leaves it as trained).
 """
 
 from __future__ import annotations
@@ -33,9 +37,11 @@ from addons.recipes.corpus import SILENCE, Corpus, Utterance
 from addons.recipes.training import UsageError, add_vocoder_option, main_with, recipe_parser, vocoder_section
 from addons.text.config import FrontendConfig, PiperFrontendConfig
 
-__all__ = ["FastBatch", "FastModel", "FastRecipe", "collate", "main"]
+__all__ = ["FastBatch", "FastModel", "FastRecipe", "calibrate_durations", "collate", "main"]
 
 NAME = "chorus-fast"
+#: Training utterances the export's duration calibration adds up (see :func:`calibrate_durations`).
+CALIBRATION_UTTERANCES = 1000
 
 
 class FastModel(nn.Module):
@@ -80,6 +86,48 @@ def collate(utterances: Sequence[Utterance]) -> FastBatch:
     return FastBatch(*(torch.from_numpy(x) for x in (ids, token_mask, durations, mel, frame_mask, token_of_frame)))
 
 
+def _rounded_durations(model: FastModel, batch: FastBatch) -> torch.Tensor:
+    """Predicted frames per token ``[B, T]``, rounded as at synthesis (speed 1)."""
+    return torch.round(model.durations(model.encoder(batch.ids, batch.token_mask), batch.token_mask))
+
+
+def calibrate_durations(model: FastModel, utterances: Sequence[Utterance], tolerance: float = 0.002) -> float:
+    """Shift the duration predictor's output bias (log domain) until the rounded predictions add up to the
+    teacher's frames over ``utterances`` (training data); returns the shift.
+
+    A log-domain loss predicts a geometric mean, which lies below the mean, so a student trained on it
+    alone speaks short; the length loss narrows that, this closes what is left. Bisection: the total
+    grows with the bias.
+    """
+    model.eval()
+    batches = [collate(utterances[i : i + 32]) for i in range(0, len(utterances), 32)]
+    with torch.no_grad():
+        encodings = [(model.encoder(b.ids, b.token_mask), b) for b in batches]
+        target = sum(float(b.durations.sum()) for b in batches)
+        bias = model.durations.proj.bias
+
+        def total(shift: float) -> float:
+            bias.add_(shift)
+            try:
+                return sum(float(torch.round(model.durations(e, b.token_mask)).sum()) for e, b in encodings)
+            finally:
+                bias.sub_(shift)
+
+        lo, hi = -3.0, 3.0
+        if not total(lo) <= target <= total(hi):
+            return 0.0  # far off: leave the model as trained rather than guess
+        for _ in range(30):
+            mid = 0.5 * (lo + hi)
+            said = total(mid)
+            if abs(said / target - 1.0) <= tolerance:
+                lo = hi = mid
+                break
+            lo, hi = (mid, hi) if said < target else (lo, mid)
+        shift = 0.5 * (lo + hi)
+        bias.add_(shift)
+    return shift
+
+
 def upsample(encoding: torch.Tensor, token_of_frame: torch.Tensor) -> torch.Tensor:
     """``encoding`` ``[B, T, D]`` -> ``[B, F, D]``: each frame takes its token's encoding."""
     return torch.gather(encoding, 1, token_of_frame.unsqueeze(-1).expand(-1, -1, encoding.shape[-1]))
@@ -93,10 +141,12 @@ def losses(model: FastModel, batch: FastBatch) -> dict[str, torch.Tensor]:
     mel = model.decoder(upsample(encoding, batch.token_of_frame), batch.frame_mask)
     err = (mel - batch.mel) * batch.frame_mask.unsqueeze(-1)
     cells = batch.frame_mask.sum() * mel.shape[-1]
+    frames = (torch.expm1(log_d) * batch.token_mask).sum(1)  # the utterance's predicted length, unrounded
     return {
         "mel_l1": err.abs().sum() / cells,
         "mel_l2": err.pow(2).sum() / cells,
         "duration": (log_d - target).pow(2).sum() / batch.token_mask.sum(),
+        "length": (torch.log1p(frames.clamp(min=0.0)) - torch.log1p(batch.durations.sum(1))).abs().mean(),
     }
 
 
@@ -111,7 +161,10 @@ class FastRecipe:
         if not 0.0 <= args.dropout < 1.0 or args.l2 < 0 or args.duration_weight <= 0:
             raise UsageError("need 0 <= --dropout < 1, --l2 >= 0 and --duration-weight > 0")
         self.config: dict[str, Any] = {"dim": args.dim}
+        if args.length_weight < 0:
+            raise UsageError(f"--length-weight must be >= 0, got {args.length_weight}")
         self.dropout, self.l2, self.duration_weight = args.dropout, args.l2, args.duration_weight
+        self.length_weight, self.calibrate = args.length_weight, not args.no_calibrate
         self.vocoder = vocoder_section(args.vocoder)
         self.export_name: str | None = args.name
 
@@ -129,26 +182,41 @@ class FastRecipe:
     def loss(self, model: nn.Module, batch: list[Utterance]) -> tuple[torch.Tensor, dict[str, float]]:
         assert isinstance(model, FastModel)
         parts = losses(model, collate(batch))
-        total = parts["mel_l1"] + self.l2 * parts["mel_l2"] + self.duration_weight * parts["duration"]
+        total = (
+            parts["mel_l1"]
+            + self.l2 * parts["mel_l2"]
+            + self.duration_weight * parts["duration"]
+            + self.length_weight * parts["length"]
+        )
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
     def validate(self, model: nn.Module, utterances: list[Utterance]) -> dict[str, float]:
-        """Losses with teacher durations, and the duration error in frames (rounded predictions)."""
+        """Losses with teacher durations, the duration error in frames and the length error in percent
+        (predictions rounded as the Upsampler rounds them)."""
         assert isinstance(model, FastModel)
         sums: dict[str, float] = {}
-        abs_err, tokens = 0.0, 0.0
+        abs_err, tokens, said, heard = 0.0, 0.0, 0.0, 0.0
         for start in range(0, len(utterances), 16):
             batch = collate(utterances[start : start + 16])
             for k, v in losses(model, batch).items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(batch.ids)
-            predicted = torch.round(model.durations(model.encoder(batch.ids, batch.token_mask), batch.token_mask))
+            predicted = _rounded_durations(model, batch)
             abs_err += float(((predicted - batch.durations).abs() * batch.token_mask).sum())
             tokens += float(batch.token_mask.sum())
-        return {k: v / len(utterances) for k, v in sums.items()} | {"duration_mae_frames": abs_err / tokens}
+            said, heard = said + float(predicted.sum()), heard + float(batch.durations.sum())
+        return {k: v / len(utterances) for k, v in sums.items()} | {
+            "duration_mae_frames": abs_err / tokens,
+            "length_error_percent": 100.0 * (said / heard - 1.0),
+        }
 
     def export(self, model: nn.Module, corpus: Corpus, directory: Path | None) -> Path:
         """An addon directory (``directory``, else the default for this corpus; see the module doc)."""
         assert isinstance(model, FastModel)
+        if self.calibrate:
+            shift = calibrate_durations(model, corpus.train[:CALIBRATION_UTTERANCES])
+            print(
+                f"{NAME}: durations calibrated on training utterances (log-domain shift {shift:+.4f})", file=sys.stderr
+            )
         teacher = corpus.meta.get("teacher")
         if not isinstance(teacher, dict):  # the espeak-ng corpus: the bundled reference voice
             return duration_addon(
@@ -197,6 +265,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=0.1, help="Dropout in the encoder and duration predictor.")
     p.add_argument("--l2", type=float, default=0.0, help="Weight of the mel MSE added to the mel L1.")
     p.add_argument("--duration-weight", type=float, default=1.0, help="Weight of the log-duration MSE.")
+    p.add_argument(
+        "--length-weight", type=float, default=1.0, help="Weight of the utterance length's error (log domain, L1)."
+    )
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="Export the duration predictor as trained, without matching its total to the training frames.",
+    )
     return p
 
 

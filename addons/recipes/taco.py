@@ -57,7 +57,7 @@ from addons.models import AttentionEncoder, DecoderStep
 from addons.recipes.builders import attention_addon, attention_step_networks
 from addons.recipes.corpus import SILENCE, Corpus, Utterance
 from addons.recipes.training import UsageError, add_vocoder_option, main_with, recipe_parser, vocoder_section
-from addons.text.config import FrontendConfig
+from addons.text.config import FrontendConfig, PiperFrontendConfig
 
 __all__ = [
     "FreeRun",
@@ -81,10 +81,16 @@ class TacoModel(nn.Module):
     """The two exported networks, trained together."""
 
     def __init__(
-        self, n_symbols: int, n_mels: int, config: dict[str, Any], dropout: float, prenet_dropout: float
+        self,
+        n_symbols: int,
+        n_mels: int,
+        config: dict[str, Any],
+        dropout: float,
+        prenet_dropout: float,
+        padding_idx: int | None = 0,
     ) -> None:
         super().__init__()
-        self.encoder = AttentionEncoder(n_symbols, config["dim"], dropout=dropout)
+        self.encoder = AttentionEncoder(n_symbols, config["dim"], dropout=dropout, padding_idx=padding_idx)
         self.step = DecoderStep(
             n_mels,
             config["dim"],
@@ -260,12 +266,17 @@ class TacoRecipe:
         self.sigma, self.guide_weight, self.stop_weight = args.guide_sigma, args.guide_weight, args.stop_weight
         self.teacher_guide, self.window, self.free_runs = args.guide == "teacher", args.window, args.free_runs
         self.init_from: Path | None = args.init_from
+        self.export_name: str | None = args.name
         self.vocoder = vocoder_section(args.vocoder)
 
     def build(self, corpus: Corpus) -> TacoModel:
-        if "teacher" in corpus.meta:  # its export would need the teacher's front end (issue 23, to do)
-            raise UsageError("chorus-taco trains on the espeak-ng corpus only, so far")
-        model = TacoModel(len(corpus.phonemes) + 1, corpus.mel.n_mels, self.config, self.dropout, self.prenet_dropout)
+        teacher = "teacher" in corpus.meta
+        if teacher and self.init_from is not None:
+            raise UsageError("--init-from carries embeddings over by espeak-ng phoneme: not for a teacher corpus")
+        own_zero = isinstance(corpus.frontend, PiperFrontendConfig)  # id 0 is Piper's "_", not padding
+        model = TacoModel(
+            corpus.symbols, corpus.mel.n_mels, self.config, self.dropout, self.prenet_dropout, None if own_zero else 0
+        )
         with torch.no_grad():  # start from the average frame and a low stop probability
             model.step.frames.bias.copy_(torch.from_numpy(np.tile(corpus.mean_mel(), self.config["reduction"])))
             model.step.stop.bias.fill_(-4.0)
@@ -298,20 +309,40 @@ class TacoRecipe:
             metrics |= {f"{k}_dropout": v for k, v in free_run_metrics(model, texts, prenet_dropout=True).items()}
         return metrics
 
-    def export(self, model: nn.Module, corpus: Corpus, directory: Path) -> Path:
+    def export(self, model: nn.Module, corpus: Corpus, directory: Path | None) -> Path:
+        """An addon directory: ``directory``, else the bundled voice's (espeak-ng corpus) or
+        ``build/addons/chorus-taco-TEACHER`` (a teacher's corpus, read with the teacher's front end)."""
         assert isinstance(model, TacoModel)
+        teacher = corpus.meta.get("teacher")
+        if not isinstance(teacher, dict):
+            return attention_addon(
+                directory or Path(f"addons/bundled/{NAME}"),
+                model.encoder,
+                model.step,
+                mel=corpus.mel,
+                window=self.window,
+                max_frames_per_token=MAX_FRAMES_PER_TOKEN,
+                name=self.export_name or NAME,
+                language="en-us",
+                description="Reference attention-based voice (Tacotron-style), distilled from espeak-ng en-us",
+                frontend=FrontendConfig(phonemes=corpus.phonemes, max_sentence_phonemes=self.window),
+                voices={"default": {"description": "espeak-ng en-us, as learned by an attention decoder"}},
+                vocoder=self.vocoder,
+            )
+        name = self.export_name or f"{NAME}-{teacher['name']}"[:64]
+        source = f"{teacher['name']} {teacher['version']}"
         return attention_addon(
-            directory,
+            directory or Path(f"build/addons/{name}"),
             model.encoder,
             model.step,
             mel=corpus.mel,
             window=self.window,
             max_frames_per_token=MAX_FRAMES_PER_TOKEN,
-            name=NAME,
-            language="en-us",
-            description="Reference attention-based voice (Tacotron-style), distilled from espeak-ng en-us",
-            frontend=FrontendConfig(phonemes=corpus.phonemes, max_sentence_phonemes=self.window),
-            voices={"default": {"description": "espeak-ng en-us, as learned by an attention decoder"}},
+            name=name,
+            language=str(teacher["language"]),
+            description=f"Attention-based voice (Tacotron-style) distilled from {source}, noise off",
+            frontend=corpus.frontend.model_copy(update={"max_sentence_phonemes": self.window}),
+            voices={"default": {"description": f"{source} with its noise off, as learned by an attention decoder"}},
             vocoder=self.vocoder,
         )
 
@@ -436,6 +467,8 @@ def parser() -> argparse.ArgumentParser:
         batch_frames=8000,
         lr=1e-3,
     )
+    p.set_defaults(export=None)  # the bundled voice's directory, or build/addons/NAME for a teacher's student
+    p.add_argument("--name", default=None, help=f"The exported addon's name (default {NAME}, or {NAME}-TEACHER).")
     add_vocoder_option(p)
     p.add_argument("--dim", type=int, default=128, help="Encoder channels (the attention memory).")
     p.add_argument("--rnn", type=int, default=256, help="Units of both decoder LSTMs.")
@@ -471,6 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return main_with(TacoRecipe, p, argv)
         if args.init_from is None:
             raise UsageError("--reexport needs --init-from ADDON")
+        if args.export is None:
+            raise UsageError("--reexport needs --export DIR")
         if args.export.exists():
             raise UsageError(f"--reexport writes a new directory; {args.export} exists")
         print(f"{NAME}: re-exported to {reexport(args.init_from, args.export)}", file=sys.stderr)
