@@ -232,6 +232,7 @@ class Ports:
     waveform: WaveformPort | None
     mel: MelSettings
     fused: FusedPort | None = None
+    worker: int = 0
 
 
 # -- what the driver yields -------------------------------------------------------------------------------
@@ -291,11 +292,19 @@ async def speak(
     pronunciations, ``SSMLError`` for a part's rate out of range.
     """
     stream = _Stream(ports, options, resumes or Resumes(), marks, with_mel)
-    events = stream.mel_side(_async_iter(plan))
-    if ahead > 0:
-        events = _ahead(events, ahead)
+    started = False
+    if ports.worker > 0 and not isinstance(plan, AsyncIterable):
+        # Ports in this process: the whole mel side (encode, decode) runs on in one worker thread, on a
+        # loop of its own, up to ``ports.worker`` events ahead of the waveform in this thread.
+        await stream.start()
+        started = True
+        events = _worker_stream(run_sync(stream.mel_side(_async_iter(plan))), ports.worker, _MEL_WORKER)
+    else:
+        events = stream.mel_side(_async_iter(plan))
+        if ahead > 0:
+            events = _ahead(events, ahead)
     try:
-        async for spoken in stream.waveform_side(events):
+        async for spoken in stream.waveform_side(events, started):
             yield spoken
     finally:
         await _aclose(events)
@@ -404,9 +413,9 @@ class _Stream:
                 await asyncio.sleep(RETRY_DELAY_S)
 
     # -- the waveform side: boundaries, marks, audio ------------------------------------------------
-    async def waveform_side(self, events: AsyncIterator[_Event]) -> AsyncIterator[Spoken]:
+    async def waveform_side(self, events: AsyncIterator[_Event], started: bool = False) -> AsyncIterator[Spoken]:
         # The stream starts while the first sentence is encoded (the mel side waits for it to decode).
-        starting: asyncio.Future[None] | None = asyncio.ensure_future(self.start())
+        starting: asyncio.Future[None] | None = None if started else asyncio.ensure_future(self.start())
         self.starting = starting
         try:
             async for spoken in self._said(events):
@@ -598,24 +607,25 @@ def local_ports(
     ahead: int = 0,
 ) -> Ports:
     """Ports over stages in this process. ``report``: the caller's ``Request.report``, which every
-    stage's request shares. ``ahead`` > 0: each sentence is decoded in a worker thread up to that many
-    chunks before the waveform takes them (which runs meanwhile in the thread driving the loop), and
-    encoding runs in a worker too; 0: every call runs in the thread driving the loop."""
+    stage's request shares. ``ahead`` > 0: :func:`speak` runs the mel side (encoding, then decoding,
+    sentence after sentence) in one worker thread up to that many events before the waveform takes
+    them, which runs meanwhile in the thread driving the loop (for a plan still arriving, each
+    sentence is decoded in a worker thread of its own); 0: every call runs in the thread driving the loop.
+
+    One worker for the whole mel side rather than a thread per call: each hop between threads costs
+    a turn at the interpreter lock, which the decoder's many small steps feel (docs/performance.md)."""
     shared = report if report is not None else {}
     return Ports(
-        _LocalEncode(encoders, shared, _in_thread if ahead > 0 else _inline),
+        _LocalEncode(encoders, shared, _inline),
         _LocalDecode(decoder, shared, ahead),
         _LocalWaveform(audio, shared) if audio is not None else None,
         encoders.env.mel,
+        worker=ahead,
     )
 
 
 async def _inline(fn: Callable[..., T], *args: Any) -> T:
     return fn(*args)
-
-
-async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
-    return await asyncio.to_thread(fn, *args)
 
 
 Runner = Callable[..., Awaitable[Any]]
@@ -653,7 +663,9 @@ class _LocalDecode:
         self, features: PlainFeatures, options: Options, deadline: float | None, first_frames: int, aligned: bool
     ) -> AsyncIterator[tuple[np.ndarray, np.ndarray | None]]:
         chunks = self.stage.decode_aligned(features, Request(options=options, report=self.report))
-        return _worker_stream(chunks, self.ahead) if self.ahead > 0 else _inline_stream(chunks)
+        if self.ahead > 0 and threading.current_thread().name != _MEL_WORKER:
+            return _worker_stream(chunks, self.ahead)
+        return _inline_stream(chunks)
 
 
 async def _inline_stream(chunks: Iterator[T]) -> AsyncIterator[T]:
@@ -666,7 +678,10 @@ async def _inline_stream(chunks: Iterator[T]) -> AsyncIterator[T]:
             close()
 
 
-async def _worker_stream(chunks: Iterator[T], ahead: int) -> AsyncIterator[T]:
+_MEL_WORKER = "chorus-mel-side"
+
+
+async def _worker_stream(chunks: Iterator[T], ahead: int, name: str = "chorus-decode-ahead") -> AsyncIterator[T]:
     """``chunks`` pulled by a worker thread up to ``ahead`` before they are taken, so the pulling
     goes on while the loop's thread is busy (vocoding). An error comes in order; closing this stops
     the worker at its next chunk and waits for it."""
@@ -694,7 +709,7 @@ async def _worker_stream(chunks: Iterator[T], ahead: int) -> AsyncIterator[T]:
             if close is not None:
                 close()
 
-    worker = threading.Thread(target=work, name="chorus-decode-ahead", daemon=True)
+    worker = threading.Thread(target=work, name=name, daemon=True)
     worker.start()
     try:
         while True:
