@@ -13,7 +13,7 @@ import torch
 
 import addons
 from addons.formats.manifest import read_manifest
-from addons.recipes import corpus, evaluate, fast, taco, teacher, vocoder
+from addons.recipes import corpus, distill, evaluate, fast, taco, teacher, vocoder
 from addons.recipes.corpus import Corpus
 from addons.text.config import PiperFrontendConfig
 from blocks.audio import log_mel
@@ -235,3 +235,36 @@ def test_vocoder_trains_on_the_teachers_stored_audio(teacher_corpus: Path, tmp_p
         vocoder.main(["--evaluate", "--corpus", str(teacher_corpus), "--export", str(tmp_path / "voc"), "--n", "1"])
         == 0
     )
+
+
+def test_distill_runs_every_recipe_resumes_and_its_students_speak_through_their_vocoder(
+    piper: Path, text_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CHORUS_ADDON_PATH", raising=False)
+    work, out = tmp_path / "work", tmp_path / "out"
+    argv = ["--teacher", str(piper), "--name", "tiny", "--text", str(text_file), "--work", str(work)]
+    argv += ["--out", str(out), "--train", str(TRAIN), "--held-out", str(HELD_OUT)]
+    argv += ["--vocoder-steps", "1", "--fast-steps", "1"]
+    assert distill.main([*argv, "--corpus-minutes", "1e-9"]) == distill.AGAIN  # stopped before the corpus was done
+    assert not (out / "chorus-fast-tiny").exists()
+    assert distill.main([*argv, "--taco-steps", "1", "--evaluate", "1"]) == 0
+    capsys.readouterr()
+    # run again with one more taco step: the finished runs are kept, taco resumes
+    assert distill.main([*argv, "--taco-steps", "2", "--evaluate", "0"]) == 0
+    said = capsys.readouterr().err
+    assert "chorus-vocoder-tiny has trained its 1 steps" in said and "chorus-fast-tiny has trained its 1 steps" in said
+    history = {k: (work / k / "history.jsonl").read_text().splitlines() for k in ("vocoder", "fast", "taco")}
+    assert {k: [json.loads(line)["step"] for line in v] for k, v in history.items()} == {
+        "vocoder": [1],
+        "fast": [1],
+        "taco": [1, 2],
+    }
+    monkeypatch.setenv("CHORUS_ADDON_PATH", str(out))
+    for kind in ("fast", "taco"):
+        voice = addons.load(out / f"chorus-{kind}-tiny")
+        assert voice.manifest.vocoder == {"type": "UniversalVocoder", "name": "chorus-vocoder-tiny"}
+        audio, mel = voice.synthesize("The cat sat.")
+        assert audio.shape == (mel.shape[0] * voice.hop_length,) and np.isfinite(audio).all()
+    rows = json.loads((work / "evaluation" / "evaluation.json").read_text())
+    assert set(rows) >= {"chorus-fast-tiny", "chorus-taco-tiny"}
+    assert distill.main([*argv, "--name", "no/slash"]) == 2
