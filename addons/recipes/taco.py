@@ -52,11 +52,17 @@ from torch import nn
 
 from addons.formats.export import export_network
 from addons.formats.manifest import MANIFEST_NAME, AddonError, read_manifest
-from addons.formats.netfile import load_program
 from addons.models import AttentionEncoder, DecoderStep
 from addons.recipes.builders import attention_addon, attention_step_networks
 from addons.recipes.corpus import SILENCE, Corpus, Utterance
-from addons.recipes.training import UsageError, add_vocoder_option, main_with, recipe_parser, vocoder_section
+from addons.recipes.training import (
+    UsageError,
+    add_vocoder_option,
+    addon_weights,
+    main_with,
+    recipe_parser,
+    vocoder_section,
+)
 from addons.text.config import FrontendConfig, PiperFrontendConfig
 
 __all__ = [
@@ -347,23 +353,6 @@ class TacoRecipe:
         )
 
 
-def _addon_weights(directory: Path, role: str, name: str | None = None) -> dict[str, torch.Tensor]:
-    """The weights of the addon's one network with ``role`` (of the one called ``name``, if
-    given); ``{}`` where ``name`` is given but the addon has no such network."""
-    manifest = read_manifest(directory)
-    names = [n for n, spec in manifest.networks.items() if spec.role == role and name in (None, n)]
-    if name is not None and not names:
-        return {}
-    if len(names) != 1:
-        raise UsageError(f"--init-from {directory}: needs one {role!r} network, has {len(names)}")
-    spec = manifest.networks[names[0]]
-    try:
-        program = load_program(directory / spec.file, spec, directory)
-    except AddonError as exc:
-        raise UsageError(f"--init-from {directory}: network {names[0]!r}: {exc}") from None
-    return {k: v.detach().clone() for k, v in program.state_dict.items()}
-
-
 def initialise_from(model: TacoModel, directory: Path, phonemes: Sequence[str]) -> None:
     """Copy an exported chorus-taco's weights into ``model`` (see the module doc); the sizes other
     than the reduction factor must match. Phoneme embeddings are carried over by phoneme (a corpus
@@ -373,9 +362,9 @@ def initialise_from(model: TacoModel, directory: Path, phonemes: Sequence[str]) 
         manifest = read_manifest(directory)
     except AddonError as exc:
         raise UsageError(f"--init-from: {exc}") from None
-    encoder = _addon_weights(directory, "encoder", "encoder")
-    step = _addon_weights(directory, "decoder_step")
-    step = _addon_weights(directory, "encoder", "attention_keys") | step  # keys exported apart (or not)
+    encoder = addon_weights(directory, "encoder", "encoder")
+    step = addon_weights(directory, "decoder_step")
+    step = addon_weights(directory, "encoder", "attention_keys") | step  # keys exported apart (or not)
     n_mels, r = model.step.n_mels, model.step.reduction
     if manifest.mel.n_mels != n_mels:
         raise UsageError(f"--init-from {directory}: {manifest.mel.n_mels} mel bands, the corpus has {n_mels}")
@@ -407,7 +396,7 @@ def reexport(directory: Path, out: Path) -> Path:
         manifest = read_manifest(directory)
     except AddonError as exc:
         raise UsageError(f"--reexport: {exc}") from None
-    weights = _addon_weights(directory, "encoder", "attention_keys") | _addon_weights(directory, "decoder_step")
+    weights = addon_weights(directory, "encoder", "attention_keys") | addon_weights(directory, "decoder_step")
     filters, _, kernel = weights["location_conv.weight"].shape
     step = DecoderStep(
         n_mels=int(weights["prenet.0.weight"].shape[1]),

@@ -25,7 +25,8 @@ from torch import nn
 from tqdm import tqdm
 
 from addons.engine.vocoders import find_vocoder
-from addons.formats.manifest import AddonError
+from addons.formats.manifest import AddonError, read_manifest
+from addons.formats.netfile import load_program
 from addons.recipes.corpus import Corpus, Utterance, corpus_exists, length_batches
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "Recipe",
     "UsageError",
     "add_vocoder_option",
+    "addon_weights",
     "load_model",
     "main_with",
     "parse_args",
@@ -318,6 +320,23 @@ def _load(state: _Run) -> None:
     state.scheduler.load_state_dict(blob["scheduler"])
     state.progress = Progress(**blob["progress"])
     torch.set_rng_state(blob["torch_rng"])
+
+
+def addon_weights(directory: Path, role: str, name: str | None = None) -> dict[str, torch.Tensor]:
+    """The weights of the addon's one network with ``role`` (of the one called ``name``, if
+    given); ``{}`` where ``name`` is given but the addon has no such network."""
+    manifest = read_manifest(directory)
+    names = [n for n, spec in manifest.networks.items() if spec.role == role and name in (None, n)]
+    if name is not None and not names:
+        return {}
+    if len(names) != 1:
+        raise UsageError(f"--init-from {directory}: needs one {role!r} network, has {len(names)}")
+    spec = manifest.networks[names[0]]
+    try:
+        program = load_program(directory / spec.file, spec, directory)
+    except AddonError as exc:
+        raise UsageError(f"--init-from {directory}: network {names[0]!r}: {exc}") from None
+    return {k: v.detach().clone() for k, v in program.state_dict.items()}
 
 
 def load_model(recipe: Recipe, corpus: Corpus, checkpoint: Path) -> nn.Module:
