@@ -194,13 +194,17 @@ def test_f0_follows_a_glide_and_silence_is_unvoiced() -> None:
     voiced = frames > 0.3
     assert (est[voiced] > 0).all()
     assert np.abs(1200 * np.log2(est[voiced] / (110.0 + 90.0 * frames[voiced]))).max() < 25.0
-    # an octave up is 1200 cents off wherever both are voiced
+    # an octave up is a gross error wherever both are voiced
     octave = np.sign(np.sin(2 * phase)) * 0.3
     octave[: sr // 4] = 0.0
     settings = MelSettings()
-    rms, voicing = evaluate.f0_errors(octave, audio, settings, 25)
-    assert 1100.0 < rms < 1300.0 and voicing < 10.0
-    assert evaluate.f0_errors(audio, audio, settings, 25) == (0.0, 0.0)
+    rms, gross, voicing = evaluate.f0_errors(octave, audio, settings, 25)
+    assert gross > 90.0 and voicing < 10.0
+    assert evaluate.f0_errors(audio, audio, settings, 25) == (0.0, 0.0, 0.0)
+    # a steady tone 50 cents sharp (on a glide the alignment would pair frames of like pitch)
+    steady, sharp = (0.3 * np.sign(np.sin(2 * np.pi * f * t)) for f in (150.0, 150.0 * 2 ** (50 / 1200)))
+    rms, gross, _ = evaluate.f0_errors(sharp, steady, settings, 25)
+    assert 35.0 < rms < 65.0 and gross < 5.0
 
 
 def test_dtw_and_mcd_basics() -> None:

@@ -16,9 +16,10 @@ text end to end (front-end, networks, its vocoder) and is compared with the teac
   same figure for Griffin-Lim run on the teacher's own mel is the floor set by the vocoder.
 - mel L1: the voice's mel against the teacher's, per frame and band, along a DTW path; for a
   duration model also with the teacher's durations driving its upsampler (frame for frame).
-- F0: YIN pitch (:func:`f0_yin`) of voice and teacher audio compared along the same DTW path: the
-  RMS difference in cents over frame pairs voiced in both, and the share of pairs whose voicing
-  disagrees (percent).
+- F0: YIN pitch (:func:`f0_yin`) of voice and teacher audio compared along the same DTW path, over
+  frame pairs voiced in both: the RMS difference in cents of those within 20 % of each other, and
+  the share that are not (gross errors: octave jumps, tracker slips); and the share of all pairs
+  whose voicing disagrees (percent).
 - length error: frames of the voice minus the teacher's, and as a percentage of the teacher's.
 - duration MAE (frames per phoneme, predictions rounded as the Upsampler does) for a duration model.
 - for an attention model: how many sentences ended by
@@ -53,7 +54,7 @@ from blocks import AttentionDecoder, Block, BuildEnv, GriffinLim, MelSettings, R
 from blocks.network import NetworkRunner
 from blocks.upsampler import regulate_durations
 
-__all__ = ["MCD_CONSTANT", "dtw_path", "f0_errors", "f0_yin", "main", "mcd", "mel_cepstra"]
+__all__ = ["GROSS_CENTS", "MCD_CONSTANT", "dtw_path", "f0_errors", "f0_yin", "main", "mcd", "mel_cepstra"]
 
 MCD_CONSTANT = 10.0 * math.sqrt(2.0) / math.log(10.0)
 
@@ -170,15 +171,25 @@ def f0_yin(
     return np.where(voiced, sample_rate / period, 0.0)
 
 
-def f0_errors(audio: np.ndarray, reference: np.ndarray, settings: MelSettings, n_cepstra: int) -> tuple[float, float]:
-    """F0 error of ``audio`` against ``reference`` along the cepstral DTW path: the RMS difference in cents
-    over frame pairs voiced in both, and the share of pairs (percent) whose voicing disagrees."""
+#: F0 differences beyond this (20 %, about 316 cents) count as gross errors (octave jumps, tracker slips).
+GROSS_CENTS = 1200.0 * math.log2(1.2)
+
+
+def f0_errors(
+    audio: np.ndarray, reference: np.ndarray, settings: MelSettings, n_cepstra: int
+) -> tuple[float, float, float]:
+    """F0 error of ``audio`` against ``reference`` along the cepstral DTW path, over frame pairs voiced
+    in both: the RMS difference in cents of those within 20 % of each other, the share (percent) that
+    are not (gross errors); and the share (percent) of all pairs whose voicing disagrees."""
     _, rows, cols = _cepstral_path(audio, reference, settings, n_cepstra)
     f, g = (f0_yin(x, settings.sample_rate, settings.hop_length) for x in (audio, reference))
     a, b = f[rows], g[cols]
     both = (a > 0) & (b > 0)
-    cents = 1200.0 * np.log2(a[both] / b[both]) if both.any() else np.zeros(1)
-    return float(np.sqrt(np.mean(cents**2))), float(100.0 * np.mean((a > 0) != (b > 0)))
+    cents = 1200.0 * np.log2(a[both] / b[both]) if both.any() else np.zeros(0)
+    fine = np.abs(cents) <= GROSS_CENTS
+    rms = float(np.sqrt(np.mean(cents[fine] ** 2))) if fine.any() else 0.0
+    gross = float(100.0 * np.mean(~fine)) if cents.size else 0.0
+    return rms, gross, float(100.0 * np.mean((a > 0) != (b > 0)))
 
 
 def dtw_mel_l1(mel: np.ndarray, reference: np.ndarray) -> float:
@@ -267,13 +278,18 @@ class _DurationNetworks:
                 "decoder": lambda s: "frames" in s.feature_inputs,
             }.items()
         }
-        self.available = all(pick.values())
-        self.modules = {
-            role: load_program(voice.directory / specs[n].file, specs[n], voice.directory).module()
-            for role, n in pick.items()
-            if n is not None
-        }
-        self.names = {role: [t.name for t in specs[n].inputs] for role, n in pick.items() if n is not None}
+        found = {role: n for role, n in pick.items() if n is not None}
+        # a chorus-fast's three torch networks; not an imported graph's (ONNX) parts
+        self.available = len(found) == len(pick) and all(specs[n].file.endswith(".pt2") for n in found.values())
+        self.modules = (
+            {
+                role: load_program(voice.directory / specs[n].file, specs[n], voice.directory).module()
+                for role, n in found.items()
+            }
+            if self.available
+            else {}
+        )
+        self.names = {role: [t.name for t in specs[n].inputs] for role, n in found.items()}
 
     def _call(self, role: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.inference_mode():
@@ -294,8 +310,13 @@ class _DurationNetworks:
 # -- evaluation ---------------------------------------------------------------------------------------------
 def _audio_scores(audio: np.ndarray, teacher: np.ndarray, settings: MelSettings, n_cepstra: int) -> dict[str, float]:
     """MCD and F0 error of ``audio`` against the teacher's."""
-    rms_cents, voicing = f0_errors(audio, teacher, settings, n_cepstra)
-    return {"mcd_db": mcd(audio, teacher, settings, n_cepstra), "f0_rmse_cents": rms_cents, "voicing_error": voicing}
+    rms_cents, gross, voicing = f0_errors(audio, teacher, settings, n_cepstra)
+    return {
+        "mcd_db": mcd(audio, teacher, settings, n_cepstra),
+        "f0_rmse_cents": rms_cents,
+        "f0_gross_error": gross,
+        "voicing_error": voicing,
+    }
 
 
 def _score(
@@ -310,10 +331,13 @@ def _score(
     """Per-sentence numbers for one voice, and its mel (for plots); ``normalize`` as the corpus read the text."""
     spoken = _speak(voice, tap, utt.text, normalize)
     settings = voice.manifest.mel
+    mel = spoken.mel
+    if mel.shape[1] != utt.mel.shape[1]:  # a model's own latent frames (a Piper voice): the mel of its audio
+        mel = log_mel(torch.from_numpy(spoken.audio), settings).numpy()
     row = _audio_scores(spoken.audio, teacher, settings, args.cepstra) | {
-        "mel_l1_dtw": dtw_mel_l1(spoken.mel, utt.mel),
-        "length_error_frames": float(spoken.mel.shape[0] - utt.frames),
-        "length_error_percent": 100.0 * (spoken.mel.shape[0] - utt.frames) / utt.frames,
+        "mel_l1_dtw": dtw_mel_l1(mel, utt.mel),
+        "length_error_frames": float(mel.shape[0] - utt.frames),
+        "length_error_percent": 100.0 * (mel.shape[0] - utt.frames) / utt.frames,
     }
     if networks is not None:
         mel, durations = networks.run(utt)
@@ -323,7 +347,7 @@ def _score(
     if decoder_runs:
         row["ended_by_stop"] = float(all(r["stop"] == "stop_token" for r in decoder_runs))
         row["sharpness"] = float(np.mean(spoken.peaks))
-    return row, spoken.mel
+    return row, mel
 
 
 def _evaluate_voice(
@@ -381,6 +405,7 @@ _COLUMNS = [
     ("mel L1, DTW", "mel_l1_dtw", "{0:.3f}"),
     ("mel L1, teacher durations", "mel_l1_teacher_durations", "{0:.3f}"),
     ("F0 RMSE (cents)", "f0_rmse_cents", "{0:.0f} ± {1:.0f}"),
+    ("gross F0 errors (%)", "f0_gross_error", "{0:.1f}"),
     ("voicing error (%)", "voicing_error", "{0:.1f}"),
     ("duration MAE (frames)", "duration_mae_frames", "{0:.2f}"),
     ("length error (frames)", "length_error_frames", "{0:+.1f} ± {1:.1f}"),
