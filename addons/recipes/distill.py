@@ -64,7 +64,8 @@ def _parser() -> _Parser:
     p.add_argument("--held-out", type=int, default=100, help="Held-out utterances (evaluation only).")
     p.add_argument("--text", type=Path, default=None, help="Plain-text file of sentences instead of the fortunes.")
     p.add_argument("--corpus-minutes", type=float, default=None, help="Stop the corpus after this long (resume later).")
-    for step, steps, minutes in (("vocoder", 6400, 60.0), ("fast", 3000, 240.0), ("taco", None, None)):
+    # the shipped chorus-vocoder-joe and chorus-fast-joe trained these steps (docs/voices.md)
+    for step, steps, minutes in (("vocoder", 5750, 90.0), ("fast", 2802, 240.0), ("taco", None, None)):
         p.add_argument(f"--{step}-steps", type=int, default=steps, help=f"Optimizer steps of the {step} run in all.")
         p.add_argument(f"--{step}-minutes", type=float, default=minutes, help=f"Time cap of the {step} run in all.")
     p.add_argument("--evaluate", type=int, default=20, help="Held-out sentences to score the students on (0: none).")
