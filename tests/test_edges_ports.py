@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,17 +91,45 @@ def servers(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     config.write_text(yaml.safe_dump({"applications": [{"name": "chorus", "args": args}]}))
     env = {**os.environ, "CHORUS_ADDON_PATH": str(fixture_dir)}
     env.pop("CHORUS_API_KEYS", None)
-    a = _start(["--config", str(config)], free_port(), {**env, "CHORUS_API_KEYS": KEY}, metrics_port=free_port())
-    b = None
+    taken: set[int] = set()
+
+    def port() -> int:  # never one handed to the other server (neither has bound its ports yet)
+        while (found := free_port()) in taken:
+            pass
+        taken.add(found)
+        return found
+
+    def start_a() -> Server:
+        return _start(["--config", str(config)], port(), {**env, "CHORUS_API_KEYS": KEY}, metrics_port=port())
+
+    def start_b() -> Server:
+        return _start(["--addon", "tiny-fast"], port(), env)
+
+    a, b = start_a(), None
     try:
-        b = _start(["--addon", "tiny-fast"], free_port(), env)
-        _wait_ready(a)
-        _wait_ready(b, "/ready")
+        b = start_b()
+        a = _ready(a, start_a)
+        b = _ready(b, start_b, "/ready")
         yield a, b
     finally:
         for server in (a, b):
             if server is not None:
                 _stop(server)
+
+
+def _ready(server: Server, again: Callable[[], Server], path: str = "/health") -> Server:
+    """``server`` once it answers ``path``; started anew (other ports) where it exited 2 at once, which is
+    `chorus serve` finding its port taken: another process can bind a free port before it does."""
+    for _ in range(2):
+        try:
+            _wait_ready(server, path)
+            return server
+        except AssertionError:
+            if server.proc.returncode != 2:
+                raise
+            server = again()
+    _wait_ready(server, path)
+    return server
 
 
 def _auth() -> dict[str, str]:

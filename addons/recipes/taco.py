@@ -320,35 +320,35 @@ class TacoRecipe:
         ``build/addons/chorus-taco-TEACHER`` (a teacher's corpus, read with the teacher's front end)."""
         assert isinstance(model, TacoModel)
         teacher = corpus.meta.get("teacher")
-        if not isinstance(teacher, dict):
-            return attention_addon(
-                directory or Path(f"addons/bundled/{NAME}"),
-                model.encoder,
-                model.step,
-                mel=corpus.mel,
-                window=self.window,
-                max_frames_per_token=MAX_FRAMES_PER_TOKEN,
-                name=self.export_name or NAME,
-                language="en-us",
-                description="Reference attention-based voice (Tacotron-style), distilled from espeak-ng en-us",
-                frontend=FrontendConfig(phonemes=corpus.phonemes, max_sentence_phonemes=self.window),
-                voices={"default": {"description": "espeak-ng en-us, as learned by an attention decoder"}},
-                vocoder=self.vocoder,
+        if isinstance(teacher, dict):  # a teacher's student reads text with the teacher's front end
+            name = self.export_name or f"{NAME}-{teacher['name']}"[:64]
+            source, language = f"{teacher['name']} {teacher['version']}", str(teacher["language"])
+            frontend = corpus.frontend.model_copy(update={"max_sentence_phonemes": self.window})
+            described = (
+                f"Attention-based voice (Tacotron-style) distilled from {source}, noise off",
+                f"{source} with its noise off",
             )
-        name = self.export_name or f"{NAME}-{teacher['name']}"[:64]
-        source = f"{teacher['name']} {teacher['version']}"
+            default_dir = Path(f"build/addons/{name}")
+        else:  # the espeak-ng corpus: the bundled reference voice
+            name, language = self.export_name or NAME, "en-us"
+            frontend = FrontendConfig(phonemes=corpus.phonemes, max_sentence_phonemes=self.window)
+            described = (
+                "Reference attention-based voice (Tacotron-style), distilled from espeak-ng en-us",
+                "espeak-ng en-us",
+            )
+            default_dir = Path(f"addons/bundled/{NAME}")
         return attention_addon(
-            directory or Path(f"build/addons/{name}"),
+            directory or default_dir,
             model.encoder,
             model.step,
             mel=corpus.mel,
             window=self.window,
             max_frames_per_token=MAX_FRAMES_PER_TOKEN,
             name=name,
-            language=str(teacher["language"]),
-            description=f"Attention-based voice (Tacotron-style) distilled from {source}, noise off",
-            frontend=corpus.frontend.model_copy(update={"max_sentence_phonemes": self.window}),
-            voices={"default": {"description": f"{source} with its noise off, as learned by an attention decoder"}},
+            language=language,
+            description=described[0],
+            frontend=frontend,
+            voices={"default": {"description": f"{described[1]}, as learned by an attention decoder"}},
             vocoder=self.vocoder,
         )
 
