@@ -298,7 +298,7 @@ async def speak(
         # loop of its own, up to ``ports.worker`` events ahead of the waveform in this thread.
         await stream.start()
         started = True
-        events = _worker_stream(run_sync(stream.mel_side(_async_iter(plan))), ports.worker, _MEL_WORKER)
+        events = _worker_stream(run_sync(stream.mel_side(_async_iter(plan))), ports.worker)
     else:
         events = stream.mel_side(_async_iter(plan))
         if ahead > 0:
@@ -609,15 +609,16 @@ def local_ports(
     """Ports over stages in this process. ``report``: the caller's ``Request.report``, which every
     stage's request shares. ``ahead`` > 0: :func:`speak` runs the mel side (encoding, then decoding,
     sentence after sentence) in one worker thread up to that many events before the waveform takes
-    them, which runs meanwhile in the thread driving the loop (for a plan still arriving, each
-    sentence is decoded in a worker thread of its own); 0: every call runs in the thread driving the loop.
+    them, which runs meanwhile in the thread driving the loop (a plan still arriving comes from that
+    loop, so its mel side runs there as a task, ``speak``'s ``ahead``); 0: every call runs in the thread
+    driving the loop.
 
     One worker for the whole mel side rather than a thread per call: each hop between threads costs
     a turn at the interpreter lock, which the decoder's many small steps feel (docs/performance.md)."""
     shared = report if report is not None else {}
     return Ports(
         _LocalEncode(encoders, shared, _inline),
-        _LocalDecode(decoder, shared, ahead),
+        _LocalDecode(decoder, shared),
         _LocalWaveform(audio, shared) if audio is not None else None,
         encoders.env.mel,
         worker=ahead,
@@ -657,15 +658,11 @@ class _LocalEncode:
 class _LocalDecode:
     stage: DecoderStage
     report: dict[str, Any]
-    ahead: int = 0
 
     def decode(
         self, features: PlainFeatures, options: Options, deadline: float | None, first_frames: int, aligned: bool
     ) -> AsyncIterator[tuple[np.ndarray, np.ndarray | None]]:
-        chunks = self.stage.decode_aligned(features, Request(options=options, report=self.report))
-        if self.ahead > 0 and threading.current_thread().name != _MEL_WORKER:
-            return _worker_stream(chunks, self.ahead)
-        return _inline_stream(chunks)
+        return _inline_stream(self.stage.decode_aligned(features, Request(options=options, report=self.report)))
 
 
 async def _inline_stream(chunks: Iterator[T]) -> AsyncIterator[T]:
@@ -681,7 +678,7 @@ async def _inline_stream(chunks: Iterator[T]) -> AsyncIterator[T]:
 _MEL_WORKER = "chorus-mel-side"
 
 
-async def _worker_stream(chunks: Iterator[T], ahead: int, name: str = "chorus-decode-ahead") -> AsyncIterator[T]:
+async def _worker_stream(chunks: Iterator[T], ahead: int) -> AsyncIterator[T]:
     """``chunks`` pulled by a worker thread up to ``ahead`` before they are taken, so the pulling
     goes on while the loop's thread is busy (vocoding). An error comes in order; closing this stops
     the worker at its next chunk and waits for it."""
@@ -709,7 +706,7 @@ async def _worker_stream(chunks: Iterator[T], ahead: int, name: str = "chorus-de
             if close is not None:
                 close()
 
-    worker = threading.Thread(target=work, name=name, daemon=True)
+    worker = threading.Thread(target=work, name=_MEL_WORKER, daemon=True)
     worker.start()
     try:
         while True:
