@@ -83,7 +83,13 @@ def _parser() -> argparse.ArgumentParser:
         "--compare",
         nargs="+",
         metavar="THREADS:AHEAD",
-        help="instead: these plans taking turns on the 20 sentences, e.g. 1:8 2:0 (RTF per round)",
+        help="instead: these plans taking turns on the long text, e.g. 1:8 2:0 (RTF per round)",
+    )
+    bsynth.add_argument(
+        "--sentences",
+        type=int,
+        default=20,
+        help="how many of the benchmark's 20 sentences make the long text (2-20; default 20)",
     )
     bsynth.add_argument("--rounds", type=int, default=4, help="with --compare: rounds of the plans in turn")
     bsynth.set_defaults(func=_bench_synth)
@@ -424,12 +430,14 @@ def _bench_synth(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise CliError("--repeats must be at least 1")
+    if not 2 <= args.sentences <= 20:
+        raise CliError(f"--sentences must be 2 to 20, not {args.sentences}")
     plan = _threads(args)
     if args.compare:
         return _compare_plans(args)
     voice = _load(args.addon, args.context)
     voice.ahead = plan.ahead
-    results = bench_voice(voice, repeats=args.repeats, threads=plan.threads)
+    results = bench_voice(voice, repeats=args.repeats, threads=plan.threads, sentences=args.sentences)
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
         return 0
@@ -463,11 +471,11 @@ def _compare_plans(args: argparse.Namespace) -> int:
     if args.rounds < 1:
         raise CliError("--rounds must be at least 1")
     voice = _load(args.addon, args.context)
-    results = compare_plans(voice, plans, args.rounds)
+    results = compare_plans(voice, plans, args.rounds, args.sentences)
     if args.json:
         print(json.dumps([{"threads": p.threads, "ahead": p.ahead, "rtf": r} for p, r in results.items()], indent=2))
         return 0
-    print(f"{voice.name}, 20 sentences, end-to-end RTF per round (plans in turn)")
+    print(f"{voice.name}, {args.sentences} sentences, end-to-end RTF per round (plans in turn)")
     for p, rtf in results.items():
         print(
             f"threads {p.threads}, ahead {p.ahead:>2}: best {min(rtf):.4f}  rounds {' '.join(f'{x:.4f}' for x in rtf)}"

@@ -26,6 +26,7 @@ import torch
 
 import addons
 from addons.formats.netfile import NetworkFileError, check_expression, load_program
+from tests.helpers import chorus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,7 +179,7 @@ def test_cli_refuses_planted_addon_in_one_line(
         ["addon", "validate", str(addon)],
         ["synth", "--addon", str(addon), "--text", "Hi.", "--out", str(tmp_path / "o.wav")],
     ):
-        result = _cli(*args)
+        result = chorus(*args)
         assert result.returncode == 2, result.stderr
         assert _one_error_line(result.stderr) and "decoder.pt2" in result.stderr
         assert not marker.exists()
@@ -194,6 +195,30 @@ def test_safe_loader_matches_torch_on_bundled_voices() -> None:
             ours_params = dict(ours.named_parameters())
             for key, value in theirs.named_parameters():
                 assert torch.equal(ours_params[key], value), (name, key)
+
+
+def test_a_file_loaded_again_gives_its_own_copy_and_changed_bytes_load_anew(fixture_dir: Path, tmp_path: Path) -> None:
+    """Programs are cached by the bytes of their file: a second load is equal but not shared (what
+    one caller does to its weights reaches no other), and a file whose bytes changed is read again."""
+    addon = _copy(fixture_dir, tmp_path)
+    spec = addons.read_manifest(addon).networks["decoder"]
+    first = load_program(addon / "decoder.pt2", spec, addon)
+    second = load_program(addon / "decoder.pt2", spec, addon)
+    assert first is not second and first.state_dict.keys() == second.state_dict.keys()
+    for key, value in first.state_dict.items():
+        assert torch.equal(value, second.state_dict[key]) and value.data_ptr() != second.state_dict[key].data_ptr()
+        value.data.add_(1.0)
+    third = load_program(addon / "decoder.pt2", spec, addon)
+    assert all(torch.equal(v, second.state_dict[k]) for k, v in third.state_dict.items())
+
+    def halve_first_weight(root: str, members: dict[str, bytes]) -> None:
+        name = f"{root}/data/weights/weight_0"
+        members[name] = (torch.frombuffer(bytearray(members[name]), dtype=torch.float32) / 2).numpy().tobytes()
+
+    _rewrite(fixture_dir / "tiny-fast" / "decoder.pt2", addon / "decoder.pt2", halve_first_weight)
+    changed = load_program(addon / "decoder.pt2", spec, addon).state_dict
+    differs = [k for k, v in changed.items() if not torch.equal(v, second.state_dict[k])]
+    assert len(differs) == 1 and torch.equal(changed[differs[0]] * 2, second.state_dict[differs[0]])
 
 
 @pytest.mark.parametrize(
@@ -312,11 +337,30 @@ def test_broken_network_files_are_one_line_exit_2(fixture_dir: Path, tmp_path: P
         ["addon", "validate", str(addon)],
         ["synth", "--addon", str(addon), "--text", "Hi.", "--out", str(tmp_path / "o.wav")],
     ):
-        result = _cli(*args)
+        result = chorus(*args)
         assert result.returncode == 2, (case, args[0], result.stderr)
         assert _one_error_line(result.stderr), (case, result.stderr)
         assert re.search(message, result.stderr), (case, result.stderr)
     assert not (tmp_path / "o.wav").exists()
+
+
+@pytest.mark.slow
+def test_a_process_of_its_own_refuses_in_one_line(
+    planted: Callable[[str], tuple[Path, Path, Path]], fixture_dir: Path, tmp_path: Path
+) -> None:
+    """The cases above run the command in this process; here as a user's shell runs it, for a
+    planted payload and a broken file."""
+    evil, _, marker = planted("pickled weight")
+    broken = _copy(fixture_dir, tmp_path)
+    message = _truncated(broken)
+    for args, pattern in (
+        (["addon", "validate", str(evil)], r"decoder\.pt2: .*pickle"),
+        (["synth", "--addon", str(broken), "--text", "Hi.", "--out", str(tmp_path / "o.wav")], message),
+    ):
+        result = _cli(*args)
+        assert result.returncode == 2 and _one_error_line(result.stderr), result.stderr
+        assert re.search(pattern, result.stderr), result.stderr
+    assert not marker.exists() and not (tmp_path / "o.wav").exists()
 
 
 def test_network_that_fails_at_run_time_names_the_network(fixture_dir: Path, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import torch
 import addons
 from addons.engine.voice import PIPELINED_AHEAD
 from serve_app.cli import main
-from tests.helpers import run_cli
+from tests.helpers import chorus, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +105,7 @@ def test_synth_bad_input_exits_2_with_one_line(
     fixture_dir: Path, tmp_path: Path, args: list[str], message: str
 ) -> None:
     full = ["synth", "--addon", str(fixture_dir / "tiny-fast"), "--out", str(tmp_path / "o.wav"), *args]
-    result = run_cli(*full)
+    result = chorus(*full)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -114,15 +114,38 @@ def test_synth_bad_input_exits_2_with_one_line(
     assert not (tmp_path / "o.wav").exists()
 
 
+def test_the_command_in_a_process_of_its_own(fixture_dir: Path, tmp_path: Path) -> None:
+    """The tests above call ``main`` in this process; a user's shell runs the interpreter: the same
+    exit codes and one line on stderr there, for a usage error, a refused value and a bad addon."""
+    out = tmp_path / "o.wav"
+    for args, message in (
+        (["synth", "--addon", str(fixture_dir / "tiny-fast"), "--text", "hi", "--context", "gpu"], "invalid choice"),
+        (
+            ["synth", "--addon", str(fixture_dir / "tiny-fast"), "--text", "hi", "--speed", "9", "--out", str(out)],
+            "speed",
+        ),
+        (["addon", "validate", str(tmp_path)], "addon.json"),
+    ):
+        result = run_cli(*args)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert [line for line in result.stderr.splitlines() if line.strip()][-1].startswith("chorus"), result.stderr
+    assert not out.exists()
+    argv = ["synth", "--addon", str(fixture_dir / "tiny-fast"), "--text", "Hello there.", "--out"]
+    ok = run_cli(*argv, str(out))
+    assert ok.returncode == 0, ok.stderr
+    assert chorus(*argv, str(tmp_path / "here.wav")).returncode == 0
+    assert out.read_bytes() == (tmp_path / "here.wav").read_bytes()
+
+
 def test_addon_validate_and_list(fixture_dir: Path, tmp_path: Path) -> None:
-    ok = run_cli("addon", "validate", str(fixture_dir / "tiny-neural"))
+    ok = chorus("addon", "validate", str(fixture_dir / "tiny-neural"))
     assert ok.returncode == 0 and "ok" in ok.stdout
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "addon.json").write_text("{}")
-    bad = run_cli("addon", "validate", str(broken))
+    bad = chorus("addon", "validate", str(broken))
     assert bad.returncode == 2 and "Field required" in bad.stderr and "Traceback" not in bad.stderr
-    listing = run_cli("addon", "list", "--json", env={"CHORUS_ADDON_PATH": str(fixture_dir)})
+    listing = chorus("addon", "list", "--json", env={"CHORUS_ADDON_PATH": str(fixture_dir)})
     names = {a["name"] for a in json.loads(listing.stdout)}
     assert {"tiny-fast", "tiny-taco", "tiny-neural"} <= names
 
@@ -139,9 +162,12 @@ def test_synth_and_bench_default_to_the_threads_plan(
 ) -> None:
     addon = str(fixture_dir / "tiny-taco")
     plan = addons.threads_plan()
-    assert main(["bench", "synth", "--addon", addon, "--repeats", "1"]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == f"threads {plan.threads}, decoder ahead {plan.ahead} chunks"
-    assert main(["bench", "synth", "--addon", addon, "--repeats", "1", "--threads", "2", "--ahead", "3"]) == 0
+    bench = ["bench", "synth", "--addon", addon, "--repeats", "1", "--sentences", "2"]
+    assert main(bench) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"threads {plan.threads}, decoder ahead {plan.ahead} chunks"
+    assert [line.split()[2:4] for line in lines[2:]] == [["1", "sentence"], ["2", "sentences"]]
+    assert main([*bench, "--threads", "2", "--ahead", "3"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "threads 2, decoder ahead 3 chunks"
     text = "Pipelined or not, the same samples."
     for name, flags in (("plan", []), ("plain", ["--threads", "1", "--ahead", "0"])):
@@ -154,7 +180,20 @@ def test_synth_and_bench_default_to_the_threads_plan(
 def test_bench_synth_compares_plans_in_turn(fixture_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     addon = str(fixture_dir / "tiny-taco")
     before = torch.get_num_threads()
-    argv = ["bench", "synth", "--addon", addon, "--compare", "1:0", "1:2", "--rounds", "2", "--json"]
+    argv = [
+        "bench",
+        "synth",
+        "--addon",
+        addon,
+        "--compare",
+        "1:0",
+        "1:2",
+        "--rounds",
+        "2",
+        "--sentences",
+        "3",
+        "--json",
+    ]
     assert main(argv) == 0
     results = json.loads(capsys.readouterr().out)
     assert [(r["threads"], r["ahead"]) for r in results] == [(1, 0), (1, 2)]
@@ -163,6 +202,9 @@ def test_bench_synth_compares_plans_in_turn(fixture_dir: Path, capsys: pytest.Ca
     for bad in (["1x"], ["0:8"], ["1:-1"]):
         assert main(["bench", "synth", "--addon", addon, "--compare", *bad]) == 2
         assert "--compare" in capsys.readouterr().err
+    for sentences in ("1", "21"):
+        assert main(["bench", "synth", "--addon", addon, "--sentences", sentences]) == 2
+        assert capsys.readouterr().err == f"chorus: error: --sentences must be 2 to 20, not {sentences}\n"
 
 
 def test_bench_synth_reports_figures(fixture_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -191,7 +233,7 @@ def test_synth_writes_the_format_its_out_extension_names(
 
 def test_synth_refuses_an_out_extension_that_names_no_format(fixture_dir: Path, tmp_path: Path) -> None:
     for name in ("x.xyz", "speech"):
-        result = run_cli(
+        result = chorus(
             "synth", "--addon", str(fixture_dir / "tiny-fast"), "--text", "Hi.", "--out", str(tmp_path / name)
         )
         assert result.returncode == 2 and "Traceback" not in result.stderr

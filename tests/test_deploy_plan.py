@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import run_cli
+from tests.helpers import chorus, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +17,7 @@ CLUSTER_CONFIG = ROOT / "serve_app" / "serve_config.cluster.yaml"
 
 
 def test_plan_prints_the_table_for_the_shipped_config() -> None:
-    result = run_cli("deploy", "plan", str(CLUSTER_CONFIG), "--cluster", str(ROOT / "cluster.yaml"), timeout=120)
+    result = chorus("deploy", "plan", str(CLUSTER_CONFIG), "--cluster", str(ROOT / "cluster.yaml"))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     header = next(line for line in lines if line.startswith("deployment"))
@@ -63,9 +63,7 @@ def _variant(tmp_path: Path, deployments: dict[str, object]) -> Path:
     ],
 )
 def test_plan_refuses_what_no_node_type_offers(tmp_path: Path, deployments: dict[str, object], expected: str) -> None:
-    result = run_cli(
-        "deploy", "plan", str(_variant(tmp_path, deployments)), "--cluster", str(ROOT / "cluster.yaml"), timeout=120
-    )
+    result = chorus("deploy", "plan", str(_variant(tmp_path, deployments)), "--cluster", str(ROOT / "cluster.yaml"))
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr
 
@@ -75,10 +73,11 @@ def test_plan_refuses_a_cluster_without_the_gpu_type(tmp_path: Path) -> None:
     del cluster["available_node_types"]["gpu_g5"]
     path = tmp_path / "cluster.yaml"
     path.write_text(yaml.safe_dump(cluster))
-    result = run_cli("deploy", "plan", str(CLUSTER_CONFIG), "--cluster", str(path), timeout=120)
+    result = chorus("deploy", "plan", str(CLUSTER_CONFIG), "--cluster", str(path))
     assert result.returncode == 2 and "no node type offers GPU, gpu_node" in result.stderr, result.stderr
 
 
 def test_plan_needs_no_ray_and_reads_no_missing_files(tmp_path: Path) -> None:
+    """In a process of its own, as users run it, with no Ray cluster to ask."""
     result = run_cli("deploy", "plan", str(CLUSTER_CONFIG), "--cluster", str(tmp_path / "none.yaml"), timeout=120)
     assert result.returncode == 2 and "cannot read --cluster" in result.stderr and "Traceback" not in result.stderr

@@ -96,11 +96,11 @@ def test_a_stack_without_alignment_gives_no_marks() -> None:
 def test_cli_writes_marks_as_json_lines(fixture_dir: Path, tmp_path: Path) -> None:
     import json
 
-    from tests.helpers import run_cli
+    from tests.helpers import chorus
 
     out, marks = tmp_path / "a.wav", tmp_path / "marks.jsonl"
     text = "Marks from the command line. Two sentences."
-    result = run_cli(
+    result = chorus(
         "synth", "--addon", str(fixture_dir / "tiny-fast"), "--text", text, "--out", str(out), "--marks-out", str(marks)
     )
     assert result.returncode == 0, result.stderr

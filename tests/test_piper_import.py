@@ -20,7 +20,7 @@ import addons
 from addons.formats.manifest import AddonError, read_manifest
 from addons.formats.piper import PiperImportError, import_piper
 from blocks import Request
-from tests.helpers import run_cli
+from tests.helpers import chorus
 
 IDS = np.asarray([1, 0, 20, 0, 59, 0, 24, 0, 27, 0, 3, 0, 35, 0, 61, 0, 88, 0, 24, 0, 17, 0, 10, 0, 2], dtype=np.int64)
 
@@ -124,10 +124,10 @@ def test_padded_encoder_batches_equal_one_by_one(fixture_dir: Path) -> None:
 @pytest.mark.slow
 def test_import_cli_writes_an_addon_and_refuses_bad_input_with_exit_2(fixture_dir: Path, tmp_path: Path) -> None:
     model = fixture_dir / "piper-sources" / "en_US-tiny-medium.onnx"
-    ok = run_cli("addon", "import", "piper", str(model), "--out", str(tmp_path / "voice"))
+    ok = chorus("addon", "import", "piper", str(model), "--out", str(tmp_path / "voice"))
     assert ok.returncode == 0, ok.stderr
     assert "split at the waveform decoder" in ok.stdout and (tmp_path / "voice" / "waveform.onnx").is_file()
-    missing = run_cli("addon", "import", "piper", str(tmp_path / "nope.onnx"))
+    missing = chorus("addon", "import", "piper", str(tmp_path / "nope.onnx"))
     assert missing.returncode == 2 and "no such config" in missing.stderr and "Traceback" not in missing.stderr
 
 

@@ -109,7 +109,7 @@ def test_the_cli_applies_the_voice_presets_gain(edit_addon: Callable[..., Path],
     """One loop: ``chorus synth --voice`` gives what ``Voice.stream`` gives (the preset's gain too)."""
     import soundfile as sf
 
-    from tests.helpers import run_cli
+    from tests.helpers import chorus
 
     def add_quiet(m: dict[str, Any]) -> None:
         m["voices"]["quiet"] = {"gain_db": -9.0}
@@ -117,7 +117,7 @@ def test_the_cli_applies_the_voice_presets_gain(edit_addon: Callable[..., Path],
     directory = edit_addon("tiny-fast", add_quiet)
     out = tmp_path / "out.wav"
     text = "The preset's gain applies here too."
-    result = run_cli("synth", "--addon", str(directory), "--voice", "quiet", "--text", text, "--out", str(out))
+    result = chorus("synth", "--addon", str(directory), "--voice", "quiet", "--text", text, "--out", str(out))
     assert result.returncode == 0, result.stderr
     want = np.concatenate([c.samples for c in addons.load(directory).stream(text, voice="quiet")])
     loud = np.concatenate([c.samples for c in addons.load(directory).stream(text)])

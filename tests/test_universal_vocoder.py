@@ -13,7 +13,7 @@ import addons
 from addons.engine.vocoders import find_vocoder, load_universal
 from addons.engine.voice import AudioStage
 from addons.formats.manifest import AddonError, read_manifest
-from tests.helpers import run_cli
+from tests.helpers import chorus
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "A shared vocoder. It speaks for many voices."
@@ -66,7 +66,7 @@ def test_a_missing_package_is_a_clear_error(installed: Path, edit_addon: Callabl
     addon = edit_addon("tiny-universal", lambda m: m["vocoder"].update(name="no-such-vocoder"))
     with pytest.raises(AddonError, match='universal vocoder "no-such-vocoder" not found'):
         addons.load(addon)
-    result = run_cli("addon", "validate", str(addon))
+    result = chorus("addon", "validate", str(addon))
     assert result.returncode == 2 and "no-such-vocoder" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -102,12 +102,12 @@ def test_a_broken_package_is_refused(
 def test_addon_validate_checks_a_vocoder_package(fixture_dir: Path, tmp_path: Path) -> None:
     import shutil
 
-    good = run_cli("addon", "validate", str(fixture_dir / "tiny-vocoder"))
+    good = chorus("addon", "validate", str(fixture_dir / "tiny-vocoder"))
     assert good.returncode == 0 and "universal vocoder tiny-vocoder" in good.stdout, good.stderr
     broken = tmp_path / "tiny-vocoder"
     shutil.copytree(fixture_dir / "tiny-vocoder", broken)
     (broken / "vocoder.pt2").write_bytes(b"not a zip archive")
-    bad = run_cli("addon", "validate", str(broken))
+    bad = chorus("addon", "validate", str(broken))
     assert bad.returncode == 2 and "vocoder.pt2" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -14,7 +14,7 @@ import torch
 
 from addons.engine.voice import ThreadsPlan, Voice
 
-__all__ = ["SENTENCES", "BenchResult", "bench_voice", "compare_plans"]
+__all__ = ["SENTENCES", "BenchResult", "bench_voice", "compare_plans", "long_text"]
 
 SENTENCES = [
     "The morning train to the coast was late again.",
@@ -44,7 +44,7 @@ SENTENCES = [
 class BenchResult:
     addon: str
     context: str
-    text: str  # "1 sentence" or "20 sentences"
+    text: str  # "1 sentence" or "N sentences" (20 unless asked)
     first_chunk_s: float  # seconds from the call to the first audio chunk
     total_s: float  # seconds to synthesize everything
     audio_s: float  # seconds of audio produced
@@ -104,13 +104,23 @@ def _vocoder(voice: Voice, chunks: list[np.ndarray]) -> float:
     return time.perf_counter() - start
 
 
-def bench_voice(voice: Voice, repeats: int = 3, threads: int | None = None) -> list[BenchResult]:
-    """Best of ``repeats`` runs for one sentence and for twenty, after a warm-up run: end to end
-    as ``Voice.stream`` runs it, then the mel alone and the vocoder alone on that mel. ``threads``:
-    torch's intra-op threads for the run (default: as they are)."""
+def long_text(sentences: int = len(SENTENCES)) -> str:
+    """The first ``sentences`` of :data:`SENTENCES` (2 to 20) as one text."""
+    if not 2 <= sentences <= len(SENTENCES):
+        raise ValueError(f"sentences must be 2 to {len(SENTENCES)}, not {sentences}")
+    return " ".join(SENTENCES[:sentences])
+
+
+def bench_voice(
+    voice: Voice, repeats: int = 3, threads: int | None = None, sentences: int = len(SENTENCES)
+) -> list[BenchResult]:
+    """Best of ``repeats`` runs for one sentence and for the first ``sentences`` (all twenty
+    unless asked), after a warm-up run: end to end as ``Voice.stream`` runs it, then the mel alone
+    and the vocoder alone on that mel. ``threads``: torch's intra-op threads for the run (default:
+    as they are)."""
     if threads is not None:
         torch.set_num_threads(threads)
-    texts = {"1 sentence": SENTENCES[0], "20 sentences": " ".join(SENTENCES)}
+    texts = {"1 sentence": SENTENCES[0], f"{sentences} sentences": long_text(sentences)}
     _run(voice, SENTENCES[1], "warm-up")
     results = []
     for label, text in texts.items():
@@ -129,12 +139,14 @@ def bench_voice(voice: Voice, repeats: int = 3, threads: int | None = None) -> l
     return results
 
 
-def compare_plans(voice: Voice, plans: list[ThreadsPlan], rounds: int = 4) -> dict[ThreadsPlan, list[float]]:
-    """End-to-end real-time factor of the twenty sentences under each plan (torch threads and
-    decoder ``ahead``), the plans taking turns for ``rounds`` rounds in this one process, so that
-    a noisy machine's drift falls on all of them alike; after a warm-up run. Leaves the voice's
-    ``ahead`` and torch's threads as they were."""
-    text = " ".join(SENTENCES)
+def compare_plans(
+    voice: Voice, plans: list[ThreadsPlan], rounds: int = 4, sentences: int = len(SENTENCES)
+) -> dict[ThreadsPlan, list[float]]:
+    """End-to-end real-time factor of the first ``sentences`` (all twenty unless asked) under each
+    plan (torch threads and decoder ``ahead``), the plans taking turns for ``rounds`` rounds in
+    this one process, so that a noisy machine's drift falls on all of them alike; after a warm-up
+    run. Leaves the voice's ``ahead`` and torch's threads as they were."""
+    text = long_text(sentences)
     before = (voice.ahead, torch.get_num_threads())
     _run(voice, SENTENCES[1], "warm-up")
     rtf: dict[ThreadsPlan, list[float]] = {plan: [] for plan in plans}
@@ -143,7 +155,7 @@ def compare_plans(voice: Voice, plans: list[ThreadsPlan], rounds: int = 4) -> di
             for plan in plans:
                 torch.set_num_threads(plan.threads)
                 voice.ahead = plan.ahead
-                rtf[plan].append(_run(voice, text, "20 sentences").rtf)
+                rtf[plan].append(_run(voice, text, f"{sentences} sentences").rtf)
     finally:
         voice.ahead = before[0]
         torch.set_num_threads(before[1])

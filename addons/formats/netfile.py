@@ -22,17 +22,27 @@ archive itself and refuses it, naming the member and the reason, unless:
 
 Only then is the program rebuilt, from the checked JSON and tensors made from the raw bytes, and
 its inputs and outputs compared with the signature the manifest declares.
+
+Rebuilding is the slow part (torch parses every symbolic shape of the graph). A process that loads
+the same bytes again (voices sharing a vocoder, ``addon validate`` then synthesis, a reload) gets a
+copy of the program it rebuilt before: programs are cached by the SHA-256 of the file's bytes, up
+to ``$CHORUS_NETWORK_CACHE_MB`` of weights (default 64, 0 turns it off); each caller gets its own
+deep copy, so nothing one caller does to its program reaches another.
 """
 
 from __future__ import annotations
 
 import ast
+import copy
+import hashlib
 import io
 import json
+import os
 import pickletools
 import re
 import warnings
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -140,6 +150,16 @@ def load_program(path: Path, spec: NetworkSpec, directory: Path | None = None) -
     if size > MAX_NETWORK_BYTES:
         raise NetworkFileError(f"is {size} bytes, more than the {MAX_NETWORK_BYTES} a network file may have")
     data = resolved.read_bytes()  # read once: what is checked is what is loaded
+    digest = hashlib.sha256(data).digest()
+    program = _CACHE.get(digest)
+    if program is None:
+        program = _check_and_rebuild(data)
+        _CACHE.put(digest, program)
+    check_signature(program, spec)
+    return program
+
+
+def _check_and_rebuild(data: bytes) -> Any:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
@@ -152,9 +172,53 @@ def load_program(path: Path, spec: NetworkSpec, directory: Path | None = None) -
         _check_graph(doc)
         weights = _tensors(members, "data/weights/model_weights_config.json", _WEIGHT, "weight")
         constants = _tensors(members, "data/constants/model_constants_config.json", _CONSTANT, "tensor")
-    program = _rebuild(doc, weights, constants)
-    check_signature(program, spec)
-    return program
+    return _rebuild(doc, weights, constants)
+
+
+class _ProgramCache:
+    """Rebuilt programs by the digest of their file's bytes, least recently used first out, up to
+    ``limit`` bytes of weights and constants. Hands out deep copies only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._entries: OrderedDict[bytes, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, digest: bytes) -> Any | None:
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        self._entries.move_to_end(digest)
+        return _copy(entry[0])
+
+    def put(self, digest: bytes, program: Any) -> None:
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in _program_tensors(program)}
+        size = sum(storages.values())
+        if size > self.limit:
+            return
+        self._entries[digest] = (_copy(program), size)
+        self._bytes += size
+        while self._bytes > self.limit:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self._bytes -= dropped
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+
+def _program_tensors(program: Any) -> Iterator[torch.Tensor]:
+    yield from program.state_dict.values()
+    yield from (v for v in program.constants.values() if isinstance(v, torch.Tensor))
+
+
+def _copy(program: Any) -> Any:
+    with warnings.catch_warnings():  # torch's own pytree classes warn as deepcopy rebuilds them
+        warnings.simplefilter("ignore", FutureWarning)
+        return copy.deepcopy(program)
+
+
+_CACHE = _ProgramCache(int(float(os.environ.get("CHORUS_NETWORK_CACHE_MB", "64")) * (1 << 20)))
 
 
 # -- the archive ----------------------------------------------------------------------------------
