@@ -35,8 +35,11 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
 	  echo "warning: could not install chromium and chromium-driver; the page test will skip"
 
+# Two pytest-xdist workers: every Ray test on one (one shared Ray, tests/conftest.py), the rest on the other.
+TEST_WORKERS ?= 2
+
 test: install voices browser
-	CHORUS_TEST_IMPORTED=$(CURDIR)/$(IMPORTED) $(PY) -m pytest -q
+	CHORUS_TEST_IMPORTED=$(CURDIR)/$(IMPORTED) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The edit loop: everything but the slow tests (servers, Ray, subprocesses, training, the
 # slowest equality sweeps), stopping at the first failure. `make test` stays the full suite and CI.

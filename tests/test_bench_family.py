@@ -13,7 +13,7 @@ import pytest
 
 from serve_app.bench_family import FamilyBenchResult, copy_voices, format_family, plan_family, run_family, traffic
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # runs a Ray Serve of its own
 
 
 def test_copies_share_the_network_files_and_have_names_of_their_own(fixture_dir: Path, tmp_path: Path) -> None:

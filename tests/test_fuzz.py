@@ -42,7 +42,10 @@ def server(fixture_dir: Path) -> Iterator[str]:
 
     # Fused (each decoder replica vocodes): the fuzzing does not depend on it, and this module
     # then also checks that path's audio without an app of its own.
-    args = AppArgs(addons=[str(fixture_dir / MODEL)], fused_vocoder=True)
+    # One decoder replica (the default two are test_serve_faults' concern): fewer processes to start.
+    args = AppArgs(
+        addons=[str(fixture_dir / MODEL)], fused_vocoder=True, deployments={f"{MODEL}-decoder": {"num_replicas": 1}}
+    )
     with serve_apps((build_app(args), "chorus", "/")) as url:
         yield url
 

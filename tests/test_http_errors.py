@@ -65,7 +65,13 @@ def server(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     manifest["networks"]["text_encoder"].update(receptive_field=None, static_length=12)
     (fragile / "addon.json").write_text(json.dumps(manifest))
 
-    args = AppArgs(addons=[str(fragile)], context="static", max_concurrent_streams=2, api_keys=[KEY])
+    args = AppArgs(
+        addons=[str(fragile)],
+        context="static",
+        max_concurrent_streams=2,
+        api_keys=[KEY],
+        deployments={"tiny-fast-decoder": {"num_replicas": 1}},  # the default two: test_serve_faults' concern
+    )
     info = ModelInfo.of(addons.read_manifest(fragile))
     broken: Any = Ingress
     with serve_apps(
@@ -293,6 +299,18 @@ def test_mid_stream_sse_error_says_what_to_do_and_nothing_internal(client: httpx
     assert events[-1] == {
         "error": {"message": MID_STREAM_FAILURE, "type": "server_error", "param": None, "code": "synthesis_failed"}
     }
+    assert not any(e.get("type") == "speech.audio.done" for e in events)
+
+
+def test_failure_mid_stream_never_looks_complete(client: httpx.Client) -> None:
+    """The first sentence was fine (200, audio sent); the chunked body then ends without its terminator,
+    so no client takes the short WAV for a whole one."""
+    text = "Hello there. This second sentence is far too long for the fixed encoder size, so it fails."
+    body = {**SHORT, "input": text, "response_format": "wav"}
+    with pytest.raises(httpx.RemoteProtocolError), client.stream("POST", SPEECH, json=body) as response:
+        assert response.status_code == 200
+        for _ in response.iter_bytes():
+            pass
 
 
 # -- API keys ---------------------------------------------------------------------------------------------
