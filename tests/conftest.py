@@ -28,12 +28,18 @@ from tests.make_fixtures import build_all
 from tests.make_piper_fixture import build_piper_addons
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups into the test ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Under pytest-xdist (`make test` runs two workers, `--dist loadgroup`) every Ray test goes to
-    # one worker, in file order: one shared Ray for all of them, while the other worker runs the rest.
+    # Under pytest-xdist (`make test`: two workers, `--dist loadgroup`) the modules on the shared
+    # Ray run on one worker as one unit, and each module that starts a Ray of its own (servers, a
+    # cluster) as a unit of its own; these come first, the longest first, so that the quick tests
+    # fill in around them on whichever worker is free.
     for item in items:
-        if "ray" in item.keywords:
-            item.add_marker(pytest.mark.xdist_group("ray"))
+        if "shared_ray" in item.keywords:
+            item.add_marker(pytest.mark.xdist_group("shared-ray"))
+        elif "ray" in item.keywords:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    items.sort(key=lambda item: 0 if "shared_ray" in item.keywords else 1 if "ray" in item.keywords else 2)
     force = os.environ.get("CHORUS_TEST_FORCE_CUDA") == "1"
     if torch.cuda.is_available() or force:
         return

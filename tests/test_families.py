@@ -22,7 +22,7 @@ from tests.expect import in_process_pcm
 from tests.helpers import run_cli
 from tests.shared_ray import serve_apps
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.shared_ray, pytest.mark.slow]
 
 TEXT = "One pool of replicas. Many voices in it, each loaded when a listener asks."
 

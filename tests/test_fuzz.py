@@ -19,7 +19,7 @@ import pytest
 
 from tests.shared_ray import serve_apps
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.shared_ray, pytest.mark.slow]
 
 schemathesis = pytest.importorskip("schemathesis")
 hypothesis = pytest.importorskip("hypothesis")

@@ -28,7 +28,7 @@ from fastapi.testclient import TestClient
 from serve_app.http import HttpPolicy, install, json_depth, key_digests
 from tests.shared_ray import serve_apps
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.shared_ray, pytest.mark.slow]
 
 KEY = "test-key-not-secret"
 OTHER_KEY = "sk-second-key"

@@ -21,7 +21,7 @@ import addons
 from tests.expect import in_process_pcm, wav_samples
 from tests.shared_ray import serve_apps
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.shared_ray, pytest.mark.slow]
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")

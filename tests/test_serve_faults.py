@@ -28,7 +28,7 @@ from serve_app.ingress import OPENAI_PCM_RATE
 from tests.expect import in_process_pcm
 from tests.shared_ray import serve_apps
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.shared_ray, pytest.mark.slow]
 
 SENTENCE = "Streams survive a lost replica, sentence after sentence, without a click or a gap."
 TEXT = " ".join([SENTENCE] * 8)
