@@ -67,6 +67,7 @@ def server(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             "tiny-fast-decoder": FAST_SCALING,
             "tiny-taco-decoder": FAST_SCALING,
             "universal-vocoder": LOAD_SCALING,
+            "tiny-piper-decoder": {"num_replicas": 1},  # the default two: test_serve_faults' concern
         },
         lexicons={"*": [str(lexicon)]},
         # Admission would cap the load at what one replica keeps in real time on a slow machine,
@@ -308,7 +309,10 @@ def test_overload_answers_503_with_retry_after(server: str, fixture_dir: Path) -
     from serve_app.app import AppArgs, build_app
 
     tight = {"num_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 1}
-    args = AppArgs(addons=[str(fixture_dir / "tiny-taco")], deployments={"tiny-taco-decoder": tight})
+    # Fused (the decoder replica vocodes too): one deployment fewer to start, the same one slot.
+    args = AppArgs(
+        addons=[str(fixture_dir / "tiny-taco")], deployments={"tiny-taco-decoder": tight}, fused_vocoder=True
+    )
     serve.run(build_app(args), name="tight", route_prefix="/tight")
     text = " ".join(["A long sentence keeps the only decoder slot busy for quite a while, on purpose."] * 3)
     responses: list[httpx.Response] = []
