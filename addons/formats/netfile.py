@@ -40,6 +40,7 @@ import json
 import os
 import pickletools
 import re
+import threading
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -177,18 +178,21 @@ def _check_and_rebuild(data: bytes) -> Any:
 
 class _ProgramCache:
     """Rebuilt programs by the digest of their file's bytes, least recently used first out, up to
-    ``limit`` bytes of weights and constants. Hands out deep copies only."""
+    ``limit`` bytes of weights and constants. Hands out deep copies only; safe across threads
+    (stages may load their networks side by side)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._entries: OrderedDict[bytes, tuple[Any, int]] = OrderedDict()
         self._bytes = 0
+        self._lock = threading.Lock()
 
     def get(self, digest: bytes) -> Any | None:
-        entry = self._entries.get(digest)
-        if entry is None:
-            return None
-        self._entries.move_to_end(digest)
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return None
+            self._entries.move_to_end(digest)
         return _copy(entry[0])
 
     def put(self, digest: bytes, program: Any) -> None:
@@ -196,15 +200,15 @@ class _ProgramCache:
         size = sum(storages.values())
         if size > self.limit:
             return
-        self._entries[digest] = (_copy(program), size)
-        self._bytes += size
-        while self._bytes > self.limit:
-            _, (_, dropped) = self._entries.popitem(last=False)
-            self._bytes -= dropped
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._bytes = 0
+        kept = _copy(program)
+        with self._lock:
+            if digest in self._entries:
+                return
+            self._entries[digest] = (kept, size)
+            self._bytes += size
+            while self._bytes > self.limit:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self._bytes -= dropped
 
 
 def _program_tensors(program: Any) -> Iterator[torch.Tensor]:
