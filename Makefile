@@ -35,7 +35,8 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
 	  echo "warning: could not install chromium and chromium-driver; the page test will skip"
 
-# Two pytest-xdist workers: every Ray test on one (one shared Ray, tests/conftest.py), the rest on the other.
+# Two pytest-xdist workers: the modules on the shared Ray run on one of them as one unit, each module
+# with a Ray of its own as another, the quick tests around them (tests/conftest.py, docs/testing.md).
 TEST_WORKERS ?= 2
 
 test: install voices browser

@@ -32,8 +32,8 @@ from tests.make_piper_fixture import build_piper_addons
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Under pytest-xdist (`make test`: two workers, `--dist loadgroup`) the modules on the shared
     # Ray run on one worker as one unit, and each module that starts a Ray of its own (servers, a
-    # cluster) as a unit of its own; these come first, the longest first, so that the quick tests
-    # fill in around them on whichever worker is free.
+    # cluster) as a unit of its own; these come first (the shared Ray's, the longest, leading), so
+    # that the quick tests fill in around them on whichever worker is free.
     for item in items:
         if "shared_ray" in item.keywords:
             item.add_marker(pytest.mark.xdist_group("shared-ray"))
@@ -62,10 +62,9 @@ def _shared_ray_stops() -> Any:
 def fixture_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
     """The tiny seeded addons, built once per run: under pytest-xdist the first worker builds them
     in the run's common temporary directory and the others wait for it and read them."""
-    if worker_id == "master":
+    if worker_id == "master":  # pytest-xdist's fixture: no workers
         out = tmp_path_factory.mktemp("addons")
-        build_all(out)
-        build_piper_addons(out)
+        _build_fixtures(out)
         return out
     root = tmp_path_factory.getbasetemp().parent
     out = root / "addons"
@@ -74,17 +73,14 @@ def fixture_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Pat
         if not (out / ".built").is_file():
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
-            build_all(out)
-            build_piper_addons(out)
+            _build_fixtures(out)
             (out / ".built").touch()
     return out
 
 
-@pytest.fixture(scope="session")
-def worker_id(request: pytest.FixtureRequest) -> str:
-    """pytest-xdist's worker name (gw0, gw1, ...), or "master" without it."""
-    workerinput = getattr(request.config, "workerinput", None)
-    return "master" if workerinput is None else str(workerinput["workerid"])
+def _build_fixtures(out: Path) -> None:
+    build_all(out)
+    build_piper_addons(out)
 
 
 @pytest.fixture(scope="session")

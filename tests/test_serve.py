@@ -466,16 +466,14 @@ def test_the_page_plays_streamed_audio_in_a_real_browser(server: str, fixture_di
     want = _speech(server, model="tiny-taco", input=text, response_format="pcm", sample_rate="native")
     browser.get(f"{server}/")
     wait = WebDriverWait(browser, 60)
-    wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "idle")
+    wait.until(lambda b: _page_state(b) == "idle")
     Select(browser.find_element(By.ID, "model")).select_by_value("tiny-taco")
     box = browser.find_element(By.ID, "text")
     box.clear()
     box.send_keys(text)
     browser.find_element(By.ID, "play").click()
-    wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error"))
-    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done", browser.find_element(
-        By.ID, "status"
-    ).text
+    wait.until(lambda b: _page_state(b) in ("done", "error"))
+    assert _page_state(browser) == "done", browser.find_element(By.ID, "status").text
     decoded = int(browser.find_element(By.ID, "samples").text)
     assert decoded == len(want.content) // 2  # every streamed sample reached Web Audio
     assert int(browser.find_element(By.ID, "first-audio").text) > 0
