@@ -314,7 +314,9 @@ def test_overload_answers_503_with_retry_after(server: str, fixture_dir: Path) -
         addons=[str(fixture_dir / "tiny-taco")], deployments={"tiny-taco-decoder": tight}, fused_vocoder=True
     )
     serve.run(build_app(args), name="tight", route_prefix="/tight")
-    text = " ".join(["A long sentence keeps the only decoder slot busy for quite a while, on purpose."] * 3)
+    # One long sentence (the attention decoder runs to its length guard): the six requests arrive
+    # within milliseconds, while it holds the slot for a second or more.
+    text = "A long sentence keeps the only decoder slot busy for quite a while, on purpose, and then some more."
     responses: list[httpx.Response] = []
     cut: list[Exception] = []
 

@@ -31,7 +31,7 @@ from tests.shared_ray import serve_apps
 pytestmark = [pytest.mark.ray, pytest.mark.shared_ray, pytest.mark.slow]
 
 SENTENCE = "Streams survive a lost replica, sentence after sentence, without a click or a gap."
-TEXT = " ".join([SENTENCE] * 8)
+TEXT = " ".join([SENTENCE] * 5)  # long enough that six streams are mid-sentence at the kill
 STREAMS = 6
 
 
