@@ -39,8 +39,11 @@ STREAMS = 6
 def server(fixture_dir: Path) -> Iterator[str]:
     from serve_app.app import AppArgs, build_app
 
+    # Admission off: while the replica is replaced, the streams it held fall behind playback, and
+    # admission rightly answers a new one 503 "at capacity" on a loaded machine; what this module
+    # checks is the replica's loss (tests/test_admission.py checks admission).
     addon = [str(fixture_dir / "tiny-universal")]
-    with serve_apps((build_app(AppArgs(addons=addon)), "chorus", "/")) as url:
+    with serve_apps((build_app(AppArgs(addons=addon, admission=False)), "chorus", "/")) as url:
         yield url
 
 
@@ -50,7 +53,7 @@ def fused(server: str, fixture_dir: Path) -> Iterator[str]:
     replicas vocode, so a killed one takes the stream's vocoding with it)."""
     from serve_app.app import AppArgs, build_app
 
-    args = AppArgs(addons=[str(fixture_dir / "tiny-universal")], fused_vocoder=True)
+    args = AppArgs(addons=[str(fixture_dir / "tiny-universal")], fused_vocoder=True, admission=False)
     serve.run(build_app(args), name="fused", route_prefix="/fused")
     try:
         yield f"{server}/fused"
