@@ -619,6 +619,8 @@ def measure_system(plan: FamilyBenchPlan, system: System, workdir: Path) -> Syst
                 rows.append(asyncio.run(_traffic(plan, url, pattern, order, asked)))
             swept = asyncio.run(_sweep(plan, url, system.names, asked))
         end = replicas.rss()
+        # the highest sum seen: the samples' and every reading taken outside them (RSS moves between)
+        peak_mib = max(peak[0], *(sum(r.values()) for r in (idle, first, end)))
         pss = sum(pss_mib(p) for pids in replicas.by_stage().values() for p in pids)
         server = replicas.server_rss()
         counts = {s: len(p) for s, p in replicas.by_stage().items()}
@@ -633,7 +635,7 @@ def measure_system(plan: FamilyBenchPlan, system: System, workdir: Path) -> Syst
         sum(idle.values()),
         sum(first.values()),
         sum(end.values()),
-        peak[0],
+        peak_mib,
         pss,
         sum(s.bound_mib for s in stages) if family else math.nan,
         server,
