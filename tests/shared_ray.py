@@ -17,20 +17,48 @@ from serve_app.server import free_port
 #: under load), not the machine's cores.
 NUM_CPUS = 6
 _url: str | None = None
+_cluster: Any = None
 
 
 def url() -> str:
     """The shared Serve's HTTP address, starting Ray and Serve if they are not running."""
     global _url
     if _url is None:
+        global _cluster
         import ray
         from ray import serve
+        from ray.cluster_utils import Cluster
 
         port = free_port()
-        ray.init(address="local", num_cpus=NUM_CPUS, include_dashboard=False, log_to_driver=False)
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        # One node, as ray.init(address="local") starts it, less its log monitor (no log reaches
+        # this driver; it tailed every replica's files at about 3 % of a core) and dashboard.
+        head = {
+            "num_cpus": NUM_CPUS,
+            "include_dashboard": False,
+            "include_log_monitor": False,
+            "object_store_memory": 512 * 1024 * 1024,
+        }
+        _cluster = Cluster(initialize_head=True, head_node_args=head)
+        try:
+            ray.init(address=_cluster.address, log_to_driver=False)
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+        except BaseException:
+            _shutdown()
+            raise
         _url = f"http://127.0.0.1:{port}"
     return _url
+
+
+def _shutdown() -> None:
+    global _cluster
+    import ray
+
+    try:
+        ray.shutdown()
+    finally:
+        if _cluster is not None:
+            _cluster.shutdown()
+            _cluster = None
 
 
 def stop() -> None:
@@ -38,14 +66,13 @@ def stop() -> None:
     global _url
     if _url is None:
         return
-    import ray
     from ray import serve
 
     _url = None
     try:
         serve.shutdown()
     finally:
-        ray.shutdown()
+        _shutdown()
 
 
 @contextmanager

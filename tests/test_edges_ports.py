@@ -83,12 +83,17 @@ def _wait_ready(server: Server, path: str = "/health", timeout: float = 240) -> 
 
 @pytest.fixture(scope="module")
 def servers(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
-    """A: tiny-fast, and tiny-taco whose decoder can never be placed (so it never becomes ready),
-    API keys on and a fixed metrics port. B: tiny-fast, open, metrics port left to Chorus."""
+    """A: tiny-fast, and tiny-taco whose stages can never be placed (so it never becomes ready),
+    API keys on and a fixed metrics port, each decoder replica vocoding (fused: a process fewer to
+    start). B: tiny-fast, open, metrics port left to Chorus, as `--addon` starts it."""
     config = tmp_path_factory.mktemp("edges") / "serve.yaml"
     never = {"ray_actor_options": {"num_cpus": 0.1, "resources": {"nowhere": 1}}}
     one = {"num_replicas": 1}  # the default second decoder replica is test_serve_faults' concern
-    args = {"addons": ["tiny-fast", "tiny-taco"], "deployments": {"tiny-taco-decoder": never, "tiny-fast-decoder": one}}
+    args = {
+        "addons": ["tiny-fast", "tiny-taco"],
+        "fused_vocoder": True,
+        "deployments": {"tiny-taco-encoders": never, "tiny-taco-decoder": never, "tiny-fast-decoder": one},
+    }
     config.write_text(yaml.safe_dump({"applications": [{"name": "chorus", "args": args}]}))
     env = {**os.environ, "CHORUS_ADDON_PATH": str(fixture_dir)}
     env.pop("CHORUS_API_KEYS", None)
@@ -287,7 +292,7 @@ def test_metrics_need_the_key_when_keys_are_set(servers: tuple[Server, Server]) 
 def test_a_model_is_listed_once_it_can_speak(servers: tuple[Server, Server]) -> None:
     a, b = servers
     listed = httpx.get(f"{a.url}/v1/models", headers=_auth(), timeout=30).json()["data"]
-    assert [card["id"] for card in listed] == ["tiny-fast"]  # tiny-taco's decoder never starts
+    assert [card["id"] for card in listed] == ["tiny-fast"]  # tiny-taco's stages never start
     ready = httpx.get(f"{a.url}/ready", timeout=30)
     error = ready.json()["error"]
     assert ready.status_code == 503 and error["code"] == "not_ready" and "tiny-taco" in error["message"]
