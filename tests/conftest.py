@@ -84,6 +84,19 @@ def _build_fixtures(out: Path) -> None:
 
 
 @pytest.fixture(scope="session")
+def fused_app(fixture_dir: Path) -> str:
+    """tiny-universal served with AppArgs.fused_vocoder (each of its two decoder replicas vocodes)
+    and admission off, at /fused on the shared Serve: one app for the session, used by
+    test_serve_faults (a replica killed under live streams) and test_fuzz (the API fuzzed, the
+    fused path's audio and marks). Its address."""
+    from serve_app.app import AppArgs, build_app
+    from tests import shared_ray
+
+    args = AppArgs(addons=[str(fixture_dir / "tiny-universal")], fused_vocoder=True, admission=False)
+    return shared_ray.session_app("fused", "/fused", lambda: build_app(args))
+
+
+@pytest.fixture(scope="session")
 def joe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real Piper voice en_US-joe-medium as an addon: the one `make voices` imported
     ($CHORUS_TEST_IMPORTED), else imported now from the installed package; skipped without it."""

@@ -7,7 +7,7 @@ needs a cluster of its own (``test_serve_placement`` starts a multi-node one).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,6 +18,8 @@ from serve_app.server import free_port
 NUM_CPUS = 6
 _url: str | None = None
 _cluster: Any = None
+#: Apps that stay up for the rest of the session (:func:`session_app`): name -> address.
+_session_apps: dict[str, str] = {}
 
 
 def url() -> str:
@@ -69,6 +71,7 @@ def stop() -> None:
     from ray import serve
 
     _url = None
+    _session_apps.clear()
     try:
         serve.shutdown()
     finally:
@@ -90,3 +93,15 @@ def serve_apps(*apps: tuple[Any, str, str]) -> Iterator[str]:
     finally:
         for name in reversed(started):
             serve.delete(name)
+
+
+def session_app(name: str, route_prefix: str, build: Callable[[], Any]) -> str:
+    """An app that several modules use, deployed on first use and kept until the shared Serve
+    stops (a module that changes it, a replica killed, leaves it as it found it); its address."""
+    from ray import serve
+
+    base = url()
+    if name not in _session_apps:
+        serve.run(build(), name=name, route_prefix=route_prefix)
+        _session_apps[name] = f"{base}{route_prefix}"
+    return _session_apps[name]

@@ -11,13 +11,10 @@ fixture loader does not run under pytest 9.)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.shared_ray import serve_apps
 
 pytestmark = [pytest.mark.ray, pytest.mark.shared_ray, pytest.mark.slow]
 
@@ -30,24 +27,17 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from schemathesis import GenerationMode, checks  # noqa: E402
 
-MODEL = "tiny-fast"
+MODEL = "tiny-universal"
 SPEECH = "/v1/audio/speech"
 MAX_EXAMPLES = 40  # per operation, half valid and half invalid requests on average
 SPOKEN_CHARS = 24  # bodies sent to the real model keep this much input: synthesis stays quick
 
 
 @pytest.fixture(scope="module")
-def server(fixture_dir: Path) -> Iterator[str]:
-    from serve_app.app import AppArgs, build_app
-
-    # Fused (each decoder replica vocodes): the fuzzing does not depend on it, and this module
-    # then also checks that path's audio without an app of its own.
-    # One decoder replica (the default two are test_serve_faults' concern): fewer processes to start.
-    args = AppArgs(
-        addons=[str(fixture_dir / MODEL)], fused_vocoder=True, deployments={f"{MODEL}-decoder": {"num_replicas": 1}}
-    )
-    with serve_apps((build_app(args), "chorus", "/")) as url:
-        yield url
+def server(fused_app: str) -> str:
+    """The session's fused app (tests/conftest.py): the fuzzing does not depend on how the app
+    vocodes, and this module then also checks the fused path's audio and marks."""
+    return fused_app
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +104,7 @@ def test_fused_vocoder_gives_the_in_process_audio_and_marks(server: str, fixture
     import addons
     from serve_app.audio_format import make_encoder
 
-    assert not any("vocoder" in name for name in serve.status().applications["chorus"].deployments)
+    assert not any("vocoder" in name for name in serve.status().applications["fused"].deployments)
     text = "Fused or not. The same samples, to the bit; and marks."
     local = addons.load(fixture_dir / MODEL)
     chunks = list(local.stream(text, marks=["word", "phoneme"]))

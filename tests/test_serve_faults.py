@@ -47,20 +47,6 @@ def server(fixture_dir: Path) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module")
-def fused(server: str, fixture_dir: Path) -> Iterator[str]:
-    """A second app on the same Ray: the same voice with AppArgs.fused_vocoder (the decoder
-    replicas vocode, so a killed one takes the stream's vocoding with it)."""
-    from serve_app.app import AppArgs, build_app
-
-    args = AppArgs(addons=[str(fixture_dir / "tiny-universal")], fused_vocoder=True, admission=False)
-    serve.run(build_app(args), name="fused", route_prefix="/fused")
-    try:
-        yield f"{server}/fused"
-    finally:
-        serve.delete("fused")
-
-
 def _speech(url: str, text: str = TEXT) -> bytes:
     body = {"model": "tiny-universal", "input": text, "response_format": "pcm"}
     with httpx.stream("POST", f"{url}/v1/audio/speech", json=body, timeout=120) as r:
@@ -92,7 +78,7 @@ def test_default_decoder_runs_two_replicas(server: str) -> None:
 def test_killed_decoder_replica_streams_complete_and_equal(
     server: str, app: str, request: Any, fixture_dir: Path
 ) -> None:
-    url = server if app == "chorus" else request.getfixturevalue("fused")
+    url = server if app == "chorus" else request.getfixturevalue("fused_app")  # tests/conftest.py
     reference = _speech(url)
     if app == "fused":
         assert reference == _speech(server)  # fused or not, the same audio
