@@ -348,10 +348,18 @@ def server_processes(root: int) -> dict[int, str]:
 
 
 def replica_deployment(cmdline: str) -> str | None:
-    """The deployment of a Serve replica process of the chorus application, from its title."""
+    """The deployment of a Serve replica process of the chorus application, from its title.
+
+    While a replica runs a method, Ray titles it ``ray::ServeReplica:APP:DEPLOYMENT.method`` (a
+    health check, a request): the method is not part of the name (a reading taken then missed
+    the replica). Chorus's deployment names end in ``-encoders``, ``-decoder`` or ``-vocoder``,
+    never in an identifier after a dot."""
     head = cmdline.split(" ", 1)[0]
     prefix = f"ray::ServeReplica:{APP}:"
-    return head[len(prefix) :] if head.startswith(prefix) else None
+    if not head.startswith(prefix):
+        return None
+    name, dot, method = head[len(prefix) :].rpartition(".")
+    return name if dot and method.isidentifier() else head[len(prefix) :]
 
 
 def _kib(pid: int, key: str, source: str) -> int:

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.bench_family import FamilyBenchResult, copy_voices, format_family, plan_family, run_family, traffic
+from serve_app.bench_family import (
+    FamilyBenchResult,
+    copy_voices,
+    format_family,
+    plan_family,
+    replica_deployment,
+    run_family,
+    traffic,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]  # runs a Ray Serve of its own
 
@@ -37,6 +45,17 @@ def test_traffic_is_round_robin_or_a_seeded_zipf_draw() -> None:
     counts = Counter(zipf)
     assert counts["v0"] > counts["v1"] > counts["v4"] > counts.get("v9", 0)  # rank 1 the most asked
     assert 0.30 < counts["v0"] / len(zipf) < 0.45  # 1 / H(10, 1.1) = 0.38
+
+
+def test_replicas_are_found_by_title_even_while_they_run_a_method() -> None:
+    """Ray titles a replica by its deployment, plus the method while it runs one (a health check,
+    a request): a memory reading taken then must still count it."""
+    assert replica_deployment("ray::ServeReplica:chorus:family-decoder") == "family-decoder"
+    assert replica_deployment("ray::ServeReplica:chorus:family-vocoder.check_health") == "family-vocoder"
+    assert replica_deployment("ray::ServeReplica:chorus:v1.2-encoders.handle_request_streaming") == "v1.2-encoders"
+    assert replica_deployment("ray::ServeReplica:chorus:v1.2-encoders") == "v1.2-encoders"
+    assert replica_deployment("ray::ServeReplica:other:family-decoder") is None  # another app's
+    assert replica_deployment("ray::ServeController") is None
 
 
 @pytest.fixture
